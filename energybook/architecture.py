@@ -1,0 +1,357 @@
+"""Model architectures read from Hugging Face configurations.
+
+An :class:`Architecture` holds the handful of numbers that set the cost of a Transformer
+decoder: widths, layer and head counts, the FFN kind, the vocabulary and the dtype. It is
+built from a ``config.json`` (a path or a dict) of any of the families of the SweetSpot
+study (llama, opt, qwen2, gemma2, granite, falcon), or by name from the 13 configurations
+shipped under ``data/architectures/``.
+
+Used in :doc:`/book/counting`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ARCH_DIR = Path(__file__).resolve().parent.parent / "data" / "architectures"
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}
+FAMILIES = ("llama", "opt", "qwen2", "gemma2", "granite", "falcon")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The cost-relevant shape of a decoder-only Transformer.
+
+    Attributes:
+        name: Short label, e.g. ``"Llama-3.2-1B"``.
+        model_type: Hugging Face ``model_type`` (``llama``, ``opt``, ...).
+        hidden_size: Model width d.
+        num_layers: Decoder layers L.
+        num_heads: Query heads H.
+        num_kv_heads: Key/value heads K (K = H is multi-head attention, K < H is GQA).
+        head_dim: Width h of one head (not always hidden_size / num_heads).
+        intermediate_size: Inner FFN width I.
+        ffn_kind: ``"gated"`` (three matrices: gate, up, down) or ``"plain"`` (two: up, down).
+        vocab_size: Vocabulary rows V of the embedding and the LM head.
+        tie_word_embeddings: Whether the LM head shares the embedding matrix.
+        dtype: Storage dtype of weights and KV cache (``bfloat16``, ``float16``, ``float32``).
+        qkv_bias: Biases on the q, k and v projections.
+        o_bias: Bias on the attention output projection.
+        mlp_bias: Biases on the FFN matrices.
+        norm: ``"rms"`` (weight only) or ``"layer"`` (weight and bias).
+        norms_per_layer: Normalisation layers per decoder layer (4 for Gemma 2).
+        position: ``"rope"``, ``"alibi"`` or ``"learned"``.
+        max_position_embeddings: Longest context the configuration declares (tokens).
+        sliding_window: Window of the sliding-window layers (tokens), or None.
+        sliding_layers: How many layers use the sliding window (Gemma 2: every other one).
+    """
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    ffn_kind: str
+    vocab_size: int
+    tie_word_embeddings: bool = True
+    dtype: str = "bfloat16"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    norm: str = "rms"
+    norms_per_layer: int = 2
+    position: str = "rope"
+    max_position_embeddings: int = 2048
+    sliding_window: int | None = None
+    sliding_layers: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                  "intermediate_size", "vocab_size", "norms_per_layer"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"architecture {self.name!r}: {f} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"architecture {self.name!r}: num_heads ({self.num_heads}) is not a multiple "
+                             f"of num_kv_heads ({self.num_kv_heads})")
+        if self.ffn_kind not in ("gated", "plain"):
+            raise ValueError(f"architecture {self.name!r}: ffn_kind must be 'gated' or 'plain', got {self.ffn_kind!r}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"architecture {self.name!r}: unknown dtype {self.dtype!r}; "
+                             f"use one of {sorted(DTYPE_BYTES)}")
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"architecture {self.name!r}: norm must be 'rms' or 'layer', got {self.norm!r}")
+
+    # ----- derived values -------------------------------------------------------------
+    @property
+    def bytes_per_element(self) -> int:
+        """Bytes of one weight or KV-cache element in :attr:`dtype`."""
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def is_gqa(self) -> bool:
+        """True when several query heads share one key/value head."""
+        return self.num_kv_heads < self.num_heads
+
+    @property
+    def q_width(self) -> int:
+        """Width of all query heads together, H*h."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of all key (or value) heads together, K*h."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        """KV-cache elements one token adds over all layers: 2*L*K*h."""
+        return 2 * self.num_layers * self.kv_width
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token adds over all layers."""
+        return self.kv_elements_per_token * self.bytes_per_element
+
+    @property
+    def attention_params(self) -> int:
+        """Parameters of one attention block (projections and their biases)."""
+        d, q, kv = self.hidden_size, self.q_width, self.kv_width
+        p = d * q + 2 * d * kv + q * d
+        if self.qkv_bias:
+            p += q + 2 * kv
+        if self.o_bias:
+            p += d
+        return p
+
+    @property
+    def ffn_matrices(self) -> int:
+        """Number of d x I matrices in one FFN: 3 gated, 2 plain."""
+        return 3 if self.ffn_kind == "gated" else 2
+
+    @property
+    def ffn_params(self) -> int:
+        """Parameters of one FFN block."""
+        d, i = self.hidden_size, self.intermediate_size
+        p = self.ffn_matrices * d * i
+        if self.mlp_bias:
+            p += (self.ffn_matrices - 1) * i + d
+        return p
+
+    @property
+    def norm_params(self) -> int:
+        """Parameters of one normalisation layer."""
+        return self.hidden_size * (2 if self.norm == "layer" else 1)
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer."""
+        return self.attention_params + self.ffn_params + self.norms_per_layer * self.norm_params
+
+    @property
+    def embedding_params(self) -> int:
+        """Parameters of the token embedding (V*d), plus learned positions for OPT."""
+        p = self.vocab_size * self.hidden_size
+        if self.position == "learned":
+            p += (self.max_position_embeddings + 2) * self.hidden_size
+        return p
+
+    @property
+    def lm_head_params(self) -> int:
+        """Parameters the LM head multiplies by, V*d, tied or not."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """Total parameters, tied weights counted once."""
+        p = self.embedding_params + self.num_layers * self.layer_params + self.norm_params
+        if not self.tie_word_embeddings:
+            p += self.lm_head_params
+        return p
+
+    def replace(self, **changes: Any) -> "Architecture":
+        """A copy with some fields changed; unknown fields raise ``ValueError``."""
+        _check_fields(changes, self.name)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (for provenance records)."""
+        return dataclasses.asdict(self)
+
+    # ----- constructors ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "Architecture":
+        """Build from a dict of :class:`Architecture` field names; unknown names raise."""
+        _check_fields(fields, fields.get("name", "?"))
+        return cls(**fields)
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any] | str | Path, name: str | None = None) -> "Architecture":
+        """Read the architecture from a Hugging Face configuration.
+
+        Args:
+            config: A ``config.json`` as a dict, a path to the file, or a checkpoint directory
+                that holds one.
+            name: Label for the architecture; defaults to ``_name_or_path`` or the file name.
+
+        Raises:
+            ValueError: for a model type outside the supported families or a missing key.
+            FileNotFoundError: when the path holds no ``config.json``.
+        """
+        if not isinstance(config, dict):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"no Hugging Face configuration at {path}: give a config.json "
+                                        "or a checkpoint directory that holds one")
+            try:
+                cfg = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON ({exc}); is it a config.json?") from None
+            name = name or path.stem if path.stem != "config" else (name or path.parent.name)
+        else:
+            cfg = config
+        name = name or str(cfg.get("_name_or_path") or cfg.get("model_type") or "model")
+        model_type = cfg.get("model_type")
+        parser = _PARSERS.get(model_type)
+        if parser is None:
+            raise ValueError(f"unknown model_type {model_type!r} in configuration {name!r}; "
+                             f"energybook reads {', '.join(FAMILIES)}")
+        try:
+            fields = parser(cfg)
+        except KeyError as exc:
+            raise ValueError(f"configuration {name!r} ({model_type}) lacks the key {exc.args[0]!r}") from None
+        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32").replace("torch.", "")
+        return cls(name=name, model_type=model_type, dtype=dtype, **fields)
+
+
+def _check_fields(fields: dict[str, Any], name: str) -> None:
+    known = {f.name for f in dataclasses.fields(Architecture)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown architecture field(s) {unknown} for {name!r}; known fields: {sorted(known)}")
+
+
+def _common(cfg: dict[str, Any]) -> dict[str, Any]:
+    heads = cfg["num_attention_heads"]
+    hidden = cfg["hidden_size"]
+    return dict(
+        hidden_size=hidden,
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or hidden // heads,
+        vocab_size=cfg["vocab_size"],
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+    )
+
+
+def _llama(cfg: dict[str, Any]) -> dict[str, Any]:
+    bias = bool(cfg.get("attention_bias", False))
+    return dict(_common(cfg), intermediate_size=cfg["intermediate_size"], ffn_kind="gated",
+                qkv_bias=bias, o_bias=bias, mlp_bias=bool(cfg.get("mlp_bias", False)))
+
+
+def _qwen2(cfg: dict[str, Any]) -> dict[str, Any]:
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
+    fields = dict(_common(cfg), intermediate_size=cfg["intermediate_size"], ffn_kind="gated", qkv_bias=True)
+    if window:
+        fields.update(sliding_window=window,
+                      sliding_layers=cfg["num_hidden_layers"] - cfg.get("max_window_layers", 0))
+    return fields
+
+
+def _gemma2(cfg: dict[str, Any]) -> dict[str, Any]:
+    layers = cfg["num_hidden_layers"]
+    return dict(_common(cfg), intermediate_size=cfg["intermediate_size"], ffn_kind="gated",
+                norms_per_layer=4, sliding_window=cfg.get("sliding_window"),
+                sliding_layers=(layers + 1) // 2 if cfg.get("sliding_window") else 0)
+
+
+def _opt(cfg: dict[str, Any]) -> dict[str, Any]:
+    if cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:
+        raise ValueError("OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
+    bias = bool(cfg.get("enable_bias", True))
+    return dict(_common(cfg), intermediate_size=cfg["ffn_dim"], ffn_kind="plain", qkv_bias=bias,
+                o_bias=bias, mlp_bias=bias, norm="layer", position="learned")
+
+
+def _falcon(cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg = dict(cfg)
+    cfg.setdefault("num_attention_heads", cfg.get("n_head"))
+    cfg.setdefault("num_hidden_layers", cfg.get("n_layer"))
+    heads = cfg["num_attention_heads"]
+    if cfg.get("new_decoder_architecture"):
+        kv = cfg.get("num_kv_heads") or heads
+    elif cfg.get("multi_query", True):
+        kv = 1
+    else:
+        kv = heads
+    if cfg.get("parallel_attn") and not cfg.get("new_decoder_architecture"):
+        norms = 1
+    else:
+        norms = 2
+    bias = bool(cfg.get("bias", False))
+    fields = _common(cfg)
+    fields.update(num_kv_heads=kv, intermediate_size=cfg.get("ffn_hidden_size") or 4 * cfg["hidden_size"],
+                  ffn_kind="plain", qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layer",
+                  norms_per_layer=norms, position="alibi" if cfg.get("alibi") else "rope")
+    return fields
+
+
+_PARSERS = {"llama": _llama, "granite": _llama, "qwen2": _qwen2, "gemma2": _gemma2,
+            "opt": _opt, "falcon": _falcon}
+
+
+def available() -> list[str]:
+    """Names of the architectures shipped under ``data/architectures/``."""
+    return sorted(p.stem for p in ARCH_DIR.glob("*.json"))
+
+
+def hf_config(name: str) -> dict[str, Any]:
+    """The shipped Hugging Face configuration of a study model, as a dict."""
+    path = ARCH_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown model {name!r}; shipped models: {', '.join(available())}, "
+                         "or give a config.json path or checkpoint directory")
+    return json.loads(path.read_text())
+
+
+def load(name_or_path: str | Path) -> Architecture:
+    """An architecture by shipped name (``"Llama-3.2-1B"``) or from a config.json path.
+
+    Raises:
+        ValueError: naming the shipped models when the name is unknown.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.is_dir():
+        return Architecture.from_hf_config(path)
+    return Architecture.from_hf_config(hf_config(str(name_or_path)), name=str(name_or_path))
+
+
+def study_models() -> list[Architecture]:
+    """The 13 architectures of the SweetSpot study, in the order of its tables."""
+    return [load(n) for n in STUDY_ORDER]
+
+
+STUDY_ORDER = ["Llama-3.2-1B", "OPT-1.3B", "Qwen2-1.5B", "Gemma-2-2B", "OPT-2.7B", "Llama-3.2-3B",
+               "Granite-3B-Code-Base", "OPT-6.7B", "Qwen2-7B", "Falcon-RW-7B", "Granite-8B-Code-Base",
+               "Llama-3.1-8B", "Gemma-2-9B"]
+
+#: The study's labels (its tables' ``llm`` column) for our shipped names.
+PAPER_LABELS = dict(zip(STUDY_ORDER, [
+    "Llama 3.2 1B", "OPT 1.3B", "Qwen2 1.5B", "Gemma 2 2B", "OPT 2.7B", "Llama 3.2 3B", "Granite 3B",
+    "OPT 6.7B", "Qwen2 7B", "Falcon-RW 7.5B", "Granite 8B", "Llama 3.1 8B", "Gemma 2 9B"]))

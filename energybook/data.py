@@ -1,0 +1,74 @@
+"""The data that ships with energybook: the study's published tables.
+
+``data/paper/`` holds the SweetSpot study's Tables 2, 3 and 5 (arXiv 2602.05695v1, CC BY 4.0).
+Our own GPU measurements are read by :mod:`energybook.results`.
+
+Used in :doc:`/book/counting` and :doc:`/book/fitting`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from energybook import fit as _fit
+from energybook.architecture import PAPER_LABELS
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+PAPER_DIR = DATA_DIR / "paper"
+
+_TO_NAME = {label: name for name, label in PAPER_LABELS.items()}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; it ships with energybook's data/ folder "
+                                "(run from a checkout of the repository)")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV ({exc}); restore it with `git checkout -- {path}`") from None
+    if "llm" in table.columns:
+        table.insert(0, "model", table["llm"].map(_TO_NAME))
+    return table
+
+
+def paper_table2() -> pd.DataFrame:
+    """The study's 13 models with their architecture (Table 2, completed from the configs)."""
+    return _read(PAPER_DIR / "paper_table2_models.csv")
+
+
+def paper_table3() -> pd.DataFrame:
+    """The study's Table 3: MAPE (%) per model and formula, in-sample."""
+    return _read(PAPER_DIR / "paper_table3_mape.csv")
+
+
+def paper_table5() -> pd.DataFrame:
+    """The study's Table 5: Memory+FLOPs thetas (J per output token), measured best grid
+    point and estimated sweet spot per model."""
+    return _read(PAPER_DIR / "paper_table5_theta.csv")
+
+
+def paper_thetas(model: str) -> dict[str, float]:
+    """The study's fitted Memory+FLOPs thetas of one model (our name or the study's label)."""
+    table = paper_table5()
+    row = table[(table["model"] == model) | (table["llm"] == model)]
+    if row.empty:
+        raise ValueError(f"unknown model {model!r}; the study's models are {list(table['model'])}")
+    return {f"theta{i}": float(row.iloc[0][f"theta{i}"]) for i in range(6)}
+
+
+def paper_surface(model: str) -> pd.DataFrame:
+    """The study's fitted efficiency surface of one model over the 7x7 grid (tidy table)."""
+    table = _fit.predict_grid(paper_thetas(model))
+    table.insert(0, "model", _TO_NAME.get(model, model))
+    return table
+
+
+def paper_surfaces() -> pd.DataFrame:
+    """:func:`paper_surface` for all 13 models, stacked."""
+    return pd.concat([paper_surface(m) for m in paper_table5()["model"]], ignore_index=True)

@@ -1,0 +1,253 @@
+"""Fitting the energy formulas to measurements, and reading sweet spots off the fits.
+
+A measurement table is tidy: one row per grid point with the columns ``n_in``, ``n_out``
+(tokens) and ``j_per_token`` (joules per output token). :func:`fit` fits one of the study's
+formulas (:mod:`energybook.formulas`) by least squares with lmfit and returns a
+:class:`FitResult` with each coefficient's estimate, standard error, 95% confidence interval
+and p-value, the MAPE and lmfit's report.
+
+Used in :doc:`/book/fitting` and :doc:`/book/sweet_spots`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from energybook import formulas as F
+
+logger = logging.getLogger(__name__)
+
+#: The study's grid: powers of two from 64 to 4096 tokens, for n_in and for n_out.
+GRID = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One fitted coefficient.
+
+    Attributes:
+        name: Coefficient name (``theta0`` ..).
+        value: Estimate (joules per output token per unit of its basis term).
+        stderr: Standard error, same unit.
+        ci_low: Lower end of the confidence interval.
+        ci_high: Upper end of the confidence interval.
+        p_value: Two-sided p-value of the t-test against zero.
+    """
+
+    name: str
+    value: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+    def covers(self, x: float) -> bool:
+        """Whether ``x`` lies inside the confidence interval."""
+        return self.ci_low <= x <= self.ci_high
+
+
+@dataclass
+class FitResult:
+    """The result of fitting one formula to one measurement table.
+
+    Attributes:
+        formula: Key of the fitted formula.
+        params: Estimates by name.
+        mape_pct: Mean absolute percentage error on the fitted points (%).
+        n_points: Points fitted.
+        confidence: Level of the confidence intervals (0.95 = 95%).
+        report: lmfit's fit report.
+        residuals: Measured minus fitted, J per output token, in table order.
+        correlations: Correlation matrix of the estimates.
+    """
+
+    formula: str
+    params: dict[str, Estimate]
+    mape_pct: float
+    n_points: int
+    confidence: float
+    report: str
+    residuals: np.ndarray = field(repr=False)
+    correlations: pd.DataFrame = field(repr=False)
+
+    @property
+    def values(self) -> dict[str, float]:
+        """Coefficient values by name."""
+        return {k: p.value for k, p in self.params.items()}
+
+    def predict(self, n_in, n_out):
+        """Fitted energy per output token (J) at the given lengths."""
+        return F.get(self.formula)(n_in, n_out, **self.values)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The estimates as a table, one row per coefficient."""
+        return pd.DataFrame([p.__dict__ for p in self.params.values()]).set_index("name")
+
+
+def _columns(table: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    missing = [c for c in ("n_in", "n_out", y) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; it needs n_in, n_out and {y}")
+    n_in = table["n_in"].to_numpy(dtype=float)
+    n_out = table["n_out"].to_numpy(dtype=float)
+    values = table[y].to_numpy(dtype=float)
+    if (n_in <= 0).any() or (n_out <= 0).any():
+        raise ValueError("n_in and n_out must be positive (tokens)")
+    if not np.isfinite(values).all() or (values <= 0).any():
+        raise ValueError(f"{y} must be positive and finite at every point")
+    return n_in, n_out, values
+
+
+def mape(measured, predicted) -> float:
+    """Mean absolute percentage error (%)."""
+    measured = np.asarray(measured, dtype=float)
+    return float(np.mean(np.abs(np.asarray(predicted, dtype=float) - measured) / np.abs(measured)) * 100)
+
+
+def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_per_token",
+        confidence: float = 0.95, weighting: str = "none") -> FitResult:
+    """Fit an energy formula to a measurement table.
+
+    Every formula is linear in its coefficients, so the fit starts from the linear
+    least-squares solution and lmfit's Levenberg-Marquardt refines it and estimates the
+    covariance.
+
+    Args:
+        table: Tidy table with ``n_in``, ``n_out`` (tokens) and the energy column.
+        formula: Formula key or label (see :data:`energybook.formulas.FORMULAS`).
+        y: Column with the energy per output token (joules).
+        confidence: Level of the confidence intervals.
+        weighting: ``"none"`` (plain least squares, the study's method) or ``"relative"``
+            (residuals divided by the measured value, which minimises relative error).
+
+    Raises:
+        ValueError: for missing columns, non-positive values, an unknown formula or
+            weighting, or fewer points than coefficients.
+    """
+    f = F.get(formula)
+    n_in, n_out, values = _columns(table, y)
+    names = f.param_names
+    k, n = len(names), len(values)
+    if n <= k:
+        raise ValueError(f"{f.label} has {k} coefficients but the table has only {n} points; "
+                         f"a fit needs more points than coefficients")
+    if weighting not in ("none", "relative"):
+        raise ValueError(f"unknown weighting {weighting!r}; use 'none' or 'relative'")
+    weights = 1 / values if weighting == "relative" else np.ones_like(values)
+
+    # Linear start: column j is the formula with theta_j = 1 and the others 0.
+    basis = np.column_stack([f(n_in, n_out, **{p: float(p == q) for p in names}) for q in names])
+    start, *_ = np.linalg.lstsq(basis * weights[:, None], values * weights, rcond=None)
+
+    model = f.model()
+    params = model.make_params(**{p: float(v) for p, v in zip(names, start)})
+    result = model.fit(values, params, n_in=n_in, n_out=n_out, weights=weights)
+
+    dof = n - k
+    t_crit = stats.t.ppf(0.5 + confidence / 2, dof)
+    estimates = {}
+    for p in names:
+        par = result.params[p]
+        se = float(par.stderr) if par.stderr is not None else float("nan")
+        t_stat = par.value / se if se > 0 else float("inf")
+        estimates[p] = Estimate(p, float(par.value), se, par.value - t_crit * se, par.value + t_crit * se,
+                                float(2 * stats.t.sf(abs(t_stat), dof)))
+    cov = result.covar if result.covar is not None else np.full((k, k), np.nan)
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = pd.DataFrame(cov / np.outer(sd, sd), index=names, columns=names)
+    fitted = result.best_fit
+    return FitResult(formula=f.key, params=estimates, mape_pct=mape(values, fitted), n_points=n,
+                     confidence=confidence, report=result.fit_report(), residuals=values - fitted,
+                     correlations=corr)
+
+
+def fit_all(table: pd.DataFrame, y: str = "j_per_token", weighting: str = "none") -> dict[str, FitResult]:
+    """Fit every formula to one table; results keyed by formula."""
+    return {key: fit(table, key, y=y, weighting=weighting) for key in F.FORMULAS}
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One (n_in, n_out) point with its efficiency.
+
+    Attributes:
+        n_in: Prompt length (tokens).
+        n_out: Output length (tokens).
+        tokens_per_j: Output tokens per joule.
+    """
+
+    n_in: int
+    n_out: int
+    tokens_per_j: float
+
+    @property
+    def j_per_token(self) -> float:
+        """Joules per output token."""
+        return 1 / self.tokens_per_j
+
+
+@dataclass(frozen=True)
+class Extremes:
+    """Best and worst grid points of one model.
+
+    Attributes:
+        best: Most output tokens per joule.
+        worst: Fewest output tokens per joule.
+    """
+
+    best: GridPoint
+    worst: GridPoint
+
+    @property
+    def ratio(self) -> float:
+        """Best over worst efficiency (the study averages 33.41x)."""
+        return self.best.tokens_per_j / self.worst.tokens_per_j
+
+
+def predict_grid(thetas: dict[str, float], formula: str = "memory_flops_model",
+                 n_in=GRID, n_out=GRID) -> pd.DataFrame:
+    """A tidy table of a formula's predictions over a grid (``j_per_token``, ``tokens_per_j``)."""
+    ii, oo = np.meshgrid(np.asarray(n_in), np.asarray(n_out), indexing="ij")
+    e = F.get(formula)(ii.ravel(), oo.ravel(), **thetas)
+    return pd.DataFrame({"n_in": ii.ravel(), "n_out": oo.ravel(), "j_per_token": e, "tokens_per_j": 1 / e})
+
+
+def extremes(table: pd.DataFrame, y: str = "j_per_token") -> Extremes:
+    """The best and worst points of a tidy table (lowest and highest energy per token)."""
+    n_in, n_out, values = _columns(table, y)
+    i, j = int(np.argmin(values)), int(np.argmax(values))
+    return Extremes(GridPoint(int(n_in[i]), int(n_out[i]), float(1 / values[i])),
+                    GridPoint(int(n_in[j]), int(n_out[j]), float(1 / values[j])))
+
+
+@dataclass(frozen=True)
+class SweetSpot:
+    """The estimated best operating point of a Memory+FLOPs fit.
+
+    Attributes:
+        n_in: Input length at which the energy per token is lowest (tokens).
+        n_out: Sweet-spot output length at that input, rounded (tokens).
+        n_out_exact: The real-valued sweet spot (tokens).
+        j_per_token: Predicted energy per output token there (joules).
+    """
+
+    n_in: int
+    n_out: int
+    n_out_exact: float
+    j_per_token: float
+
+
+def estimated_sweet_spot(thetas: dict[str, float], n_in=GRID) -> SweetSpot:
+    """The study's estimated best point: the sweet spot n_out*(n_in) of each input, and the
+    input whose sweet spot costs the least energy per token."""
+    spots = [float(F.sweet_spot(i, thetas["theta1"], thetas["theta3"], thetas["theta4"],
+                                thetas.get("theta5", 0.0))) for i in n_in]
+    energy = [float(F.memory_flops_model(i, o, **thetas)) for i, o in zip(n_in, spots)]
+    best = int(np.argmin(energy))
+    return SweetSpot(int(n_in[best]), int(round(spots[best])), spots[best], energy[best])
