@@ -180,7 +180,7 @@ class Architecture:
             p += self.lm_head_params
         return p
 
-    def replace(self, **changes: Any) -> "Architecture":
+    def replace(self, **changes: Any) -> Architecture:
         """A copy with some fields changed; unknown fields raise ``ValueError``."""
         _check_fields(changes, self.name)
         return dataclasses.replace(self, **changes)
@@ -191,13 +191,13 @@ class Architecture:
 
     # ----- constructors ---------------------------------------------------------------
     @classmethod
-    def from_dict(cls, fields: dict[str, Any]) -> "Architecture":
+    def from_dict(cls, fields: dict[str, Any]) -> Architecture:
         """Build from a dict of :class:`Architecture` field names; unknown names raise."""
         _check_fields(fields, fields.get("name", "?"))
         return cls(**fields)
 
     @classmethod
-    def from_hf_config(cls, config: dict[str, Any] | str | Path, name: str | None = None) -> "Architecture":
+    def from_hf_config(cls, config: dict[str, Any] | str | Path, name: str | None = None) -> Architecture:
         """Read the architecture from a Hugging Face configuration.
 
         Args:

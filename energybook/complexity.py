@@ -46,10 +46,10 @@ class Cost:
     flops: float
     bytes: float
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.flops + other.flops, self.bytes + other.bytes)
 
-    def __mul__(self, k: float) -> "Cost":
+    def __mul__(self, k: float) -> Cost:
         return Cost(self.flops * k, self.bytes * k)
 
     __rmul__ = __mul__

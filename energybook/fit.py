@@ -110,7 +110,7 @@ def mape(measured, predicted) -> float:
 
 
 def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_per_token",
-        confidence: float = 0.95, weighting: str = "none") -> FitResult:
+        confidence: float = 0.95, weighting: str = "relative") -> FitResult:
     """Fit an energy formula to a measurement table.
 
     Every formula is linear in its coefficients, so the fit starts from the linear
@@ -122,8 +122,10 @@ def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_pe
         formula: Formula key or label (see :data:`energybook.formulas.FORMULAS`).
         y: Column with the energy per output token (joules).
         confidence: Level of the confidence intervals.
-        weighting: ``"none"`` (plain least squares, the study's method) or ``"relative"``
-            (residuals divided by the measured value, which minimises relative error).
+        weighting: ``"relative"`` (the default: residuals divided by the measured value,
+            right for noise proportional to the value, as energy noise is, and the least
+            squares counterpart of the MAPE) or ``"none"`` (plain least squares, the study's
+            method; its confidence intervals are too narrow under proportional noise).
 
     Raises:
         ValueError: for missing columns, non-positive values, an unknown formula or
@@ -167,7 +169,7 @@ def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_pe
                      correlations=corr)
 
 
-def fit_all(table: pd.DataFrame, y: str = "j_per_token", weighting: str = "none") -> dict[str, FitResult]:
+def fit_all(table: pd.DataFrame, y: str = "j_per_token", weighting: str = "relative") -> dict[str, FitResult]:
     """Fit every formula to one table; results keyed by formula."""
     return {key: fit(table, key, y=y, weighting=weighting) for key in F.FORMULAS}
 
