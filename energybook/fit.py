@@ -253,3 +253,66 @@ def estimated_sweet_spot(thetas: dict[str, float], n_in=GRID) -> SweetSpot:
     energy = [float(F.memory_flops_model(i, o, **thetas)) for i, o in zip(n_in, spots)]
     best = int(np.argmin(energy))
     return SweetSpot(int(n_in[best]), int(round(spots[best])), spots[best], energy[best])
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Out-of-sample error of one formula on one table.
+
+    Attributes:
+        formula: Key of the formula.
+        scheme: ``"kfold"`` (random folds of points), ``"row"`` (leave one n_in out) or
+            ``"column"`` (leave one n_out out).
+        mape_pct: MAPE of the held-out predictions over all points (%).
+        folds: Number of fits made.
+        predictions: The table with a ``predicted`` column (held-out predictions).
+    """
+
+    formula: str
+    scheme: str
+    mape_pct: float
+    folds: int
+    predictions: pd.DataFrame = field(repr=False)
+
+
+def cross_validate(table: pd.DataFrame, formula: str = "memory_flops_model", scheme: str = "kfold",
+                   k: int = 7, seed: int = 0, y: str = "j_per_token", weighting: str = "relative") -> CrossValidation:
+    """Fit on part of the grid, predict the rest, and report the held-out MAPE.
+
+    The study's MAPE is in-sample: the same 49 points are fitted and scored. Here each point is
+    predicted by a fit that did not see it.
+
+    Args:
+        table: Tidy table with ``n_in``, ``n_out`` and the energy column.
+        formula: Formula key.
+        scheme: ``"kfold"`` (k random folds of points), ``"row"`` (leave one n_in out at a time,
+            i.e. extrapolate or interpolate in the input length) or ``"column"`` (leave one
+            n_out out).
+        k: Folds for ``"kfold"``.
+        seed: Seed of the fold assignment.
+        y: Energy column (joules per output token).
+        weighting: As in :func:`fit`.
+
+    Raises:
+        ValueError: for an unknown scheme, or when a training set has too few points.
+    """
+    _columns(table, y)
+    table = table.reset_index(drop=True)
+    if scheme == "kfold":
+        if not 2 <= k <= len(table):
+            raise ValueError(f"k must be between 2 and the number of points ({len(table)}), got {k}")
+        groups = np.random.default_rng(seed).permutation(len(table)) % k
+    elif scheme == "row":
+        groups = table["n_in"].to_numpy()
+    elif scheme == "column":
+        groups = table["n_out"].to_numpy()
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}; use 'kfold', 'row' or 'column'")
+    predicted = np.empty(len(table))
+    labels = np.unique(groups)
+    for g in labels:
+        held = groups == g
+        result = fit(table[~held], formula, y=y, weighting=weighting)
+        predicted[held] = result.predict(table.loc[held, "n_in"].to_numpy(), table.loc[held, "n_out"].to_numpy())
+    out = table.assign(predicted=predicted)
+    return CrossValidation(F.get(formula).key, scheme, mape(table[y], predicted), len(labels), out)

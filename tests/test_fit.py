@@ -104,3 +104,21 @@ def test_unknown_formula_and_sweet_spot_without_minimum():
         FM.get("cubic")
     with pytest.raises(ValueError, match="theta4 must be positive"):
         FM.sweet_spot(64, 1.0, 1.0, 0.0)
+
+
+def test_cross_validation_is_honest():
+    table = synthetic(TRUE, seed=5)
+    inside = F.fit(table).mape_pct
+    for scheme in ("kfold", "row", "column"):
+        cv = F.cross_validate(table, scheme=scheme)
+        print(scheme, cv.mape_pct, inside)
+        assert cv.mape_pct > inside  # held-out error exceeds in-sample error
+        assert cv.mape_pct < 5
+        assert cv.folds == 7
+    # A formula too simple for the data does not get better out of sample.
+    assert F.cross_validate(table, "baseline2_inv_out").mape_pct > 30
+
+
+def test_cross_validation_bad_scheme():
+    with pytest.raises(ValueError, match="unknown scheme 'diagonal'"):
+        F.cross_validate(F.predict_grid(TRUE), scheme="diagonal")
