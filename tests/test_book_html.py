@@ -1,0 +1,158 @@
+"""Open every page of the built book in headless Chromium and check that it rendered.
+
+Needs the built book (``make book``) and Debian's Chromium at /usr/bin/chromium; skipped without
+them, except under ``make test`` (``EB_REQUIRE_BOOK=1``), where their absence is a failure.
+The site is served from a local HTTP server, as file:// URLs can block scripts such as MathJax.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+HTML = ROOT / "_build" / "html"
+CHROMIUM = os.environ.get("EB_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REQUIRED = os.environ.get("EB_REQUIRE_BOOK") == "1"
+
+pytestmark = pytest.mark.book
+
+
+def _missing(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason} (EB_REQUIRE_BOOK=1: the browser check must run)")
+    pytest.skip(reason)
+
+
+def toc_pages() -> list[str]:
+    """Every file listed in _toc.yml, as paths relative to the root without suffix."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("sections"))
+            walk(entry.get("chapters"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    walk(toc.get("sections"))
+    return [re.sub(r"\.(md|ipynb)$", "", p) for p in pages]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    """Base URL of the built book served on localhost."""
+    if not (HTML / "index.html").is_file():
+        _missing(f"{HTML} has no built book: run `make book` first")
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by playwright."""
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        _missing(f"no Chromium at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def test_toc_pages_were_built():
+    missing = [p for p in toc_pages() if not (HTML / f"{p}.html").is_file()]
+    if not HTML.is_dir():
+        _missing(f"{HTML} has no built book: run `make book` first")
+    assert not missing, f"pages in _toc.yml without HTML in {HTML}: {missing}"
+
+
+# pydata-sphinx-theme logs this on a first visit, before any theme mode is stored: harmless.
+BENIGN_CONSOLE = re.compile(r"^Got invalid theme mode: \. Resetting to auto\.$")
+ERROR_NAME = re.compile(r"\b\w*(Error|Exception)\b:|Traceback \(most recent call last\)")
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_renders(site, browser, page):
+    context = browser.new_context()
+    tab = context.new_page()
+    failures: list[str] = []
+    console_errors: list[str] = []
+    external: list[str] = []
+
+    def on_request(request):
+        host = urlparse(request.url).hostname
+        if request.url.startswith("http") and host not in ("127.0.0.1", "localhost"):
+            external.append(request.url)
+
+    def on_response(response):
+        if response.status >= 400:
+            failures.append(f"{response.status} {response.url}")
+
+    tab.on("request", on_request)
+    tab.on("response", on_response)
+    tab.on("requestfailed", lambda r: failures.append(f"failed {r.url}") if "127.0.0.1" in r.url else None)
+    tab.on("console", lambda m: console_errors.append(m.text)
+           if m.type == "error" and not BENIGN_CONSOLE.match(m.text) else None)
+    # Nothing may depend on the network: CI has none.
+    tab.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), lambda route: route.abort())
+    try:
+        tab.goto(f"{site}/{page}.html", wait_until="load")
+        tab.wait_for_load_state("networkidle")
+
+        h1 = tab.locator("main h1, article h1").first
+        assert h1.count() == 1 and h1.inner_text().strip(), f"{page}: no h1 title"
+
+        images = tab.evaluate("""() => Array.from(document.querySelectorAll('article img, main img'))
+            .map(img => ({src: img.currentSrc || img.src, ok: img.complete && img.naturalWidth > 0}))""")
+        broken = [i["src"][:120] for i in images if not i["ok"]]
+        assert not broken, f"{page}: images that did not load: {broken}"
+
+        n_math = tab.locator(".math").count()
+        if n_math:
+            tab.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                  timeout=20_000)
+            tab.evaluate("() => MathJax.startup.promise")
+            rendered = tab.locator(".math mjx-container").count()
+            assert rendered == n_math, f"{page}: MathJax rendered {rendered} of {n_math} math elements"
+            assert tab.locator("mjx-merror").count() == 0, f"{page}: MathJax reported a TeX error"
+
+        assert tab.locator(".output.traceback").count() == 0, f"{page}: a cell shows a traceback"
+        for text in tab.locator(".output.stderr").all_inner_texts():
+            assert not re.search(r"Traceback|Error|Exception", text), f"{page}: error on stderr: {text[:300]}"
+        for text in tab.locator(".cell_output").all_inner_texts():
+            assert not ERROR_NAME.search(text), f"{page}: a cell output shows an error: {text[:300]}"
+
+        assert not failures, f"{page}: failed requests: {failures}"
+        assert not external, f"{page}: requests left localhost (no network in CI): {external[:5]}"
+        assert not console_errors, f"{page}: console errors: {console_errors[:5]}"
+    finally:
+        context.close()
