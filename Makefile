@@ -14,7 +14,7 @@ STAMP := $(VENV)/.energybook-installed
 CHROMIUM ?= /usr/bin/chromium
 # torch is pinned and installed first: on the project's machines this picks a CPU wheel from
 # local disk; an unpinned torch would download the CUDA build (gigabytes).
-# Elsewhere, pass e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+# Elsewhere, pass TORCH_PIP_ARGS="--index-url <your CPU wheel index>" to avoid the CUDA build.
 TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
