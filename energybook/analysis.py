@@ -10,6 +10,7 @@ Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/compariso
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,3 +111,38 @@ def method_difference(table: pd.DataFrame, reference: str = "energy_j",
     if missing:
         raise ValueError(f"the table lacks column(s) {missing}")
     return table.assign(difference_pct=(table[other] - table[reference]) / table[reference] * 100)
+
+
+def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.DataFrame:
+    """Our measured grids as one tidy table, one row per (gpu, model, n_in, n_out).
+
+    Reads every results file called ``<name>.csv`` under ``root`` (default ``data/measured``)
+    with :func:`energybook.results.load_measured`, which refuses anything not measured on a real
+    GPU. Repeated measurements of a point are averaged; ``reps`` counts them.
+
+    Args:
+        root: Folder of results files.
+        name: Stem of the results files to read (``grid`` for the sweeps of the 7x7 grid).
+        gpu: Keep only this GPU (exact name as recorded), or all when None.
+
+    Returns:
+        An empty table when nothing is measured yet.
+    """
+    from energybook import results as R
+
+    root = R.MEASURED_DIR if root is None else root
+    files = sorted(Path(root).rglob(f"{name}.csv"))
+    if not files:
+        return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
+    frames = [R.load_measured(f).data.assign(source=str(f)) for f in files]
+    raw = pd.concat(frames, ignore_index=True)
+    if gpu is not None:
+        raw = raw[raw["gpu"] == gpu]
+    numeric = [c for c in raw.columns if c not in ("gpu", "model", "n_in", "n_out", "source")
+               and pd.api.types.is_numeric_dtype(raw[c])]
+    grouped = raw.groupby(["gpu", "model", "n_in", "n_out"], as_index=False)
+    table = grouped[numeric].mean()
+    table["reps"] = grouped.size()["size"].to_numpy()
+    table["j_per_token"] = table["energy_j"] / table["tokens_out"]
+    table["tokens_per_j"] = 1 / table["j_per_token"]
+    return table

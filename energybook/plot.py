@@ -30,6 +30,8 @@ LABELS = {
     "n_out": "output length n_out (tokens)",
     "tokens_per_j": "efficiency (output tokens per joule)",
     "j_per_token": "energy per output token (J)",
+    "normalised": "normalised efficiency (0 = worst, 1 = best point)",
+    "difference_pct": "difference from the energy counter (%)",
 }
 
 
