@@ -136,6 +136,12 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
         return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
     frames = [R.load_measured(f).data.assign(source=str(f)) for f in files]
     raw = pd.concat(frames, ignore_index=True)
+    # Plain numpy dtypes (the loader's nullable ones do not mix with matplotlib and lmfit).
+    for c in raw.columns:
+        if pd.api.types.is_numeric_dtype(raw[c]):
+            raw[c] = raw[c].astype(int if c in ("n_in", "n_out") else float)
+        else:
+            raw[c] = raw[c].astype(object)
     if gpu is not None:
         raw = raw[raw["gpu"] == gpu]
     numeric = [c for c in raw.columns if c not in ("gpu", "model", "n_in", "n_out", "source")
