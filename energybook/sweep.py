@@ -144,9 +144,45 @@ def environment(meter, engine) -> dict[str, Any]:
         info.update(torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__)
     except ImportError:  # pragma: no cover
         pass
+    if hasattr(engine, "describe"):  # an external engine (energybook.external)
+        info.update(engine=engine.describe(), dtype=None, device="cuda",
+                    weights=getattr(getattr(engine, "settings", None), "load_format", None) or "as built")
+        return info
     info.update(engine=getattr(engine, "settings", {}), dtype=getattr(engine, "settings", {}).get("dtype"),
                 weights=getattr(engine, "weights", "?"), device=getattr(engine, "settings", {}).get("device"))
     return info
+
+
+ENGINES = ("torch", "trtllm", "vllm")
+
+
+def make_engine(name: str, model: str, device: str = "cuda", max_batch: int = 1024, seed: int = 0,
+                engine_kwargs: dict | None = None, workspace: str | Path | None = None):
+    """The engine a sweep drives: energybook's own ``torch`` engine, or ``trtllm``/``vllm`` through
+    their benchmark commands (:mod:`energybook.external`).
+
+    Args:
+        name: ``"torch"``, ``"trtllm"`` or ``"vllm"``.
+        model: Model name or path (for the external engines, what their ``--model`` takes).
+        device: Device of the torch engine.
+        max_batch: Batch cap of the torch engine.
+        seed: Seed of the torch engine's random weights and prompts.
+        engine_kwargs: Extra keyword arguments for the engine's constructor.
+        workspace: Folder for the external engines' data sets, engines, reports and logs.
+
+    Raises:
+        ValueError: for an unknown engine name.
+    """
+    if name == "torch":
+        from energybook.engine import TorchEngine
+
+        return TorchEngine(model, device=device, max_batch=max_batch, seed=seed, **(engine_kwargs or {}))
+    from energybook import external
+
+    if name not in external.ENGINES:
+        raise ValueError(f"unknown engine {name!r}; use one of {ENGINES}")
+    folder = Path(workspace) if workspace else ROOT / "workspace" / name
+    return external.ENGINES[name](model, folder, **(engine_kwargs or {}))
 
 
 def _utc(t: float | None = None) -> str:
@@ -187,7 +223,8 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
               engine=None, meter=None, allow_test_data: bool = False, command: str | None = None,
               progress: bool = True, protocol_note: str = "", engine_kwargs: dict | None = None,
               stop_after: int | None = None, time_limit_s: float | None = None,
-              meter_poll_s: float = 0.002) -> SweepResult:
+              meter_poll_s: float = 0.002, engine_name: str = "torch",
+              workspace: str | Path | None = None) -> SweepResult:
     """Measure a grid of points for one model, appending each finished point to ``output``.
 
     Args:
@@ -204,7 +241,7 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
         warmup_steps: Decode steps of the warm-up run before each group, at the group's batch.
         cooldown_s: Idle pause after each group (seconds).
         device: ``"cuda"``, or ``"cpu"`` with ``allow_test_data=True`` (tests).
-        engine: An engine object (default: :class:`energybook.engine.TorchEngine`).
+        engine: An engine object (default: made by :func:`make_engine` from ``engine_name``).
         meter: A meter (default: :class:`energybook.meter.Meter`; on the CPU, the simulated meter).
         allow_test_data: Permit the CPU or a simulated meter; the data are labelled test data.
         command: The command line that regenerates the file (recorded in the sidecar).
@@ -214,6 +251,9 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
         stop_after: Stop after this many points (tests of resumption).
         time_limit_s: Start no new group after this many seconds; a rerun resumes the rest.
         meter_poll_s: Counter polling period of the meter thread (seconds).
+        engine_name: ``"torch"`` (default), ``"trtllm"`` or ``"vllm"``: the external engines run their own
+            benchmark command once per point, under the meter (:mod:`energybook.external`).
+        workspace: Folder for the external engines' files.
 
     Raises:
         ValueError: bad parameters (unknown model, non-positive lengths, unknown mode).
@@ -225,9 +265,8 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
         raise RuntimeError("device='cpu' measures nothing real: pass allow_test_data=True (tests only) or run on an "
                            "NVIDIA GPU with device='cuda'")
     if engine is None:
-        from energybook.engine import TorchEngine
-
-        engine = TorchEngine(model, device=device, max_batch=max_batch, seed=seed, **(engine_kwargs or {}))
+        engine = make_engine(engine_name, model, device, max_batch, seed, engine_kwargs, workspace)
+    external = hasattr(engine, "run_point")
     if meter is None:
         if device.startswith("cpu"):
             from energybook.meter import SimulatedMeter
@@ -247,15 +286,18 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
     if getattr(meter, "method", "") == "simulated" and not allow_test_data:
         raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
     env = environment(meter, engine)
-    name = getattr(engine, "name", str(model))
+    name = str(model) if external else getattr(engine, "name", str(model))
     if output is None:
-        output = R.default_path(env.get("gpu", "gpu"), name, "grid" if mode == "prefix" else "full")
+        stem = f"{engine.name}-grid" if external else ("grid" if mode == "prefix" else "full")
+        output = R.default_path(env.get("gpu", "gpu"), name, stem)
     output = Path(output)
-    protocol = {"meter_poll_s": meter_poll_s, "n_req": n_req, "max_batch": max_batch, "mode": mode,
+    protocol = {"meter_poll_s": meter_poll_s, "n_req": n_req, "max_batch": max_batch,
+                "mode": "external" if external else mode, "engine": engine_name if external else "torch",
                 "n_in": list(n_in), "n_out": list(n_out),
                 "repeats": repeats, "min_window_s": min_window_s, "warmup_steps": warmup_steps,
                 "cooldown_s": cooldown_s, "seed": seed,
-                "wave_counting": mode == "prefix", "prefix_checkpoints": mode == "prefix", "note": protocol_note}
+                "wave_counting": mode == "prefix" and not external,
+                "prefix_checkpoints": mode == "prefix" and not external, "note": protocol_note}
     test_data = bool(allow_test_data and (device.startswith("cpu") or getattr(meter, "method", "") == "simulated"))
     prov = dict(env, model=name, protocol=protocol, meter_method=getattr(meter, "method", "?"), test_data=test_data,
                 command=command or " ".join(shlex.quote(a) for a in sys.argv), started_at=_utc(),
@@ -266,6 +308,9 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
     done = rf.done()
     todo = [Point(a, b, r) for r in range(repeats) for a in n_in for b in n_out if (a, b, r) not in done]
     skipped = repeats * len(n_in) * len(n_out) - len(todo)
+    if external:
+        return _sweep_external(engine, meter, rf, todo, skipped, n_req, name, seed, cooldown_s, progress,
+                               stop_after, time_limit_s, t_start)
     groups = plan(todo, engine.batch_limit, n_req, max_batch, mode)
     random.Random(seed).shuffle(groups)
     bar = None
@@ -313,6 +358,52 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
         meter.stop()
     remaining = len(todo) - measured
     return SweepResult(output, measured, skipped, time.perf_counter() - t_start, log, remaining)
+
+
+def _sweep_external(engine, meter, rf: R.ResultsFile, todo: list[Point], skipped: int, n_req: int, name: str,
+                    seed: int, cooldown_s: float, progress: bool, stop_after: int | None,
+                    time_limit_s: float | None, t_start: float) -> SweepResult:
+    """The sweep loop for an external engine: one benchmark command per point, in shuffled order.
+
+    The engine's whole command line, its version, the energy of the whole process and the token
+    counts it reported go into the sidecar's point log; the row holds the energy of its timed run.
+    """
+    random.Random(seed).shuffle(todo)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="point", desc=f"{name} sweep ({engine.name})")
+    measured, log = 0, []
+    meter.start()
+    try:
+        build = engine.build(meter)
+        if build is not None:
+            log.append(f"built the engine: {build.command_line} ({build.duration_s:.0f} s)")
+        for p in todo:
+            if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
+                log.append(f"stopped at the time limit, {len(todo) - measured} points left")
+                break
+            started = time.time()
+            point = engine.run_point(meter, p.n_in, p.n_out, n_req)
+            details = point.row()
+            row = {k: v for k, v in details.items() if k in R.COLUMNS}
+            row.update(model=name, rep=p.rep, mode="external", batch=None, waves=None, measured_waves=None,
+                       window_s=details["duration_s"], repeats=1, gpu=meter.device_info().get("gpu"),
+                       started_at=_utc(started), finished_at=_utc())
+            info = {k: v for k, v in details.items() if k not in R.COLUMNS}
+            rf.append(row, dict(info, started_at=row["started_at"], finished_at=row["finished_at"]))
+            measured += 1
+            if bar is not None:
+                bar.update(1)
+            if stop_after is not None and measured >= stop_after:
+                break
+            time.sleep(cooldown_s)
+    finally:
+        if bar is not None:
+            bar.close()
+        meter.stop()
+    return SweepResult(rf.path, measured, skipped, time.perf_counter() - t_start, log, len(todo) - measured)
 
 
 def _free(engine) -> None:
@@ -439,12 +530,23 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
                     min_window_s=args.min_window, cooldown_s=args.cooldown, device=args.device,
                     command="energybook " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                     protocol_note=args.note, time_limit_s=args.time_limit, allow_test_data=args.allow_test_data,
-                    meter_poll_s=args.meter_poll,
-                    engine_kwargs={"cuda_graphs": {"auto": "auto", "on": True, "off": False}[args.graphs]})
+                    meter_poll_s=args.meter_poll, engine_name=args.engine, workspace=args.workspace,
+                    engine_kwargs=_engine_kwargs(args))
     print(f"{res.measured} points measured, {res.skipped} already there, {res.remaining} left, "
           f"{res.seconds / 60:.2f} min")
     print(f"{res.path}: results")
     return 0
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.engine == "torch":
+        return {"cuda_graphs": {"auto": "auto", "on": True, "off": False}[args.graphs]}
+    kwargs: dict[str, Any] = {"timeout_s": args.timeout}
+    if args.executable:
+        kwargs["executable"] = args.executable
+    if args.engine == "trtllm":
+        kwargs.update(model_path=args.model_path, engine_dir=args.engine_dir)
+    return kwargs
 
 
 def _measure_cmd(args: argparse.Namespace) -> int:
@@ -476,6 +578,14 @@ def add_cli(sub) -> None:
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto", help="CUDA graphs for decode")
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
     p.add_argument("--allow-test-data", action="store_true", help="permit the CPU / simulated meter (tests only)")
+    g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "
+                             "commands (these two are untested on real engines here)")
+    g.add_argument("--engine", choices=ENGINES, default="torch", help="the engine that generates")
+    g.add_argument("--workspace", default=None, help="trtllm/vllm: folder for data sets, engines, reports, logs")
+    g.add_argument("--model-path", default=None, help="trtllm: local checkpoint folder (--model_path)")
+    g.add_argument("--engine-dir", default=None, help="trtllm: an engine already built")
+    g.add_argument("--executable", default=None, help="trtllm/vllm: the trtllm-bench or vllm command")
+    g.add_argument("--timeout", type=float, default=None, help="trtllm/vllm: time limit per command (seconds)")
     p.set_defaults(func=_sweep_cmd)
 
     p = sub.add_parser("measure", help="run notebooks/measure.ipynb through papermill (executed copy in book/)")

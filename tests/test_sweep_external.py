@@ -1,0 +1,66 @@
+"""One sweep command for every engine: the external engines through stand-in executables.
+
+Nothing here runs TensorRT-LLM or vLLM: the stand-ins print the documented report formats.
+"""
+
+import os
+
+import pytest
+
+from energybook import results as R
+from energybook import sweep
+from energybook.meter import SimulatedMeter
+from tests.test_external import FAKE_TRTLLM, FAKE_VLLM, fake_executable
+
+FAKE_BUILD = """
+import pathlib, sys
+if "build" in sys.argv:
+    a = sys.argv
+    folder = pathlib.Path(a[a.index("--workspace") + 1]) / a[a.index("--model") + 1] / "tp_1_pp_1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    print("[TRT-LLM] [I] engine built (stand-in)")
+    sys.exit(0)
+"""
+
+
+@pytest.fixture()
+def stand_ins(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_executable(bindir, "vllm", FAKE_VLLM)
+    fake_executable(bindir, "trtllm-bench", FAKE_BUILD + FAKE_TRTLLM.replace("SHORT", "0"))
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("engine", ["vllm", "trtllm"])
+def test_sweep_drives_external_engines_and_resumes(stand_ins, engine):
+    out = stand_ins / "res" / f"{engine}.csv"
+    kw = dict(n_in=[16, 32], n_out=[8], n_req=4, device="cpu", meter=SimulatedMeter(), allow_test_data=True,
+              engine_name=engine, workspace=stand_ins / "ws", cooldown_s=0, progress=False, output=out)
+    first = sweep.run_sweep("org/model", stop_after=1, **kw)
+    assert first.measured == 1
+    second = sweep.run_sweep("org/model", **kw)
+    assert (second.measured, second.skipped) == (1, 1)
+    run = R.load_measured(out, allow_test_data=True)
+    assert sorted(run.data["n_in"]) == [16, 32]
+    assert set(run.data["mode"]) == {"external"} and (run.data["tokens_out"] == 32).all()
+    prov = run.provenance
+    assert prov["engine"]["engine"] == engine and prov["protocol"]["engine"] == engine
+    points = prov["points"].values()
+    assert all(p["command"].startswith("vllm bench" if engine == "vllm" else "trtllm-bench") for p in points)
+    assert all(p["tokens_match"] for p in points)
+
+
+def test_unknown_engine_is_named():
+    with pytest.raises(ValueError, match="unknown engine 'sglang'"):
+        sweep.make_engine("sglang", "org/model")
+
+
+def test_missing_engine_gives_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="pip install vllm"):
+        sweep.run_sweep("org/model", n_in=[16], n_out=[8], n_req=2, device="cpu", meter=SimulatedMeter(),
+                        allow_test_data=True, engine_name="vllm", workspace=tmp_path / "ws", cooldown_s=0,
+                        progress=False, output=tmp_path / "r.csv")
