@@ -10,7 +10,6 @@ Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/compariso
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,26 +115,26 @@ def method_difference(table: pd.DataFrame, reference: str = "energy_j",
 def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.DataFrame:
     """Our measured grids as one tidy table, one row per (gpu, model, n_in, n_out).
 
-    Reads every results file called ``<name>.csv`` under ``root`` (default ``data/measured``)
-    with :func:`energybook.results.load_measured`, which refuses anything not measured on a real
-    GPU. Repeated measurements of a point are averaged; ``reps`` counts them.
+    Reads every results file called ``<name>.csv`` under ``root`` (default: ``$EB_MEASURED_DIR`` or
+    ``data/measured``, see :func:`energybook.provenance_report.measured_dir`) with
+    :func:`energybook.results.load_measured`, which refuses anything not measured on a real GPU.
+    Repeated measurements of a point are averaged; ``reps`` counts them.
 
     Args:
         root: Folder of results files.
-        name: Stem of the results files to read (``grid`` for the sweeps of the 7x7 grid).
+        name: Stem of the results files to read (``grid`` for the torch engine's sweeps of the
+            7x7 grid, ``trtllm-grid`` or ``vllm-grid`` for the external engines').
         gpu: Keep only this GPU (exact name as recorded), or all when None.
 
     Returns:
         An empty table when nothing is measured yet.
     """
-    from energybook import results as R
+    from energybook import provenance_report as PR
 
-    root = R.MEASURED_DIR if root is None else root
-    files = sorted(Path(root).rglob(f"{name}.csv"))
-    if not files:
+    runs = [r for r in PR.measured_runs(root) if r.path.stem == name]
+    raw = PR.measured_table(runs)
+    if raw.empty:
         return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
-    frames = [R.load_measured(f).data.assign(source=str(f)) for f in files]
-    raw = pd.concat(frames, ignore_index=True)
     # Plain numpy dtypes (the loader's nullable ones do not mix with matplotlib and lmfit).
     for c in raw.columns:
         if pd.api.types.is_numeric_dtype(raw[c]):

@@ -66,3 +66,20 @@ def test_cross_validation_table(table):
     t = AN.cross_validation_table(table[table["model"] == "Llama-3.2-1B"])
     row = t.set_index("formula").loc["memory_flops_model"]
     assert row["in_sample"] < row["kfold"] < 3
+
+
+def test_measured_table_reads_the_committed_h100_grid():
+    t = AN.measured_table()
+    llama = t[t["model"] == "Llama-3.2-1B"]
+    assert len(llama) == 49 and llama["gpu"].str.contains("H100").all()
+    assert (llama["tokens_per_j"] > 0).all()
+    assert np.allclose(llama["j_per_token"] * llama["tokens_per_j"], 1)
+
+
+def test_measured_table_refuses_test_data(tmp_path):
+    from energybook import results as R
+
+    R.ResultsFile(tmp_path / "cpu" / "tiny" / "grid.csv").start(
+        {"test_data": True, "device": "cpu", "meter_method": "simulated"})
+    with pytest.raises(R.DataError, match="test data"):
+        AN.measured_table(tmp_path)
