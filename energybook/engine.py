@@ -22,7 +22,7 @@ What makes it fast and faithful, on top of the stock ``transformers`` model:
 Weights are random (``weights="dummy"``, normal with std 0.02, norms at 1) unless a local
 checkpoint directory is given. Time and energy do not depend on the weights' values.
 
-Used in :doc:`/book/measurements/index`.
+Used in :doc:`/book/experiment`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ window when it could be located, else the process window; the ``window`` column 
 Neither engine is installed where this package was written and tested: these paths were exercised
 with stand-in subprocesses that print the documented report formats, never with a real engine.
 
-Used in :doc:`/book/measurements/index`.
+Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Temperature, SM clock and power limit are sampled once a second. On a GPU withou
 Without NVML, a GPU or the ``nvidia-ml-py`` package, :class:`MeterUnavailable` (a
 ``RuntimeError``) says what to do.
 
-Used in :doc:`/book/measurements/index`.
+Used in :doc:`/book/instruments`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ leaves a valid file that a rerun completes.
 device) unless ``allow_test_data=True`` is passed (tests only), and names the file and the fix
 when a CSV or sidecar is corrupt.
 
-Used in :doc:`/book/measurements/index`.
+Used in :doc:`/book/experiment` and :doc:`/book/status`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Every group of points gets a warm-up at the real batch and a cool-down, groups r
 shuffled order, and each finished point is appended atomically to the results CSV
 (:mod:`energybook.results`), so a killed sweep resumes on rerun with no point lost or duplicated.
 
-Used in :doc:`/book/measurements/index`.
+Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
 """
 
 from __future__ import annotations
