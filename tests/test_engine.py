@@ -64,3 +64,19 @@ def test_learned_positions_are_extended_for_dummy_weights(tmp_path):
     eng = TorchEngine(tiny_config(tmp_path, "OPT-1.3B"), device="cpu", min_positions=4096)
     assert eng.settings["max_position_embeddings_extended"] == [2048, 4096]
     assert eng.config.max_position_embeddings == 4096
+
+
+def test_loads_a_local_checkpoint_directory(tmp_path):
+    """Users with weights pass a checkpoint folder: its weights are loaded, not random ones."""
+    dummy = TorchEngine(tiny_config(tmp_path), device="cpu", max_batch=4, seed=3)
+    folder = tmp_path / "ckpt"
+    dummy.model.save_pretrained(folder)
+    loaded = TorchEngine(folder, device="cpu", max_batch=4, seed=3)
+    assert loaded.weights == "checkpoint" and dummy.weights == "dummy"
+    for name, p in dummy.model.state_dict().items():
+        assert torch.equal(p, loaded.model.state_dict()[name]), name
+    dummy.generate(5, 6, 2, return_tokens=True)
+    loaded.generate(5, 6, 2, return_tokens=True)
+    assert torch.equal(dummy.last_tokens, loaded.last_tokens)
+    other = TorchEngine(tiny_config(tmp_path), device="cpu", max_batch=4, seed=4)
+    assert not torch.equal(other.model.lm_head.weight, loaded.model.lm_head.weight)
