@@ -60,10 +60,11 @@ class Cost:
         return self.flops / self.bytes if self.bytes else float("inf")
 
 
-def _positive(**lengths: int) -> None:
-    for key, value in lengths.items():
-        if not isinstance(value, (int,)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{key} must be a positive integer (tokens), got {value!r}")
+def check_positive(**values: int) -> None:
+    """Raise ``ValueError`` naming the first value that is not a positive integer (lengths, batches)."""
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
 def _nonnegative(**lengths: int) -> None:
@@ -117,7 +118,7 @@ def prefill(arch: Architecture, n_in: int, batch: int = 1, method: str = "exact"
         batch: Requests processed together (weights are read once for all of them).
         method: ``"exact"`` or ``"textbook"``.
     """
-    _positive(n_in=n_in, batch=batch)
+    check_positive(n_in=n_in, batch=batch)
     _check_method(method)
     if method == "textbook":
         d, L, nq = arch.hidden_size, arch.num_layers, arch.num_heads
@@ -145,7 +146,7 @@ def decode_step(arch: Architecture, context: int, batch: int = 1, method: str = 
         batch: Requests decoded together.
         method: ``"exact"`` or ``"textbook"`` (the study's step at cache length ``context``).
     """
-    _positive(batch=batch)
+    check_positive(batch=batch)
     _nonnegative(context=context)
     _check_method(method)
     if method == "textbook":
@@ -171,7 +172,7 @@ def request(arch: Architecture, n_in: int, n_out: int, batch: int = 1, method: s
     Textbook: the study's prefill plus ``n_out`` decode steps at cache lengths
     n_in .. n_in + n_out - 1 (its closed form, see :func:`textbook_total_flops`).
     """
-    _positive(n_in=n_in, n_out=n_out, batch=batch)
+    check_positive(n_in=n_in, n_out=n_out, batch=batch)
     _check_method(method)
     total = prefill(arch, n_in, batch, method)
     if method == "textbook":
@@ -199,6 +200,6 @@ def _sum_steps(arch: Architecture, contexts: range, batch: int, method: str) -> 
 
 def textbook_total_flops(arch: Architecture, n_in: int, n_out: int) -> float:
     """The study's closed form: 2Ld(12 d n_in + 12 d n_out + 2 n_in^2 + 2 n_in n_out + n_out^2 - n_out)."""
-    _positive(n_in=n_in, n_out=n_out)
+    check_positive(n_in=n_in, n_out=n_out)
     d, L = arch.hidden_size, arch.num_layers
     return 2 * L * d * (12 * d * n_in + 12 * d * n_out + 2 * n_in**2 + 2 * n_in * n_out + n_out**2 - n_out)

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from energybook.complexity import check_positive
+
 logger = logging.getLogger(__name__)
 
 ATTN_NAME = "energybook_sdpa"
@@ -227,12 +229,6 @@ class Wave:
         return self.times.end - self.times.start
 
 
-def _check_lengths(**kw: int) -> None:
-    for k, v in kw.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{k} must be a positive integer, got {v!r}")
-
-
 class TorchEngine:
     """In-process PyTorch/transformers engine for identical-length greedy generation.
 
@@ -259,7 +255,7 @@ class TorchEngine:
         torch = _torch()
         from energybook import architecture as A
 
-        _check_lengths(max_batch=max_batch, prefill_tokens=prefill_tokens)
+        check_positive(max_batch=max_batch, prefill_tokens=prefill_tokens)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -349,7 +345,7 @@ class TorchEngine:
 
     def batch_limit(self, n_in: int, n_out: int) -> int:
         """Largest batch whose KV cache and activations fit in free device memory (requests)."""
-        _check_lengths(n_in=n_in, n_out=n_out)
+        check_positive(n_in=n_in, n_out=n_out)
         if self.device.type != "cuda":
             return self.max_batch
         torch = self.torch
@@ -398,7 +394,7 @@ class TorchEngine:
             ValueError: for non-positive lengths or a batch above ``max_batch``.
             RuntimeError: when the generated token count differs from the one asked for.
         """
-        _check_lengths(n_in=n_in, n_out=n_out, batch=batch)
+        check_positive(n_in=n_in, n_out=n_out, batch=batch)
         if batch > self.max_batch:
             raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
         torch = self.torch

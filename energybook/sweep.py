@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from energybook import results as R
+from energybook.complexity import check_positive
+from energybook.fit import GRID
 
 logger = logging.getLogger(__name__)
 
-GRID = (64, 128, 256, 512, 1024, 2048, 4096)
 MODES = ("prefix", "full")
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "measure.ipynb"
@@ -94,11 +95,8 @@ def check_grid(n_in, n_out, n_req: int, max_batch: int, repeats: int, mode: str)
         if not values:
             raise ValueError(f"{name} grid is empty")
         for v in values:
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} values must be positive integers (tokens), got {v!r}")
-    for name, v in (("n_req", n_req), ("max_batch", max_batch), ("repeats", repeats)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            check_positive(**{name: v})
+    check_positive(n_req=n_req, max_batch=max_batch, repeats=repeats)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
