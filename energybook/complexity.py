@@ -60,6 +60,10 @@ class Cost:
         return self.flops / self.bytes if self.bytes else float("inf")
 
 
+#: The study's grid: powers of two from 64 to 4096 tokens, for n_in and for n_out.
+GRID = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
 def check_positive(**values: int) -> None:
     """Raise ``ValueError`` naming the first value that is not a positive integer (lengths, batches)."""
     for key, value in values.items():

@@ -19,11 +19,10 @@ import pandas as pd
 from scipy import stats
 
 from energybook import formulas as F
+from energybook.complexity import GRID
 
 logger = logging.getLogger(__name__)
 
-#: The study's grid: powers of two from 64 to 4096 tokens, for n_in and for n_out.
-GRID = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)

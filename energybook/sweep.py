@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook import results as R
-from energybook.complexity import check_positive
-from energybook.fit import GRID
+from energybook.complexity import GRID, check_positive
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,8 @@ loader's refusals, OOM halving, parameter checks."""
 
 import csv
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -166,3 +168,20 @@ def test_balanced_batches():
         S.balanced_batch(1000, 0)
     b, w = S.balanced_batch(999, 100)
     assert b * w >= 999 and b <= 100 and w == math.ceil(999 / 100)
+
+
+def test_measurement_half_imports_without_the_analysis_packages():
+    """A GPU machine may lack lmfit and the book's packages: `energybook sweep`/`measure` must still load."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'lmfit', 'asteval', 'uncertainties', 'jupyter_book', 'myst_nb', 'sphinx'}:\n"
+        "            raise ImportError(f'blocked {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from energybook import cli\n"
+        "sub = next(a for a in cli.build_parser()._actions if a.dest == 'command')\n"
+        "assert {'sweep', 'measure'} <= set(sub.choices), sorted(sub.choices)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
