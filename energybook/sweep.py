@@ -340,7 +340,8 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
                 queue.insert(0, g)
                 continue
             for row in rows:
-                rf.append(row)
+                rf.append(row, {"started_at": row["started_at"], "finished_at": row["finished_at"],
+                                "gpu_uuid": env.get("gpu_uuid")})
                 measured += 1
                 if bar is not None:
                     bar.update(1)
