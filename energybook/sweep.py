@@ -512,7 +512,29 @@ def run_notebook(model: str, output_notebook: str | Path | None = None, paramete
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name=kernel, cwd=str(ROOT),
                         progress_bar=False)
+    name_notebook(out, _model_label(model))
     return out
+
+
+def _model_label(model: str) -> str:
+    """A shipped name as it is; a checkpoint folder by its name; ``.../NAME/config.json`` as NAME."""
+    p = Path(model)
+    if p.name == "config.json":
+        return p.parent.name or model
+    return p.stem if p.suffix == ".json" else p.name
+
+
+def name_notebook(path: str | Path, name: str) -> None:
+    """Put the model's name into an executed notebook's title, so the book's pages differ by model."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            first, _, rest = cell.source.partition("\n")
+            cell.source = f"# {name}: measuring its energy grid\n" + rest
+            break
+    nbformat.write(nb, str(path))
 
 
 def _literal(text: str) -> Any:
