@@ -14,8 +14,10 @@ import logging
 import numpy as np
 import pandas as pd
 
+from energybook import architecture as A
 from energybook import fit as F
 from energybook import formulas as FM
+from energybook.complexity import GRID
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,31 @@ def extremes_table(table: pd.DataFrame) -> pd.DataFrame:
                          best_tokens_per_j=e.best.tokens_per_j, worst_n_in=e.worst.n_in,
                          worst_n_out=e.worst.n_out, worst_tokens_per_j=e.worst.tokens_per_j, ratio=e.ratio))
     return pd.DataFrame(rows).set_index("model")
+
+
+def attention_kind(model: str) -> str:
+    """``"GQA"`` when the model's query heads share key/value heads, else ``"MHA"``."""
+    return "GQA" if A.load(model).is_gqa else "MHA"
+
+
+def coverage_table(table: pd.DataFrame, n_in=GRID, n_out=GRID) -> pd.DataFrame:
+    """Per model: grid points measured, points expected, and the missing ``(n_in, n_out)`` points."""
+    expected = [(a, b) for a in n_in for b in n_out]
+    rows = []
+    for m in _models(table):
+        t = table[table["model"] == m]
+        have = set(zip(t["n_in"].astype(int), t["n_out"].astype(int)))
+        missing = [p for p in expected if p not in have]
+        rows.append(dict(model=m, points=len(have & set(expected)), expected=len(expected),
+                         missing=", ".join(f"({a}, {b})" for a, b in missing)))
+    return pd.DataFrame(rows).set_index("model")
+
+
+def common_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Only the (n_in, n_out) points measured for every model, so that models compare like for like."""
+    n_models = table["model"].nunique()
+    counts = table.groupby(["n_in", "n_out"])["model"].transform("nunique")
+    return table[counts == n_models]
 
 
 def normalised_surface(table: pd.DataFrame) -> pd.DataFrame:

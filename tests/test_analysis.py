@@ -83,3 +83,19 @@ def test_measured_table_refuses_test_data(tmp_path):
         {"test_data": True, "device": "cpu", "meter_method": "simulated"})
     with pytest.raises(R.DataError, match="test data"):
         AN.measured_table(tmp_path)
+
+
+def test_attention_kind():
+    assert [AN.attention_kind(m) for m in MODELS] == ["GQA", "MHA", "GQA"]
+
+
+def test_coverage_and_common_points_on_an_incomplete_grid(table):
+    gap = table[~((table["model"] == "Qwen2-1.5B") & (table["n_in"] == 1024))]
+    gap = gap[~((gap["model"] == "OPT-1.3B") & (gap["n_in"] == 64) & (gap["n_out"] == 4096))]
+    cov = AN.coverage_table(gap)
+    assert cov.loc["Llama-3.2-1B", "points"] == 49 and cov.loc["Llama-3.2-1B", "missing"] == ""
+    assert cov.loc["Qwen2-1.5B", "points"] == 42 and cov.loc["Qwen2-1.5B", "missing"].startswith("(1024, 64)")
+    assert cov.loc["OPT-1.3B", "missing"] == "(64, 4096)"
+    common = AN.common_points(gap)
+    assert len(common) == 3 * (49 - 7 - 1)
+    assert not ((common["n_in"] == 1024) | ((common["n_in"] == 64) & (common["n_out"] == 4096))).any()
