@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,36 @@ def _date(prov: dict[str, Any]) -> str:
     return str(first)[:10]
 
 
+def _time(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def measuring_minutes(prov: dict[str, Any]) -> float:
+    """GPU time spent measuring a file's points (minutes): the points of one group share a start, so
+    each group counts from its start (warm-up included) to its last point's finish. Model loading and
+    the pauses between calls are left out. NaN when the point log has no times."""
+    groups: dict[str, datetime] = {}
+    for info in (prov.get("points") or {}).values():
+        start, end = _time(info.get("started_at")), _time(info.get("finished_at"))
+        if start is None or end is None:
+            continue
+        key = info["started_at"]
+        groups[key] = max(groups.get(key, end), end)
+    if not groups:
+        return float("nan")
+    return sum((end - _time(start)).total_seconds() for start, end in groups.items()) / 60
+
+
+def gpu_count(prov: dict[str, Any]) -> int:
+    """How many distinct GPUs (by UUID) the runs of a file used."""
+    uuids = {r.get("gpu_uuid") for r in prov.get("runs") or []} | {prov.get("gpu_uuid")}
+    uuids |= {i.get("gpu_uuid") for i in (prov.get("points") or {}).values()}
+    return len(uuids - {None})
+
+
 def _engine(prov: dict[str, Any]) -> dict[str, Any]:
     eng = prov.get("engine")
     return eng if isinstance(eng, dict) else {"engine": eng}
@@ -84,7 +115,8 @@ def _engine(prov: dict[str, Any]) -> dict[str, Any]:
 
 def run_table(runs: list[R.MeasuredRun]) -> pd.DataFrame:
     """One row per measured run: model, GPU, driver, date, engine, weights, dtype, meter, protocol,
-    rows and whether the CSV's sha256 matches its sidecar."""
+    rows, measuring minutes (:func:`measuring_minutes`), GPUs used, and whether the CSV's sha256 matches
+    its sidecar."""
     rows = []
     for r in runs:
         p = r.provenance
@@ -96,7 +128,8 @@ def run_table(runs: list[R.MeasuredRun]) -> pd.DataFrame:
             "dtype": p.get("dtype", "?"), "meter": p.get("meter_method", "?"),
             "protocol": f"{proto.get('mode', '?')}, grid {grid}, n_req {proto.get('n_req', '?')}, "
                         f"max_batch {proto.get('max_batch', '?')}",
-            "rows": len(r.data), "sha256 ok": R.sha256_file(r.path) == p.get("sha256"),
+            "rows": len(r.data), "measuring (min)": round(measuring_minutes(p), 1), "GPUs": gpu_count(p),
+            "sha256 ok": R.sha256_file(r.path) == p.get("sha256"),
             "file": str(Path(r.path).relative_to(R.ROOT)) if Path(r.path).is_relative_to(R.ROOT) else str(r.path),
         })
     return pd.DataFrame(rows)

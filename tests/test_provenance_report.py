@@ -108,3 +108,16 @@ def test_timeline_files(tmp_path):
     (tmp_path / "a" / "run_timeline.json").write_text(json.dumps({"power_t": [0], "power_w": [1]}))
     (tmp_path / "a" / "bad_timeline.json").write_text("{")
     assert [p.name for p in P.timeline_files(tmp_path)] == ["run_timeline.json"]
+
+
+def test_measuring_minutes_and_gpu_count():
+    prov = {"gpu_uuid": "GPU-b", "runs": [{"gpu_uuid": "GPU-a"}, {"gpu_uuid": "GPU-b"}],
+            "points": {"64x64#0": {"started_at": "2026-03-01T10:00:00Z", "finished_at": "2026-03-01T10:01:00Z"},
+                       "64x128#0": {"started_at": "2026-03-01T10:00:00Z", "finished_at": "2026-03-01T10:03:00Z"},
+                       "128x64#0": {"started_at": "2026-03-01T11:00:00Z", "finished_at": "2026-03-01T11:00:30Z",
+                                    "gpu_uuid": "GPU-c"}}}
+    # group 1: 10:00 -> 10:03 (3 min, the shorter point is inside it); group 2: 0.5 min; the hour between is not counted
+    assert P.measuring_minutes(prov) == pytest.approx(3.5)
+    assert P.gpu_count(prov) == 3
+    assert math.isnan(P.measuring_minutes({"points": {"64x64#0": {"started_at": None}}}))
+    assert P.gpu_count({}) == 0
