@@ -32,5 +32,6 @@ def test_notebook_runs_on_the_cpu_with_tiny_parameters(tmp_path):
     nb = json.loads(out_nb.read_text())
     text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
     assert "4 points measured" in text and "Measured tokens per joule over the grid" in json.dumps(nb)
+    assert "complete: all 4 points measured" in text
     title = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "".join(title["source"]).startswith(f"# {cfg.stem}: measuring its energy grid")
