@@ -1,0 +1,34 @@
+"""The GPU benchmarks are not tests, but they must at least start: smoke runs on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_decode_attention_folded_heads_match_unfolded_attention(capsys):
+    bench = _load("decode_attention")
+    assert bench.main([]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in bench.MODELS]
+    assert [r[0] for r in rows] == list(bench.MODELS) and all(r[4] == "sdpa_folded" for r in rows)
+    # The folded form the benchmark times is the same attention as one query head at a time.
+    b, k_heads, groups, d, c = 2, 2, 3, 8, 5
+    q = torch.randn(b, k_heads * groups, d)
+    k_cache, v_cache = torch.randn(b, c, k_heads, d), torch.randn(b, c, k_heads, d)
+    got = bench.kernels(q, k_cache, v_cache, c, torch.device("cpu"))["sdpa_folded"]()
+    k = k_cache.transpose(1, 2).repeat_interleave(groups, dim=1)
+    v = v_cache.transpose(1, 2).repeat_interleave(groups, dim=1)
+    want = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v).squeeze(2)
+    assert torch.allclose(got, want, atol=1e-5)
