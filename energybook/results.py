@@ -165,7 +165,10 @@ class ResultsFile:
         _atomic_write(self.sidecar, json.dumps(merged, indent=1, default=str) + "\n")
 
     def append(self, row: dict[str, Any], point_info: dict[str, Any] | None = None) -> None:
-        """Append one finished point (atomically), then update the sidecar's checksum and point log."""
+        """Append one finished point (atomically), then update the sidecar's checksum and point log.
+
+        The point log keeps the row's start and finish times, plus ``point_info`` (e.g. the GPU UUID).
+        """
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns {sorted(unknown)}")
@@ -177,8 +180,8 @@ class ResultsFile:
         csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(c)) for c in COLUMNS])
         _atomic_write(self.path, text + buf.getvalue())
         prov = self.provenance()
-        prov.setdefault("points", {})["{}x{}#{}".format(*key)] = point_info or {
-            "started_at": row.get("started_at"), "finished_at": row.get("finished_at")}
+        prov.setdefault("points", {})["{}x{}#{}".format(*key)] = {
+            "started_at": row.get("started_at"), "finished_at": row.get("finished_at"), **(point_info or {})}
         prov["sha256"] = sha256_file(self.path)
         prov["rows"] = prov.get("rows", 0) + 1
         _atomic_write(self.sidecar, json.dumps(prov, indent=1, default=str) + "\n")

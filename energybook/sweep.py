@@ -340,8 +340,7 @@ def run_sweep(model: str, output: str | Path | None = None, n_in=GRID, n_out=GRI
                 queue.insert(0, g)
                 continue
             for row in rows:
-                rf.append(row, {"started_at": row["started_at"], "finished_at": row["finished_at"],
-                                "gpu_uuid": env.get("gpu_uuid")})
+                rf.append(row, {"gpu_uuid": env.get("gpu_uuid")})
                 measured += 1
                 if bar is not None:
                     bar.update(1)
@@ -390,7 +389,7 @@ def _sweep_external(engine, meter, rf: R.ResultsFile, todo: list[Point], skipped
                        window_s=details["duration_s"], repeats=1, gpu=meter.device_info().get("gpu"),
                        started_at=_utc(started), finished_at=_utc())
             info = {k: v for k, v in details.items() if k not in R.COLUMNS}
-            rf.append(row, dict(info, started_at=row["started_at"], finished_at=row["finished_at"]))
+            rf.append(row, info)
             measured += 1
             if bar is not None:
                 bar.update(1)
@@ -531,8 +530,7 @@ def name_notebook(path: str | Path, name: str) -> None:
     nb = nbformat.read(str(path), as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "markdown" and cell.source.startswith("# "):
-            first, _, rest = cell.source.partition("\n")
-            cell.source = f"# {name}: measuring its energy grid\n" + rest
+            cell.source = f"# {name}: measuring its energy grid\n" + cell.source.partition("\n")[2]
             break
     nbformat.write(nb, str(path))
 
