@@ -239,7 +239,9 @@ class TorchEngine:
         weights: ``"dummy"`` (random) or ``"checkpoint"``; inferred from ``model`` when None.
         dtype: Torch dtype name; defaults to the configuration's (the study used native dtypes).
         max_batch: Largest batch (the study's engines used 1024).
-        cuda_graphs: ``"auto"`` (graphs for batches below :attr:`graph_max_batch`), True or False.
+        cuda_graphs: True (default: every decode batch through CUDA graphs), False, or ``"auto"``
+            (graphs only for batches up to :attr:`graph_max_batch`). In a sweep the eager path ran at
+            0.64-0.90 of the graphs' tokens/J on an H100 (``benchmarks/results/graphs_off_*``).
         graph_max_batch: Largest batch decoded through CUDA graphs in ``"auto"`` mode.
         memory_fraction: Share of the free device memory the KV cache and activations may take.
         prefill_tokens: Tokens per prefill chunk (requests are prefilled in chunks of this size).
@@ -249,7 +251,7 @@ class TorchEngine:
     """
 
     def __init__(self, model: str | Path, device: str | None = None, weights: str | None = None,
-                 dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = "auto",
+                 dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = True,
                  graph_max_batch: int = 128, memory_fraction: float = 0.92, prefill_tokens: int = 16384,
                  min_positions: int = 8192, seed: int = 0):
         torch = _torch()

@@ -593,7 +593,7 @@ def add_cli(sub) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--note", default="", help="protocol note stored in the provenance")
     p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds)")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto", help="CUDA graphs for decode")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="on", help="CUDA graphs for decode")
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
     p.add_argument("--allow-test-data", action="store_true", help="permit the CPU / simulated meter (tests only)")
     g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "

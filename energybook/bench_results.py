@@ -1,0 +1,79 @@
+"""Reading the committed outputs of the GPU benchmarks (``benchmarks/results/``) for the book.
+
+The benchmarks themselves live in ``benchmarks/`` and run on a GPU; what they printed or saved is
+committed, and the book reads it from here on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from energybook import architecture
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+_ATTENTION_COLUMNS = ["model", "heads", "batch", "context", "way", "us", "kv_gb_s", "of_copy", "max_err"]
+
+
+def decode_attention(path: str | Path | None = None) -> pd.DataFrame:
+    """The table printed by ``benchmarks/decode_attention.py``: one row per (model, batch, context, way).
+
+    Columns: model, heads ("K/H": key/value heads over query heads), batch, context (tokens),
+    way (``varlen``, ``varlen_folded``, ``sdpa_folded``), us (microseconds per call), kv_gb_s (the
+    KV bytes read once, per second), of_copy (that over the copy bandwidth), max_err.
+    """
+    path = Path(path) if path is not None else RESULTS_DIR / "decode_attention.txt"
+    lines = path.read_text().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "K/H"])
+    except StopIteration:
+        raise ValueError(f"{path}: no table header ('model  K/H ...') found; is this the output of "
+                         "benchmarks/decode_attention.py?") from None
+    rows = [line.split() for line in lines[start + 1:] if line.strip()]
+    bad = [r for r in rows if len(r) != len(_ATTENTION_COLUMNS)]
+    if bad:
+        raise ValueError(f"{path}: {len(bad)} table row(s) do not have {len(_ATTENTION_COLUMNS)} fields, "
+                         f"e.g. {' '.join(bad[0])!r}; rerun benchmarks/decode_attention.py")
+    table = pd.DataFrame(rows, columns=_ATTENTION_COLUMNS)
+    for c in ("batch", "context"):
+        table[c] = table[c].astype(int)
+    for c in ("us", "kv_gb_s", "of_copy", "max_err"):
+        table[c] = table[c].astype(float)
+    return table
+
+
+def attention_speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Microseconds per call of each way side by side, with each way's time over ``varlen``'s."""
+    wide = table.pivot_table(index=["model", "batch", "context"], columns="way", values="us")
+    for way in [w for w in wide.columns if w != "varlen"]:
+        wide[f"{way} / varlen"] = wide[way] / wide["varlen"]
+    return wide
+
+
+def engine_benchmark(path: str | Path | None = None) -> dict:
+    """The JSON saved by ``benchmarks/bench_engine.py``."""
+    path = Path(path) if path is not None else RESULTS_DIR / "bench_engine.json"
+    return json.loads(Path(path).read_text())
+
+
+def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B",
+                    step: str = "graph_varlen_s") -> pd.DataFrame:
+    """Share of a whole decode step spent in attention, where both benchmarks ran the same shape.
+
+    The attention time of one layer (``varlen``, as the graphs run it) times the model's layer count,
+    over the step time ``bench_engine.py`` measured at the same batch and context.
+    """
+    layers = architecture.load(model).num_layers
+    attn = table[(table["model"] == model) & (table["way"] == "varlen")].set_index(["batch", "context"])["us"]
+    steps = {(d["batch"], d["context"]): d[step] for d in bench["decode"] if step in d}
+    rows = []
+    for (batch, context), us in attn.items():
+        if (batch, context) in steps:
+            attention_ms = us * layers / 1e3
+            step_ms = steps[(batch, context)] * 1e3
+            rows.append({"batch": batch, "context": context, "attention_ms": attention_ms, "step_ms": step_ms,
+                         "share": attention_ms / step_ms})
+    return pd.DataFrame(rows)

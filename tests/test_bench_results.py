@@ -1,0 +1,54 @@
+"""Reading the committed benchmark outputs (``energybook.bench_results``)."""
+
+import pytest
+
+from energybook import architecture, bench_results
+
+TABLE = """NVIDIA H100 80GB HBM3: device copy 2.93 TB/s (read + write), torch 2.11.0+cu130
+model             K/H  batch  context  way                   us   KV GB/s  of copy  max err
+Llama-3.2-1B    8/32      64      512  varlen             100.0     795.6     0.27  2.0e-03
+Llama-3.2-1B    8/32      64      512  varlen_folded      110.0     785.3     0.27  2.0e-03
+Llama-3.2-1B    8/32      64      512  sdpa_folded         50.0    1184.8     0.40  0.0e+00
+"""
+
+
+def test_decode_attention_parses_the_printed_table(tmp_path):
+    p = tmp_path / "decode_attention.txt"
+    p.write_text(TABLE)
+    t = bench_results.decode_attention(p)
+    assert list(t["way"]) == ["varlen", "varlen_folded", "sdpa_folded"]
+    assert t["batch"].tolist() == [64, 64, 64] and t["us"].tolist() == [100.0, 110.0, 50.0]
+    wide = bench_results.attention_speedups(t)
+    row = wide.loc[("Llama-3.2-1B", 64, 512)]
+    assert row["sdpa_folded / varlen"] == pytest.approx(0.5)
+    assert row["varlen_folded / varlen"] == pytest.approx(1.1)
+
+
+def test_decode_attention_names_a_wrong_file(tmp_path):
+    p = tmp_path / "other.txt"
+    p.write_text("something else entirely\n")
+    with pytest.raises(ValueError, match="no table header"):
+        bench_results.decode_attention(p)
+    p.write_text(TABLE + "Llama-3.2-1B  8/32  64  truncated\n")
+    with pytest.raises(ValueError, match="do not have 9 fields"):
+        bench_results.decode_attention(p)
+
+
+def test_attention_share_scales_one_layer_by_the_layer_count(tmp_path):
+    p = tmp_path / "decode_attention.txt"
+    p.write_text(TABLE)
+    t = bench_results.decode_attention(p)
+    layers = architecture.load("Llama-3.2-1B").num_layers
+    bench = {"decode": [{"batch": 64, "context": 512, "graph_varlen_s": 0.004},
+                        {"batch": 64, "context": 1024, "graph_varlen_s": 0.005}]}
+    share = bench_results.attention_share(t, bench)
+    assert len(share) == 1  # only the shape both benchmarks ran
+    assert share["attention_ms"].iloc[0] == pytest.approx(0.1 * layers)
+    assert share["share"].iloc[0] == pytest.approx(0.1 * layers / 4.0)
+
+
+def test_committed_outputs_are_readable():
+    t = bench_results.decode_attention()
+    assert set(t["way"]) == {"varlen", "varlen_folded", "sdpa_folded"}
+    assert set(t["model"]) == {"Llama-3.2-1B", "Qwen2-1.5B", "OPT-1.3B"}
+    assert "decode" in bench_results.engine_benchmark()
