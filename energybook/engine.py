@@ -14,10 +14,10 @@ What makes it fast and faithful, on top of the stock ``transformers`` model:
   Hopper), registered with transformers' ``AttentionInterface``; for decode, grouped-query heads
   are folded into the query length, so K/V are never repeated;
 * logits for the last position only, argmax on the GPU, no host synchronisation per step;
-* CUDA graphs for decode: one graph per context bucket of 256 tokens, attending to the bucket's
-  slice of the cache with an additive mask over the few not-yet-written positions (the
-  exact-length eager path is used where it is faster: large batches, see
-  ``benchmarks/results/``).
+* CUDA graphs for decode (the default for every batch): one graph per context bucket of 256
+  tokens, attending to exactly each request's live context through flash attention's
+  variable-length kernel, or, where that kernel is missing, to the bucket's slice of the cache
+  under an additive mask over the not-yet-written positions.
 
 Weights are random (``weights="dummy"``, normal with std 0.02, norms at 1) unless a local
 checkpoint directory is given. Time and energy do not depend on the weights' values.
@@ -412,9 +412,7 @@ class TorchEngine:
         prompts = torch.randint(0, self.vocab, (batch, n_in), device=dev, generator=gen)
         out = torch.full((batch, n_out), -1, dtype=torch.long, device=dev)
         positions = torch.arange(max_len, device=dev)
-        cache = self.WaveCache(a.num_layers, batch, self.config.num_key_value_heads
-                               if hasattr(self.config, "num_key_value_heads") and self.config.num_key_value_heads
-                               else a.num_kv_heads, max_len, a.head_dim, self.dtype, dev)
+        cache = self.WaveCache(a.num_layers, batch, a.num_kv_heads, max_len, a.head_dim, self.dtype, dev)
         times = WaveTimes(start=0.0, prefill_end=0.0, end=0.0)
 
         def mark(k: int) -> None:

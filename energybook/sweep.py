@@ -68,6 +68,8 @@ class Group:
         batch: Requests per wave.
         waves: Waves needed for ``n_req`` requests.
         oom_retries: Times the batch was halved after running out of memory.
+        repeat_alone: A point too short in its shared generation, measured again on its own with its
+            wave repeated back to back.
     """
 
     n_in: int
@@ -112,7 +114,7 @@ def plan(points: list[Point], batch_limit: Callable[[int, int], int], n_req: int
         mode: ``"prefix"`` (shared generations) or ``"full"`` (one group per point).
     """
     by_key: dict[tuple[int, int, int], list[int]] = {}
-    sizes: dict[tuple[int, int, int], tuple[int, int]] = {}
+    waves_of: dict[tuple[int, int, int], int] = {}
     groups = []
     for p in sorted(points, key=lambda p: (p.rep, p.n_in, p.n_out)):
         batch, waves = balanced_batch(n_req, min(n_req, max_batch, batch_limit(p.n_in, p.n_out)))
@@ -121,10 +123,9 @@ def plan(points: list[Point], batch_limit: Callable[[int, int], int], n_req: int
             continue
         key = (p.rep, p.n_in, batch)
         by_key.setdefault(key, []).append(p.n_out)
-        sizes[key] = (batch, waves)
-    for (rep, n_in, _), n_outs in by_key.items():
-        batch, waves = sizes[(rep, n_in, _)]
-        groups.append(Group(n_in, sorted(n_outs), rep, batch, waves))
+        waves_of[key] = waves
+    for (rep, n_in, batch), n_outs in by_key.items():
+        groups.append(Group(n_in, sorted(n_outs), rep, batch, waves_of[(rep, n_in, batch)]))
     return groups
 
 
@@ -145,8 +146,9 @@ def environment(meter, engine) -> dict[str, Any]:
         info.update(engine=engine.describe(), dtype=None, device="cuda",
                     weights=getattr(getattr(engine, "settings", None), "load_format", None) or "as built")
         return info
-    info.update(engine=getattr(engine, "settings", {}), dtype=getattr(engine, "settings", {}).get("dtype"),
-                weights=getattr(engine, "weights", "?"), device=getattr(engine, "settings", {}).get("device"))
+    settings = getattr(engine, "settings", {})
+    info.update(engine=settings, dtype=settings.get("dtype"), weights=getattr(engine, "weights", "?"),
+                device=settings.get("device"))
     return info
 
 
@@ -195,6 +197,8 @@ class SweepResult:
         measured: Points measured in this call.
         skipped: Points found already done.
         seconds: Wall time of this call (seconds).
+        log: What happened besides measuring (time limit, out-of-memory retries).
+        remaining: Points left for a rerun.
     """
 
     path: Path
@@ -414,7 +418,7 @@ def _free(engine) -> None:
 
 
 def _row(name, g: Group, n_out: int, n_req: int, mode: str, reading, prefill, scale: float, repeats: int,
-         measured_waves: int, state, env, started: float, finished: float, tokens_per_run: int) -> dict[str, Any]:
+         measured_waves: int, state, env, started: float, finished: float) -> dict[str, Any]:
     energy = reading.energy_j * scale
     duration = reading.duration_s * scale
     tokens_out = n_req * n_out
@@ -444,8 +448,11 @@ def _measure_group(engine, meter, g: Group, n_req: int, mode: str, min_window_s:
     rows, short = [], []
     if mode == "full" or g.repeat_alone:
         # Complete runs: full mode runs every wave; a repeat runs one wave k times. Back to back in one window.
-        sizes = [math.ceil(n_req / g.waves)] * g.waves if mode == "full" else [g.batch]
-        sizes[-1] = n_req - sum(sizes[:-1]) if mode == "full" else g.batch
+        if mode == "full":
+            sizes = [math.ceil(n_req / g.waves)] * g.waves
+            sizes[-1] = n_req - sum(sizes[:-1])
+        else:
+            sizes = [g.batch]
         t0 = meter.now()
         runs, prefills = 0, []
         while True:
@@ -463,7 +470,7 @@ def _measure_group(engine, meter, g: Group, n_req: int, mode: str, min_window_s:
         scale = 1.0 / runs if mode == "full" else n_req / g.batch / runs
         state = meter.state(t0, t1)
         rows.append(_row(name, g, n_max, n_req, mode, reading, prefill, scale, runs,
-                         len(sizes) if mode == "full" else 1, state, env, wall0, time.time(), 0))
+                         len(sizes) if mode == "full" else 1, state, env, wall0, time.time()))
         return rows, short
     w = engine.generate(g.n_in, n_max, g.batch, checkpoints=g.n_outs, clock=meter.now)
     logger.info("n_in %d batch %d n_out<=%d: prefill %.2f s, decode %.2f ms/step", g.n_in, g.batch, n_max,
@@ -479,7 +486,7 @@ def _measure_group(engine, meter, g: Group, n_req: int, mode: str, min_window_s:
             short.append(n)
             continue
         reading = meter.reading(t0, t1, end="before" if n == n_max else "interp")
-        rows.append(_row(name, g, n, n_req, mode, reading, prefill, scale, 1, 1, state, env, wall0, time.time(), 0))
+        rows.append(_row(name, g, n, n_req, mode, reading, prefill, scale, 1, 1, state, env, wall0, time.time()))
     return rows, short
 
 
