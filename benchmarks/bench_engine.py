@@ -34,7 +34,7 @@ def step_times(eng, batch: int, context: int, mode: str, steps: int = 20) -> flo
     """Median decode-step time (seconds) at a fixed context, by CUDA events."""
     import torch
 
-    from energybook import engine as E
+    from energybook.measure import torch_engine as E
 
     a = eng.arch
     max_len = eng.cache_len(context, 1)
@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from energybook import complexity as C
-    from energybook.engine import TorchEngine
-    from energybook.meter import Meter
+    from energybook.measure.meter import Meter
+    from energybook.measure.torch_engine import TorchEngine
+    from energybook.model import complexity as C
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from energybook import architecture
+from energybook.model import architecture
 
 MODELS = ("Llama-3.2-1B", "Qwen2-1.5B", "OPT-1.3B")
 

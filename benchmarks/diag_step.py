@@ -5,8 +5,8 @@ import sys
 
 import torch
 
-from energybook.engine import TorchEngine
-from energybook.meter import Meter
+from energybook.measure.meter import Meter
+from energybook.measure.torch_engine import TorchEngine
 
 eng = TorchEngine("Llama-3.2-1B", device="cuda")
 res = {}

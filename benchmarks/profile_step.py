@@ -9,7 +9,7 @@ import argparse
 
 from torch.profiler import ProfilerActivity, profile
 
-from energybook.engine import TorchEngine
+from energybook.measure.torch_engine import TorchEngine
 
 
 def main() -> None:

@@ -4,27 +4,36 @@ Sub-commands:
 
 * ``energybook models``: the shipped architectures with their sizes;
 * ``energybook counts MODEL --n-in N --n-out M [--batch B]``: FLOPs and bytes of a workload;
-* ``energybook book``: build the book from the committed data (CPU only);
-* measurement sub-commands (``measure``, ``sweep``) are added by :mod:`energybook.sweep`.
+* ``energybook sweep --model M [M ...]``: measure energy over an (n_in, n_out) grid on the GPU (resumable);
+* ``energybook measure --model M [M ...]``: the same through the papermill notebook, executed copy kept;
+* ``energybook book``: build the book from the committed data (CPU only, in a checkout).
+
+Errors are printed as one line that names the problem and what to do, with exit status 2; an
+interrupted sweep says how to resume (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
 import subprocess
 import sys
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from energybook.model.complexity import GRID
+
+logger = logging.getLogger(__name__)
 
 
 def _models(args: argparse.Namespace) -> int:
-    from energybook import architecture as A
+    from energybook.model import architecture as A
 
+    names = A.available()  # raises when the package data are missing
     print(f"{'model':24s} {'params (B)':>10s} {'layers':>6s} {'d':>5s} {'q/kv heads':>10s} {'FFN':>6s} "
           f"{'KV B/token':>10s} dtype")
-    for name in A.available():
+    for name in names:
         a = A.load(name)
         print(f"{name:24s} {a.num_params / 1e9:10.3f} {a.num_layers:6d} {a.hidden_size:5d} "
               f"{a.num_heads:>4d}/{a.num_kv_heads:<5d} {a.ffn_kind:>6s} {a.kv_bytes_per_token:10d} {a.dtype}")
@@ -32,8 +41,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _counts(args: argparse.Namespace) -> int:
-    from energybook import architecture as A
-    from energybook import complexity as C
+    from energybook.model import architecture as A
+    from energybook.model import complexity as C
 
     arch = A.load(args.model)
     for method in C.METHODS:
@@ -48,11 +57,116 @@ def _counts(args: argparse.Namespace) -> int:
 
 
 def _book(args: argparse.Namespace) -> int:
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT), "--all", "-W", "-n", "--keep-going"]
+    from energybook.store.workspace import checkout_root
+
+    root = checkout_root()
+    if root is None:
+        raise RuntimeError("`energybook book` builds the book of a checkout: run it inside a clone of the "
+                           "energybook repository")
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "--all", "-W", "-n", "--keep-going"]
     if args.builder:
         cmd += ["--builder", args.builder]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=ROOT)
+    return subprocess.call(cmd, cwd=root)
+
+
+def _command_line() -> str:
+    return "energybook " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from energybook.measure import engines as EN
+
+    if EN.get_engine(args.engine).kind == "wave":
+        return {"cuda_graphs": {"auto": "auto", "on": True, "off": False}[args.graphs]}
+    kwargs: dict[str, Any] = {"timeout_s": args.timeout}
+    if args.executable:
+        kwargs["executable"] = args.executable
+    if args.engine == "trtllm":
+        kwargs.update(model_path=args.model_path, engine_dir=args.engine_dir)
+    return kwargs
+
+
+def _config(args: argparse.Namespace):
+    from energybook.measure.protocol import SweepConfig
+
+    return SweepConfig(n_in=args.n_in, n_out=args.n_out, n_req=args.n_req, max_batch=args.max_batch,
+                       repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
+                       cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, engine=args.engine, note=args.note)
+
+
+def _sweep_cmd(args: argparse.Namespace) -> int:
+    from energybook.measure.runner import run_sweep
+
+    config = _config(args)  # checked before anything runs
+    if args.output and len(args.model) > 1:
+        raise ValueError("--output names one file: give one --model with it, or leave --output out")
+    for model in args.model:
+        res = run_sweep(model, config, output=args.output, workspace=args.data, device=args.device,
+                        command=_command_line(), time_limit_s=args.time_limit, allow_test_data=args.allow_test_data,
+                        engine_kwargs=_engine_kwargs(args), progress=not args.no_progress)
+        print(f"{model}: {res.measured} points measured, {res.skipped} already there, {res.remaining} left, "
+              f"{res.seconds / 60:.2f} min")
+        print(f"{res.path}: results")
+    return 0
+
+
+def _literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _measure_cmd(args: argparse.Namespace) -> int:
+    from energybook.measure.notebook import run_notebook
+    from energybook.measure.protocol import SweepConfig
+
+    params = {k: _literal(v) for k, v in (args.parameter or [])}
+    names = set(SweepConfig.__dataclass_fields__) | {"output", "device", "allow_test_data", "command",
+                                                     "time_limit_s", "graphs", "workspace"}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(names)}")
+    SweepConfig(**{k: v for k, v in params.items() if k in SweepConfig.__dataclass_fields__})  # check first
+    if args.output:
+        params["output"] = args.output
+    if len(args.model) > 1 and (args.output or args.notebook_output):
+        raise ValueError("--output and --notebook-output name one file: give one --model with them")
+    params.setdefault("command", _command_line())
+    for model in args.model:
+        out = run_notebook(model, args.notebook_output, params, kernel=args.kernel, workspace=args.data)
+        print(f"executed notebook: {out}")
+    return 0
+
+
+def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    from energybook.measure import engines as EN
+    from energybook.measure.protocol import MODES
+
+    p.add_argument("--n-in", type=int, nargs="+", default=list(GRID), help="prompt lengths (tokens)")
+    p.add_argument("--n-out", type=int, nargs="+", default=list(GRID), help="output lengths (tokens)")
+    p.add_argument("--n-req", type=int, default=1000, help="requests per point (study: 1000)")
+    p.add_argument("--max-batch", type=int, default=1024, help="largest batch (study: 1024)")
+    p.add_argument("--repeats", type=int, default=1, help="measurements per point (at most 100)")
+    p.add_argument("--mode", choices=MODES, default="prefix", help="prefix (fast, shared generations) or full")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-window", type=float, default=2.0, help="shortest energy window (seconds)")
+    p.add_argument("--cooldown", type=float, default=2.0, help="idle pause after each group (seconds)")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N (the meter reads that GPU, by UUID)")
+    p.add_argument("--note", default="", help="protocol note stored in the provenance")
+    p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds)")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="on", help="CUDA graphs for decode")
+    p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
+    p.add_argument("--allow-test-data", action="store_true", help="permit the CPU / simulated meter (tests only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "
+                             "commands (these two are untested on real engines here)")
+    g.add_argument("--engine", choices=EN.engine_names(), default="torch", help="the engine that generates")
+    g.add_argument("--model-path", default=None, help="trtllm: local checkpoint folder (--model_path)")
+    g.add_argument("--engine-dir", default=None, help="trtllm: an engine already built")
+    g.add_argument("--executable", default=None, help="trtllm/vllm: the trtllm-bench or vllm command")
+    g.add_argument("--timeout", type=float, default=3600.0, help="trtllm/vllm: time limit per command (seconds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,16 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="requests decoded together")
     p.set_defaults(func=_counts)
 
-    p = sub.add_parser("book", help="build the book from the committed data (CPU only)")
+    p = sub.add_parser("book", help="build the book from the committed data (CPU only, in a checkout)")
     p.add_argument("--builder", default=None, help="Sphinx builder (default html)")
     p.set_defaults(func=_book)
 
-    try:
-        from energybook import sweep
-    except ImportError:  # the measurement half is optional
-        sweep = None
-    if sweep is not None and hasattr(sweep, "add_cli"):
-        sweep.add_cli(sub)
+    data_help = "data folder (default: $ENERGYBOOK_DATA, else data/ of the checkout you are in, else here)"
+    p = sub.add_parser("sweep", help="measure energy over an (n_in, n_out) grid on the GPU (resumable)")
+    p.add_argument("--model", required=True, nargs="+", help="shipped model names, config.json files or "
+                   "checkpoint directories, measured one after the other")
+    p.add_argument("--output", default=None, help="results CSV (default <data>/measured/<gpu>/<model>/grid.csv)")
+    p.add_argument("--data", default=None, help=data_help)
+    _add_sweep_arguments(p)
+    p.set_defaults(func=_sweep_cmd)
+
+    p = sub.add_parser("measure", help="measure through the papermill notebook (executed copy kept)")
+    p.add_argument("--model", required=True, nargs="+", help="models, measured one after the other")
+    p.add_argument("--output", default=None, help="results CSV (notebook parameter 'output')")
+    p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="notebook parameter (JSON value), e.g. -p n_req 1000 -p n_in '[64,128]'")
+    p.add_argument("--notebook-output", default=None,
+                   help="executed notebook (default book/measurements/<model>.ipynb in a checkout)")
+    p.add_argument("--kernel", default="python3")
+    p.set_defaults(func=_measure_cmd)
     return parser
 
 
@@ -90,10 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    resume = args.command in ("sweep", "measure")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"energybook: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        hint = " Every point finished so far is saved: rerun the same command to resume." if resume else ""
+        print(f"energybook: interrupted.{hint}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        hint = " Points finished before the error are saved: fix the cause and rerun to resume." if resume else ""
+        print(f"energybook: error: {exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from energybook import analysis as AN
-from energybook import data as D
-from energybook import fit as F
+from energybook.model import fit as F
+from energybook.model import paper as D
+from energybook.report import analysis as AN
 
 MODELS = ["Llama-3.2-1B", "OPT-1.3B", "Qwen2-1.5B"]
 
@@ -77,7 +77,7 @@ def test_measured_table_reads_the_committed_h100_grid():
 
 
 def test_measured_table_refuses_test_data(tmp_path):
-    from energybook import results as R
+    from energybook.store import results as R
 
     R.ResultsFile(tmp_path / "cpu" / "tiny" / "grid.csv").start(
         {"test_data": True, "device": "cpu", "meter_method": "simulated"})

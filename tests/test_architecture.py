@@ -3,9 +3,10 @@ import json
 import pandas as pd
 import pytest
 
-from energybook import architecture as A
+from energybook import resources
+from energybook.model import architecture as A
 
-REFERENCE = A.ARCH_DIR.parent / "paper" / "paper_table2_models.csv"
+REFERENCE = resources.path("paper", "paper_table2_models.csv")
 
 
 def test_thirteen_study_models_ship():

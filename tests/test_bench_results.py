@@ -1,8 +1,9 @@
-"""Reading the committed benchmark outputs (``energybook.bench_results``)."""
+"""Reading the committed benchmark outputs (``energybook.report.bench``)."""
 
 import pytest
 
-from energybook import architecture, bench_results
+from energybook.model import architecture
+from energybook.report import bench as bench_results
 
 TABLE = """NVIDIA H100 80GB HBM3: device copy 2.93 TB/s (read + write), torch 2.11.0+cu130
 model             K/H  batch  context  way                   us   KV GB/s  of copy  max err

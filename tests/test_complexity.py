@@ -2,8 +2,8 @@
 
 import pytest
 
-from energybook import architecture as A
-from energybook import complexity as C
+from energybook.model import architecture as A
+from energybook.model import complexity as C
 
 LLAMA = A.load("Llama-3.2-1B")
 

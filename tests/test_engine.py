@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from energybook.engine import TorchEngine  # noqa: E402
+from energybook.measure.torch_engine import TorchEngine  # noqa: E402
 
 from .tiny import tiny_config  # noqa: E402
 

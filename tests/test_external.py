@@ -1,4 +1,4 @@
-"""Tests of energybook.external: the wrapper runs real subprocesses (stand-ins for the engines, which are
+"""Tests of energybook.measure.external: the wrapper runs real subprocesses (stand-ins for the engines, which are
 not installed here), the meter is faked, the parsers read hand-written format samples."""
 
 import json
@@ -12,8 +12,8 @@ from unittest import mock
 
 import pytest
 
-from energybook import external as X
-from energybook.meter import Reading
+from energybook.measure import external as X
+from energybook.measure.meter import Reading
 
 FIXTURES = Path(__file__).parent / "fixtures" / "external"
 POWER_W = 100.0
@@ -123,7 +123,7 @@ def test_missing_engine_through_the_engine_classes(tmp_path, monkeypatch):
 
 def test_real_meter_with_faked_nvml_measures_the_subprocess(monkeypatch):
     pynvml = pytest.importorskip("pynvml")
-    from energybook import meter as M
+    from energybook.measure import meter as M
 
     nv = mock.create_autospec(pynvml, instance=False)
     watts = 250.0

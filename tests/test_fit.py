@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from energybook import data as D
-from energybook import fit as F
-from energybook import formulas as FM
+from energybook.model import fit as F
+from energybook.model import formulas as FM
+from energybook.model import paper as D
 
 GRID = F.GRID
 TRUE = D.paper_thetas("Llama-3.2-1B")

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from energybook import complexity as C  # noqa: E402
-from energybook.architecture import Architecture  # noqa: E402
+from energybook.model import complexity as C  # noqa: E402
+from energybook.model.architecture import Architecture  # noqa: E402
 
 BASE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=320, max_position_embeddings=256)
 TINY = {

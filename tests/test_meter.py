@@ -7,7 +7,7 @@ from unittest import mock
 import pynvml
 import pytest
 
-from energybook import meter as M
+from energybook.measure import meter as M
 
 
 def fake_nvml(counter=None, power_mw=300_000, counter_supported=True):

@@ -7,14 +7,14 @@ import pytest
 pytest.importorskip("papermill")
 pytest.importorskip("torch")
 
-from energybook import results as R  # noqa: E402
-from energybook import sweep as S  # noqa: E402
+from energybook.measure import notebook as S  # noqa: E402
+from energybook.store import results as R  # noqa: E402
 
 from .tiny import tiny_config  # noqa: E402
 
 
 def test_source_notebook_has_parameters_and_no_outputs():
-    nb = json.loads(S.NOTEBOOK.read_text())
+    nb = json.loads(S.notebook_source().read_text())
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
@@ -26,7 +26,7 @@ def test_notebook_runs_on_the_cpu_with_tiny_parameters(tmp_path):
     out_csv = tmp_path / "measured" / "grid.csv"
     out_nb = S.run_notebook(str(cfg), tmp_path / "executed.ipynb", dict(
         n_in=[4, 8], n_out=[2, 4], n_req=6, max_batch=4, device="cpu", allow_test_data=True, output=str(out_csv),
-        min_window_s=0.0, cooldown_s=0.0))
+        min_window_s=0.0, cooldown_s=0.0), workspace=tmp_path)
     run = R.load_measured(out_csv, allow_test_data=True)
     assert len(run.data) == 4 and run.provenance["test_data"] is True
     nb = json.loads(out_nb.read_text())

@@ -1,4 +1,4 @@
-"""Tests of energybook.plot: the figures of the counting chapter, drawn off screen."""
+"""Tests of energybook.report.plot: the figures of the counting chapter, drawn off screen."""
 
 import matplotlib
 
@@ -7,7 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from energybook import data, plot  # noqa: E402
+from energybook.model import paper as data  # noqa: E402
+from energybook.report import plot  # noqa: E402
 
 
 @pytest.fixture(scope="module")

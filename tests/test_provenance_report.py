@@ -1,4 +1,4 @@
-"""Tests of energybook.provenance_report (no GPU: results files are written by hand, marked as test data)."""
+"""Tests of energybook.report.provenance (no GPU: results files are written by hand, marked as test data)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import math
 
 import pytest
 
-from energybook import provenance_report as P
-from energybook import results as R
+from energybook.report import provenance as P
+from energybook.store import results as R
+from energybook.store.workspace import Workspace
 
 
 def _write_run(folder, model="Llama-3.2-1B", test_data=True, points=((64, 64), (64, 128))):
-    path = R.default_path("NVIDIA H100 80GB HBM3", model, root=folder)
+    path = Workspace(folder).results_path("NVIDIA H100 80GB HBM3", model)
     rf = R.ResultsFile(path)
     rf.start({"model": model, "gpu": "NVIDIA H100 80GB HBM3", "driver": "580.0", "torch": "2.11", "cuda": "13.0",
               "transformers": "5.17", "energybook": "0.1.0", "meter_method": "counter", "weights": "dummy",
@@ -37,8 +38,8 @@ def test_no_folder_gives_no_runs(tmp_path):
 
 
 def test_env_variable_names_the_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("EB_MEASURED_DIR", str(tmp_path))
-    assert P.measured_dir() == tmp_path
+    monkeypatch.setenv("ENERGYBOOK_DATA", str(tmp_path))
+    assert P.measured_dir() == tmp_path / "measured"
     assert P.measured_dir(tmp_path / "x") == tmp_path / "x"
 
 

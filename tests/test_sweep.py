@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from energybook import results as R
-from energybook import sweep as S
-from energybook.engine import Wave, WaveTimes
-from energybook.meter import SimulatedMeter
+from energybook.measure import protocol as P
+from energybook.measure import runner as S
+from energybook.measure.meter import SimulatedMeter
+from energybook.measure.torch_engine import Wave, WaveTimes
+from energybook.store import results as R
 
 
 class Clock:
@@ -31,6 +32,9 @@ class FakeEngine:
 
     def __init__(self, clock, fail_after=None, oom_above=None):
         self.clock, self.calls, self.fail_after, self.oom_above = clock, [], fail_after, oom_above
+
+    def check_lengths(self, n_in, n_out):
+        pass
 
     def batch_limit(self, n_in, n_out):
         return 4 if n_in + n_out > 100 else 16
@@ -60,7 +64,7 @@ def sweep(tmp_path, engine, clock, **kw):
                 engine=engine, meter=SimulatedMeter(power_w=200.0, clock=clock), min_window_s=0.0, cooldown_s=0.0,
                 progress=False, warmup_steps=2)
     args.update(kw)
-    return S.run_sweep("fake-model", tmp_path / "grid.csv", **args)
+    return S.run_sweep("fake-model", output=tmp_path / "grid.csv", workspace=tmp_path, **args)
 
 
 def keys(path):
@@ -149,7 +153,7 @@ def test_loader_refuses_test_data_and_corrupt_files(tmp_path):
 
 def test_real_data_need_no_flag_and_test_flag_is_needed_for_cpu():
     with pytest.raises(RuntimeError, match="allow_test_data"):
-        S.run_sweep("Llama-3.2-1B", "unused.csv", device="cpu")
+        S.run_sweep("Llama-3.2-1B", output="unused.csv", device="cpu")
 
 
 @pytest.mark.parametrize("kw, match", [({"n_in": [0]}, "n_in"), ({"n_out": []}, "empty"),
@@ -161,12 +165,12 @@ def test_bad_parameters(tmp_path, kw, match):
 
 
 def test_balanced_batches():
-    assert S.balanced_batch(1000, 1024) == (1000, 1)
-    assert S.balanced_batch(1000, 400) == (334, 3)
-    assert S.balanced_batch(1000, 500) == (500, 2)
+    assert P.balanced_batch(1000, 1024) == (1000, 1)
+    assert P.balanced_batch(1000, 400) == (334, 3)
+    assert P.balanced_batch(1000, 500) == (500, 2)
     with pytest.raises(RuntimeError, match="fits"):
-        S.balanced_batch(1000, 0)
-    b, w = S.balanced_batch(999, 100)
+        P.balanced_batch(1000, 0)
+    b, w = P.balanced_batch(999, 100)
     assert b * w >= 999 and b <= 100 and w == math.ceil(999 / 100)
 
 

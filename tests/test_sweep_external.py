@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from energybook import results as R
-from energybook import sweep
-from energybook.meter import SimulatedMeter
+from energybook.measure import engines
+from energybook.measure import runner as sweep
+from energybook.measure.meter import SimulatedMeter
+from energybook.store import results as R
 from tests.test_external import FAKE_TRTLLM, FAKE_VLLM, fake_executable
 
 FAKE_BUILD = """
@@ -38,7 +39,7 @@ def stand_ins(tmp_path, monkeypatch):
 def test_sweep_drives_external_engines_and_resumes(stand_ins, engine):
     out = stand_ins / "res" / f"{engine}.csv"
     kw = dict(n_in=[16, 32], n_out=[8], n_req=4, device="cpu", meter=SimulatedMeter(), allow_test_data=True,
-              engine_name=engine, workspace=stand_ins / "ws", cooldown_s=0, progress=False, output=out)
+              engine=engine, workspace=stand_ins, cooldown_s=0, progress=False, output=out)
     first = sweep.run_sweep("org/model", stop_after=1, **kw)
     assert first.measured == 1
     second = sweep.run_sweep("org/model", **kw)
@@ -50,17 +51,19 @@ def test_sweep_drives_external_engines_and_resumes(stand_ins, engine):
     assert prov["engine"]["engine"] == engine and prov["protocol"]["engine"] == engine
     points = prov["points"].values()
     assert all(p["command"].startswith("vllm bench" if engine == "vllm" else "trtllm-bench") for p in points)
-    assert all(p["tokens_match"] for p in points)
+    # token match and window kind are columns of the CSV, not only in the point log
+    assert (run.data["tokens_match"] == "True").all() and set(run.data["window_kind"]) <= {"bench", "process"}
+    assert set(run.data["engine"]) == {engine}
 
 
 def test_unknown_engine_is_named():
     with pytest.raises(ValueError, match="unknown engine 'sglang'"):
-        sweep.make_engine("sglang", "org/model")
+        engines.make_engine("sglang", "org/model")
 
 
 def test_missing_engine_gives_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="pip install vllm"):
         sweep.run_sweep("org/model", n_in=[16], n_out=[8], n_req=2, device="cpu", meter=SimulatedMeter(),
-                        allow_test_data=True, engine_name="vllm", workspace=tmp_path / "ws", cooldown_s=0,
+                        allow_test_data=True, engine="vllm", workspace=tmp_path, cooldown_s=0,
                         progress=False, output=tmp_path / "r.csv")

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from energybook import architecture as A
+from energybook.model import architecture as A
 
 
 def tiny_config(tmp_path: Path, family: str = "Llama-3.2-1B") -> Path:

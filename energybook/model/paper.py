@@ -1,7 +1,8 @@
 """The data that ships with energybook: the study's published tables.
 
-``data/paper/`` holds the SweetSpot study's Tables 2, 3 and 5 (arXiv 2602.05695v1, CC BY 4.0).
-Our own GPU measurements are read by :mod:`energybook.results`.
+The package data ``energybook/resources/paper/`` holds the SweetSpot study's Tables 2, 3 and 5
+(arXiv 2602.05695v1, CC BY 4.0).
+Our own GPU measurements are read by :mod:`energybook.store.results`.
 
 Used in :doc:`/book/counting` and :doc:`/book/fitting`.
 """
@@ -13,21 +14,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from energybook import fit as _fit
-from energybook.architecture import PAPER_LABELS
+from energybook import resources
+from energybook.model import fit as _fit
+from energybook.model.architecture import PAPER_LABELS
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-PAPER_DIR = DATA_DIR / "paper"
+PAPER_DIR = resources.path("paper")
 
 _TO_NAME = {label: name for name, label in PAPER_LABELS.items()}
 
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; it ships with energybook's data/ folder "
-                                "(run from a checkout of the repository)")
+        raise FileNotFoundError(f"{path} is missing from the package data: the installation is incomplete; "
+                                "reinstall energybook")
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -2,7 +2,7 @@
 
 A measurement table is tidy: one row per grid point with the columns ``n_in``, ``n_out``
 (tokens) and ``j_per_token`` (joules per output token). :func:`fit` fits one of the study's
-formulas (:mod:`energybook.formulas`) by least squares with lmfit and returns a
+formulas (:mod:`energybook.model.formulas`) by least squares with lmfit and returns a
 :class:`FitResult` with each coefficient's estimate, standard error, 95% confidence interval
 and p-value, the MAPE and lmfit's report.
 
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from energybook import formulas as F
-from energybook.complexity import GRID
+from energybook.model import formulas as F
+from energybook.model.complexity import GRID
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_pe
 
     Args:
         table: Tidy table with ``n_in``, ``n_out`` (tokens) and the energy column.
-        formula: Formula key or label (see :data:`energybook.formulas.FORMULAS`).
+        formula: Formula key or label (see :data:`energybook.model.formulas.FORMULAS`).
         y: Column with the energy per output token (joules).
         confidence: Level of the confidence intervals.
         weighting: ``"relative"`` (the default: residuals divided by the measured value,

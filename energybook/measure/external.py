@@ -1,7 +1,7 @@
 """Measure external inference engines (TensorRT-LLM, vLLM) through their own benchmark commands.
 
 energybook runs the engine's benchmark as a subprocess and measures the GPU energy of exactly that
-run with :class:`energybook.meter.Meter`: the window opens just before the process starts and closes
+run with :class:`energybook.measure.meter.Meter`: the window opens just before the process starts and closes
 just after it exits (:func:`measure_command`). The engine's printed report is kept, parsed and
 checked against the workload that was asked for.
 
@@ -48,15 +48,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
+from energybook.measure.engines import EngineUnavailable
+
 logger = logging.getLogger(__name__)
 
 # executable -> (engine name, pip package)
 PACKAGES = {"trtllm-bench": ("TensorRT-LLM", "tensorrt-llm"), "vllm": ("vLLM", "vllm")}
 TAIL_LINES = 20  # lines of stderr quoted in an error
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine's benchmark command is not installed (not on ``PATH``)."""
 
 
 class CommandFailed(RuntimeError):
@@ -81,7 +79,7 @@ class CommandRun:
         stderr: Everything the command wrote to standard error.
         t0: Window start, just before the process started (``time.perf_counter`` seconds).
         t1: Window end, just after the process exited (``time.perf_counter`` seconds).
-        reading: The meter's reading of [t0, t1] (a :class:`energybook.meter.Reading`), or ``None``
+        reading: The meter's reading of [t0, t1] (a :class:`energybook.measure.meter.Reading`), or ``None``
             if the meter could not be read.
         lines: ``(arrival time in perf_counter seconds, "stdout" or "stderr", text)`` for every line.
         log_path: File the output was teed to, if any.
@@ -160,7 +158,7 @@ def measure_command(cmd: list[str], meter, cwd: str | Path | None = None, env: d
 
     Args:
         cmd: The command and its arguments; ``cmd[0]`` is looked up on ``PATH`` (of ``env`` if given).
-        meter: A started :class:`energybook.meter.Meter` (or any object with ``now()`` and ``reading(t0, t1)``).
+        meter: A started :class:`energybook.measure.meter.Meter` (or any object with ``now()`` and ``reading(t0, t1)``).
         cwd: Working directory of the command.
         env: Environment of the command (default: this process's environment).
         timeout_s: Kill the command after this many seconds (``None``: no limit).
@@ -914,5 +912,4 @@ class VllmBenchEngine:
         return point
 
 
-ENGINES = {"trtllm": TrtllmBenchEngine, "vllm": VllmBenchEngine}
 """External engines by the name the sweep's ``--engine`` flag takes."""

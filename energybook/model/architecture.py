@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from energybook import resources
+
 logger = logging.getLogger(__name__)
 
-ARCH_DIR = Path(__file__).resolve().parent.parent / "data" / "architectures"
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}
 FAMILIES = ("llama", "opt", "qwen2", "gemma2", "granite", "falcon")
@@ -318,12 +319,16 @@ _PARSERS = {"llama": _llama, "granite": _llama, "qwen2": _qwen2, "gemma2": _gemm
 
 def available() -> list[str]:
     """Names of the architectures shipped under ``data/architectures/``."""
-    return sorted(p.stem for p in ARCH_DIR.glob("*.json"))
+    names = sorted(p.stem for p in resources.path("architectures").glob("*.json"))
+    if not names:
+        raise FileNotFoundError("no model configurations found in the package data: the installation is "
+                                "incomplete; reinstall energybook")
+    return names
 
 
 def hf_config(name: str) -> dict[str, Any]:
     """The shipped Hugging Face configuration of a study model, as a dict."""
-    path = ARCH_DIR / f"{name}.json"
+    path = resources.path("architectures") / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"unknown model {name!r}; shipped models: {', '.join(available())}, "
                          "or give a config.json path or checkpoint directory")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from energybook import architecture
+from energybook.model import architecture
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a checkout
 
 _ATTENTION_COLUMNS = ["model", "heads", "batch", "context", "way", "us", "kv_gb_s", "of_copy", "max_err"]
 

@@ -5,7 +5,7 @@ efficiency curves, output tokens per joule against the output length at a fixed 
 length (:func:`efficiency_curves`), and heat maps of the efficiency over the (n_in, n_out)
 grid (:func:`heatmap`). Every function takes a tidy table with the columns ``model``,
 ``n_in``, ``n_out`` (tokens) and ``tokens_per_j`` (output tokens per joule), such as
-:func:`energybook.data.paper_surfaces` returns, and gives back the matplotlib Axes it drew on.
+:func:`energybook.model.paper.paper_surfaces` returns, and gives back the matplotlib Axes it drew on.
 Figures carry no title: the page's caption says what they show.
 
 Used in :doc:`/book/counting`.

@@ -35,16 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from energybook.complexity import check_positive
+from energybook.measure.engines import EngineUnavailable
+from energybook.model.complexity import check_positive
 
 logger = logging.getLogger(__name__)
 
 ATTN_NAME = "energybook_sdpa"
 BUCKET = 256
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot run here (no torch/transformers, or no CUDA device when one is asked for)."""
 
 
 def _torch():
@@ -255,7 +252,7 @@ class TorchEngine:
                  graph_max_batch: int = 128, memory_fraction: float = 0.92, prefill_tokens: int = 16384,
                  min_positions: int = 8192, seed: int = 0):
         torch = _torch()
-        from energybook import architecture as A
+        from energybook.model import architecture as A
 
         check_positive(max_batch=max_batch, prefill_tokens=prefill_tokens)
         if device is None:

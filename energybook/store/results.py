@@ -20,13 +20,13 @@ Used in :doc:`/book/experiment` and :doc:`/book/status`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,37 +34,124 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-MEASURED_DIR = ROOT / "data" / "measured"
-SCHEMA = "energybook.measured/1"
+SCHEMA = "energybook.measured/2"
 
-#: Columns of a results CSV, in order. Energies in joules, times in seconds, power in watts.
-COLUMNS = [
-    "model", "n_in", "n_out", "n_req", "batch", "waves", "measured_waves", "rep", "mode",
-    "energy_j", "energy_j_power500", "energy_j_power100", "duration_s", "tokens_in", "tokens_out",
-    "j_per_token", "tokens_per_j", "power_w",
-    "prefill_energy_j", "prefill_s", "decode_energy_j", "decode_s",
-    "window_s", "repeats", "ticks", "temperature_c", "temperature_max_c", "sm_clock_mhz", "power_limit_w",
-    "oom_retries", "gpu", "started_at", "finished_at",
-]
+
+@dataclass
+class Row:
+    """One measured point, as one row of a results CSV. Energies in joules, times in seconds, power in
+    watts; lengths and counts in tokens. Fields left at ``None`` are written empty.
+
+    Attributes:
+        model: The model's name.
+        n_in: Prompt tokens per request.
+        n_out: Output tokens per request.
+        n_req: Requests of the point.
+        batch: Requests per wave (``None`` for an external engine).
+        waves: Waves needed for ``n_req`` requests.
+        measured_waves: Waves actually run in the window (the rest are counted).
+        rep: Repetition index.
+        mode: ``prefix``, ``full``, ``prefix+repeat`` or ``external``.
+        energy_j: Energy of the whole point by the energy counter (joules).
+        energy_j_power500: The same by the study's 500 ms power trapezoid.
+        energy_j_power100: The same by the 100 ms power trapezoid.
+        duration_s: Time of the whole point (seconds).
+        tokens_in: Prompt tokens of the point.
+        tokens_out: Output tokens of the point.
+        j_per_token: Joules per output token.
+        tokens_per_j: Output tokens per joule.
+        power_w: Mean power in the window (watts).
+        prefill_energy_j: Energy of the prefills (joules).
+        prefill_s: Time of the prefills (seconds).
+        decode_energy_j: Energy of the decode steps (joules).
+        decode_s: Time of the decode steps (seconds).
+        window_s: Length of the measured window (seconds).
+        repeats: Back-to-back repeats inside the window.
+        ticks: Energy-counter updates inside the window.
+        temperature_c: Mean GPU temperature (Celsius).
+        temperature_max_c: Highest GPU temperature (Celsius).
+        sm_clock_mhz: Mean SM clock (MHz).
+        power_limit_w: Enforced power limit (watts).
+        oom_retries: Times the batch was halved after running out of memory.
+        gpu: The GPU's name.
+        started_at: UTC start of the point's group.
+        finished_at: UTC end of the point.
+        gpu_uuid: The UUID of the GPU the meter read (verified against the engine's device).
+        engine: The engine's registered name.
+        window_kind: ``generation`` (marked by the engine), ``bench`` (an external engine's timed run) or
+            ``process`` (a whole command).
+        tokens_match: Whether the tokens and requests served equal those asked for.
+        meter_method: ``counter`` or ``power100``.
+        samples: Power samples inside the window.
+        meter_wraps: Counter wrap-arounds inside the sweep so far.
+        meter_errors: NVML read failures inside the window.
+        throttle_reasons: NVML clock-event reasons seen in the window (``|``-separated).
+    """
+
+    model: str
+    n_in: int
+    n_out: int
+    n_req: int
+    batch: int | None
+    waves: int | None
+    measured_waves: int | None
+    rep: int
+    mode: str
+    energy_j: float
+    energy_j_power500: float
+    energy_j_power100: float
+    duration_s: float
+    tokens_in: int
+    tokens_out: int
+    j_per_token: float
+    tokens_per_j: float
+    power_w: float
+    prefill_energy_j: float | None = None
+    prefill_s: float | None = None
+    decode_energy_j: float | None = None
+    decode_s: float | None = None
+    window_s: float | None = None
+    repeats: int | None = None
+    ticks: int | None = None
+    temperature_c: float | None = None
+    temperature_max_c: float | None = None
+    sm_clock_mhz: float | None = None
+    power_limit_w: float | None = None
+    oom_retries: int | None = None
+    gpu: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    # schema 2: the GPU's identity, the engine, and what the meter saw in the window
+    gpu_uuid: str | None = None
+    engine: str | None = None
+    window_kind: str | None = None
+    tokens_match: bool | None = None
+    meter_method: str | None = None
+    samples: int | None = None
+    meter_wraps: int | None = None
+    meter_errors: int | None = None
+    throttle_reasons: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as a dict of :data:`COLUMNS`."""
+        return dataclasses.asdict(self)
+
+
+#: Columns of a results CSV, in order (the fields of :class:`Row`).
+COLUMNS = [f.name for f in dataclasses.fields(Row)]
+#: Columns a schema-1 file (measured before they existed) may lack; they load as missing values.
+SCHEMA2_COLUMNS = tuple(COLUMNS[COLUMNS.index("gpu_uuid"):])
 KEY = ("n_in", "n_out", "rep")
 _INT = {"n_in", "n_out", "n_req", "batch", "waves", "measured_waves", "rep", "tokens_in", "tokens_out", "repeats",
-        "ticks", "oom_retries"}
-_STR = {"model", "mode", "gpu", "started_at", "finished_at"}
+        "ticks", "oom_retries", "samples", "meter_wraps", "meter_errors"}
+_STR = {"model", "mode", "gpu", "started_at", "finished_at", "gpu_uuid", "engine", "window_kind", "tokens_match",
+        "meter_method", "throttle_reasons"}
 
 
 class DataError(ValueError):
     """A results file or its sidecar is missing, corrupt, or not real measurements."""
 
 
-def slug(text: str) -> str:
-    """File-system name for a GPU or model: ``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
-
-
-def default_path(gpu: str, model: str, name: str = "grid", root: Path = MEASURED_DIR) -> Path:
-    """``<root>/<gpu-slug>/<model>/<name>.csv``."""
-    return Path(root) / slug(gpu) / model / f"{name}.csv"
 
 
 def sha256_file(path: Path) -> str:
@@ -112,13 +199,22 @@ class ResultsFile:
         self.path = Path(path)
         self.sidecar = sidecar_path(self.path)
 
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file (and its lock)."""
+
     def rows(self) -> list[dict[str, str]]:
         """Rows written so far (strings), empty when the file does not exist yet."""
         if not self.path.exists():
             return []
         with self.path.open(newline="") as fh:
             reader = csv.DictReader(fh)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in SCHEMA2_COLUMNS]
             if missing:
                 raise DataError(f"{self.path}: columns {missing} are missing; this is not an energybook results "
                                 "file (or an older schema): move it aside and rerun the sweep")
@@ -164,11 +260,13 @@ class ResultsFile:
         merged["rows"] = len(self.rows())
         _atomic_write(self.sidecar, json.dumps(merged, indent=1, default=str) + "\n")
 
-    def append(self, row: dict[str, Any], point_info: dict[str, Any] | None = None) -> None:
+    def append(self, row: Row | dict[str, Any], point_info: dict[str, Any] | None = None) -> None:
         """Append one finished point (atomically), then update the sidecar's checksum and point log.
 
         The point log keeps the row's start and finish times, plus ``point_info`` (e.g. the GPU UUID).
         """
+        if isinstance(row, Row):
+            row = row.to_dict()
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns {sorted(unknown)}")

@@ -1,16 +1,17 @@
 """Provenance reports: what was measured, where, when and how, as tables for the book.
 
-Reads the results files under ``data/measured/`` with :func:`energybook.results.load_measured`
+Reads the results files under ``data/measured/`` with :func:`energybook.store.results.load_measured`
 (which checks every file's sha256 against its sidecar and refuses test data) and turns their
 provenance sidecars into tidy tables: one row per measured run (:func:`run_table`), the software
 and engine settings of each run (:func:`environment_table`), the protocol (:func:`protocol_table`),
 and the package versions of the build itself (:func:`versions`). :func:`method_summary` condenses
 the per-point difference of the power integrations from the energy counter, and
-:func:`replay_meter` rebuilds a :class:`energybook.meter.Meter` from a recorded (or illustrative)
+:func:`replay_meter` rebuilds a :class:`energybook.measure.meter.Meter` from a recorded (or illustrative)
 timeline, so that its integration rules can be shown without a GPU.
 
-The folder read is ``data/measured/``, or the one named by the environment variable
-``EB_MEASURED_DIR`` (to preview your own GPU's results before copying them in).
+The folder read is the workspace's ``measured/`` (:class:`energybook.store.workspace.Workspace`):
+``data/measured/`` in a checkout, or the folder named by ``ENERGYBOOK_DATA`` (to preview your own
+GPU's results before copying them in).
 
 Used in :doc:`/book/experiment`, :doc:`/book/instruments`, :doc:`/book/reproduce` and
 :doc:`/book/status`.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import threading
 from datetime import datetime
@@ -30,7 +30,9 @@ from typing import Any
 
 import pandas as pd
 
-from energybook import results as R
+from energybook.store import results as R
+from energybook.store.catalog import measured_dir, measured_runs, measured_table, result_files  # noqa: F401
+from energybook.store.workspace import checkout_root
 
 logger = logging.getLogger(__name__)
 
@@ -39,37 +41,11 @@ PACKAGES = ("energybook", "numpy", "pandas", "scipy", "lmfit", "seaborn", "matpl
             "myst-nb", "myst-parser", "sphinx-book-theme")
 
 
-def measured_dir(root: str | Path | None = None) -> Path:
-    """The folder of measured results: ``root``, else ``$EB_MEASURED_DIR``, else ``data/measured``."""
-    return Path(root or os.environ.get("EB_MEASURED_DIR") or R.MEASURED_DIR)
-
-
-def result_files(root: str | Path | None = None) -> list[Path]:
-    """Results CSVs that have a provenance sidecar under the measured folder, sorted (none when absent)."""
-    folder = measured_dir(root)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*.csv") if not p.name.startswith(".") and R.sidecar_path(p).exists())
-
-
-def measured_runs(root: str | Path | None = None, allow_test_data: bool = False) -> list[R.MeasuredRun]:
-    """Every measured run under the measured folder, loaded and checked (an empty list when none).
-
-    Args:
-        root: Folder to search (default :func:`measured_dir`).
-        allow_test_data: Accept simulated or CPU data (tests only).
-
-    Raises:
-        energybook.results.DataError: a corrupt file, a checksum mismatch, or test data not allowed.
-    """
-    return [R.load_measured(p, allow_test_data=allow_test_data) for p in result_files(root)]
-
-
-def measured_table(runs: list[R.MeasuredRun]) -> pd.DataFrame:
-    """All rows of the runs in one tidy table, with ``source`` (the CSV path) beside each row."""
-    if not runs:
-        return pd.DataFrame(columns=[*R.COLUMNS, "source"])
-    return pd.concat([r.data.assign(source=str(r.path)) for r in runs], ignore_index=True)
+def _shown_path(path: str | Path) -> str:
+    """A results path relative to its checkout (no home folders on a published page)."""
+    path = Path(path).resolve()
+    root = checkout_root(path)
+    return str(path.relative_to(root)) if root is not None else path.name
 
 
 def _date(prov: dict[str, Any]) -> str:
@@ -130,7 +106,7 @@ def run_table(runs: list[R.MeasuredRun]) -> pd.DataFrame:
                         f"max_batch {proto.get('max_batch', '?')}",
             "rows": len(r.data), "measuring (min)": round(measuring_minutes(p), 1), "GPUs": gpu_count(p),
             "sha256 ok": R.sha256_file(r.path) == p.get("sha256"),
-            "file": str(Path(r.path).relative_to(R.ROOT)) if Path(r.path).is_relative_to(R.ROOT) else str(r.path),
+            "file": _shown_path(r.path),
         })
     return pd.DataFrame(rows)
 
@@ -221,7 +197,7 @@ def method_summary(table: pd.DataFrame, others: tuple[str, ...] = ("energy_j_pow
     Returns:
         A table indexed by model with columns ``(method, statistic)``; ``points`` counts the rows used.
     """
-    from energybook.analysis import method_difference
+    from energybook.report.analysis import method_difference
 
     parts = {}
     for other in others:
@@ -234,9 +210,9 @@ def method_summary(table: pd.DataFrame, others: tuple[str, ...] = ("energy_j_pow
 
 
 def replay_meter(tick_t, tick_mj, power_t, power_w):
-    """A :class:`energybook.meter.Meter` that reads a recorded timeline instead of NVML.
+    """A :class:`energybook.measure.meter.Meter` that reads a recorded timeline instead of NVML.
 
-    Its :meth:`~energybook.meter.Meter.reading` (call it with ``wait=False``) applies the meter's
+    Its :meth:`~energybook.measure.meter.Meter.reading` (call it with ``wait=False``) applies the meter's
     own rules (counter interpolation between ticks, trapezoids over every power sample and over
     every 5th) to the given series; nothing is measured.
 
@@ -246,7 +222,7 @@ def replay_meter(tick_t, tick_mj, power_t, power_w):
         power_t: Times of the power samples (seconds).
         power_w: Power samples (watts).
     """
-    from energybook import meter as M
+    from energybook.measure import meter as M
 
     m = M.Meter.__new__(M.Meter)
     m.index, m.poll_s, m.power_period_s, m.sync = 0, 0.002, 0.1, None
@@ -260,7 +236,7 @@ def replay_meter(tick_t, tick_mj, power_t, power_w):
 
 def timeline_files(root: str | Path | None = None) -> list[Path]:
     """Recorded meter timelines under the measured folder: JSON files named ``*timeline*.json`` holding
-    :meth:`energybook.meter.Meter.timeline`'s keys (``tick_t``, ``tick_mj``, ``power_t``, ``power_w``)."""
+    :meth:`energybook.measure.meter.Meter.timeline`'s keys (``tick_t``, ``tick_mj``, ``power_t``, ``power_w``)."""
     folder = measured_dir(root)
     if not folder.is_dir():
         return []

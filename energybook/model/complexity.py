@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from energybook.architecture import Architecture
+from energybook.model.architecture import Architecture
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from energybook import architecture as A
-from energybook import fit as F
-from energybook import formulas as FM
-from energybook.complexity import GRID
+from energybook.model import architecture as A
+from energybook.model import fit as F
+from energybook.model import formulas as FM
+from energybook.model.complexity import GRID
+from energybook.store import catalog
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +143,9 @@ def method_difference(table: pd.DataFrame, reference: str = "energy_j",
 def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.DataFrame:
     """Our measured grids as one tidy table, one row per (gpu, model, n_in, n_out).
 
-    Reads every results file called ``<name>.csv`` under ``root`` (default: ``$EB_MEASURED_DIR`` or
-    ``data/measured``, see :func:`energybook.provenance_report.measured_dir`) with
-    :func:`energybook.results.load_measured`, which refuses anything not measured on a real GPU.
+    Reads every results file called ``<name>.csv`` under ``root`` (default: the workspace's
+    ``measured/``, see :func:`energybook.store.catalog.measured_dir`) with
+    :func:`energybook.store.results.load_measured`, which refuses anything not measured on a real GPU.
     Repeated measurements of a point are averaged; ``reps`` counts them.
 
     Args:
@@ -156,10 +157,8 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
     Returns:
         An empty table when nothing is measured yet.
     """
-    from energybook import provenance_report as PR
-
-    runs = [r for r in PR.measured_runs(root) if r.path.stem == name]
-    raw = PR.measured_table(runs)
+    runs = [r for r in catalog.measured_runs(root) if r.path.stem == name]
+    raw = catalog.measured_table(runs)
     if raw.empty:
         return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
     # Plain numpy dtypes (the loader's nullable ones do not mix with matplotlib and lmfit).

@@ -1,0 +1,143 @@
+"""The two kinds of engine a sweep drives, and their one registry.
+
+* A :class:`WaveEngine` generates waves in this process (energybook's ``torch`` engine): the sweep
+  marks the meter's windows itself, at every checkpoint of a generation.
+* A :class:`CommandEngine` runs a whole grid point as an external command (TensorRT-LLM's
+  ``trtllm-bench``, vLLM's ``vllm bench``): the meter measures the command's window.
+
+:func:`register_engine` adds an engine under a name; :func:`make_engine` builds one by name; both kinds
+raise :class:`EngineUnavailable` when they cannot run here.
+
+Used in :doc:`/book/reproduce`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here: its package or command is missing, or it needs a device that is absent."""
+
+
+@runtime_checkable
+class WaveEngine(Protocol):
+    """An engine that generates waves of identical requests in this process."""
+
+    name: str
+    weights: str
+    settings: dict
+
+    def batch_limit(self, n_in: int, n_out: int) -> int:
+        """Largest batch that fits in device memory at these lengths (requests)."""
+
+    def check_lengths(self, n_in: int, n_out: int) -> None:
+        """Raise ``ValueError`` when n_in + n_out exceeds what the model can serve."""
+
+    def generate(self, n_in: int, n_out: int, batch: int, checkpoints: list[int] | None = None,
+                 clock: Callable[[], float] | None = None) -> Any:
+        """Generate one wave; returns an object with ``times`` (start, prefill_end, end, checkpoints)."""
+
+
+@runtime_checkable
+class CommandEngine(Protocol):
+    """An engine that runs one whole grid point as an external benchmark command, under the meter."""
+
+    name: str
+
+    def describe(self) -> dict:
+        """Name, version and settings, for the sidecar."""
+
+    def build(self, meter) -> Any:
+        """Prepare once before the first point (build an engine, say); may return None."""
+
+    def run_point(self, meter, n_in: int, n_out: int, n_req: int) -> Any:
+        """Measure one point; returns a record with ``row()`` (columns of the results file)."""
+
+
+def is_command_engine(engine: Any) -> bool:
+    """Whether ``engine`` runs points as commands (rather than waves in this process)."""
+    return isinstance(engine, CommandEngine) and not isinstance(engine, WaveEngine)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """A registered engine.
+
+    Attributes:
+        name: Its name (``--engine``).
+        kind: ``"wave"`` or ``"command"``.
+        factory: ``factory(model, workspace_dir, **kwargs)`` -> the engine.
+        tested: Whether this repository's data were measured with it on a real GPU.
+        summary: One line for ``--help``.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    tested: bool
+    summary: str
+
+
+_REGISTRY: dict[str, EngineSpec] = {}
+
+
+def register_engine(name: str, kind: str, factory: Callable[..., Any], tested: bool = False,
+                    summary: str = "") -> EngineSpec:
+    """Add an engine to the registry (an existing name is replaced)."""
+    if kind not in ("wave", "command"):
+        raise ValueError(f"engine kind must be 'wave' or 'command', got {kind!r}")
+    spec = EngineSpec(name, kind, factory, tested, summary)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def engine_names() -> tuple[str, ...]:
+    """Names of the registered engines."""
+    return tuple(_REGISTRY)
+
+
+def get_engine(name: str) -> EngineSpec:
+    """The registered engine of this name; ``ValueError`` naming the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; use one of {', '.join(_REGISTRY)}") from None
+
+
+def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None = None, **kwargs: Any):
+    """Build the engine ``name`` for ``model``; ``kwargs`` go to its constructor.
+
+    Raises:
+        ValueError: for an unknown engine name.
+        EngineUnavailable: when the engine cannot run here.
+    """
+    spec = get_engine(name)
+    return spec.factory(model, workspace_dir, **kwargs)
+
+
+def _torch(model, workspace_dir, **kwargs):
+    from energybook.measure.torch_engine import TorchEngine
+
+    return TorchEngine(model, **kwargs)
+
+
+def _trtllm(model, workspace_dir, **kwargs):
+    from energybook.measure.external import TrtllmBenchEngine
+
+    return TrtllmBenchEngine(str(model), workspace_dir, **kwargs)
+
+
+def _vllm(model, workspace_dir, **kwargs):
+    from energybook.measure.external import VllmBenchEngine
+
+    return VllmBenchEngine(str(model), workspace_dir, **kwargs)
+
+
+register_engine("torch", "wave", _torch, tested=True,
+                summary="energybook's PyTorch engine (in-process, CUDA graphs)")
+register_engine("trtllm", "command", _trtllm, summary="TensorRT-LLM through trtllm-bench (untested here)")
+register_engine("vllm", "command", _vllm, summary="vLLM through `vllm bench throughput` (untested here)")

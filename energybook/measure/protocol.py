@@ -1,0 +1,220 @@
+"""The sweep protocol: one frozen :class:`SweepConfig`, checked before anything runs, and the plan.
+
+A :class:`SweepConfig` is both what you pass to :func:`energybook.measure.runner.run_sweep` and what
+the results file's sidecar records as its ``protocol``: a rerun must bring the same protocol, or it is
+refused. Every value is checked when the object is made, so a typo fails at once, not after the first
+point has been measured.
+
+A sweep measures every point of a grid (default: the study's 7x7, powers of two 64..4096) for one
+model, ``n_req`` identical requests per point, batched up to ``max_batch`` and as far as KV-cache
+memory allows (balanced waves when not all fit). Two modes:
+
+* ``prefix`` (default, fast): points of the same ``n_in`` and the same batch are prefixes of one
+  generation; the counter is read at every ``n_out`` checkpoint. One wave is measured and counted
+  ``n_req / batch`` times. A point whose window is shorter than ``min_window_s`` is measured again
+  on its own, its wave repeated back to back until the window is long enough.
+* ``full``: every point is a separate, complete run of all its waves (the reference the fast mode
+  is checked against).
+
+Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from energybook.model.complexity import GRID, check_positive
+
+MODES = ("prefix", "full")
+#: Most measurements of one point a sweep may ask for.
+MAX_REPEATS = 100
+#: Shortest counter polling period (seconds): below it the sampler would only burn a core.
+MIN_POLL_S = 0.0005
+
+
+def _finite(name: str, value: Any, low: float = 0.0, strict: bool = False, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if v < low or (strict and v == low):
+        raise ValueError(f"{name} must be {'above' if strict else 'at least'} {low}, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{name} must be at most {high}, got {value!r}")
+    return v
+
+
+def _lengths(name: str, values: Any) -> tuple[int, ...]:
+    if isinstance(values, (int, str)) or values is None:
+        raise ValueError(f"{name} must be a list of token counts, got {values!r}")
+    out = []
+    for v in values:
+        check_positive(**{name: v})
+        if v not in out:
+            out.append(int(v))
+    if not out:
+        raise ValueError(f"the {name} grid is empty: give at least one length")
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The protocol of a sweep. Frozen; every value is checked when it is made.
+
+    Attributes:
+        n_in: Prompt lengths (tokens), deduplicated and sorted.
+        n_out: Output lengths (tokens), deduplicated and sorted.
+        n_req: Requests per point (the study: 1000).
+        max_batch: Batch cap (the study: 1024).
+        repeats: Measurements of every point (rows ``rep`` 0..repeats-1), at most :data:`MAX_REPEATS`.
+        mode: ``"prefix"`` or ``"full"`` (module docstring); external engines always run ``"external"``.
+        seed: Seed of the shuffled order, the random weights and the prompts.
+        min_window_s: Shortest energy window (seconds); shorter points are repeated back to back.
+        warmup_steps: Decode steps of the warm-up run before each group, at the group's batch.
+        cooldown_s: Idle pause after each group (seconds).
+        meter_poll_s: Counter polling period of the meter's sampler (seconds).
+        engine: Engine name in the registry (:mod:`energybook.measure.engines`).
+        note: Free text: why the protocol differs from the study's, say.
+    """
+
+    n_in: tuple[int, ...] = GRID
+    n_out: tuple[int, ...] = GRID
+    n_req: int = 1000
+    max_batch: int = 1024
+    repeats: int = 1
+    mode: str = "prefix"
+    seed: int = 0
+    min_window_s: float = 2.0
+    warmup_steps: int = 32
+    cooldown_s: float = 2.0
+    meter_poll_s: float = 0.002
+    engine: str = "torch"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "n_in", _lengths("n_in", self.n_in))
+        set_(self, "n_out", _lengths("n_out", self.n_out))
+        check_positive(n_req=self.n_req, max_batch=self.max_batch, repeats=self.repeats)
+        if self.repeats > MAX_REPEATS:
+            raise ValueError(f"repeats must be at most {MAX_REPEATS}, got {self.repeats}: measure in several "
+                             "sweeps into separate files instead")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        set_(self, "min_window_s", _finite("min_window_s", self.min_window_s, high=3600.0))
+        set_(self, "cooldown_s", _finite("cooldown_s", self.cooldown_s, high=3600.0))
+        set_(self, "meter_poll_s", _finite("meter_poll_s", self.meter_poll_s, low=MIN_POLL_S, high=1.0))
+        allowed = (*MODES, "external")
+        if self.mode not in allowed:
+            raise ValueError(f"mode must be one of {allowed}, got {self.mode!r}")
+        if not isinstance(self.engine, str) or not self.engine:
+            raise ValueError(f"engine must be an engine's name, got {self.engine!r}")
+        if not isinstance(self.note, str):
+            raise ValueError(f"note must be text, got {self.note!r}")
+
+    @property
+    def points(self) -> list[Point]:
+        """Every (n_in, n_out, rep) of the grid."""
+        return [Point(a, b, r) for r in range(self.repeats) for a in self.n_in for b in self.n_out]
+
+    @property
+    def external(self) -> bool:
+        """Whether an external engine runs each point as a command."""
+        return self.mode == "external"
+
+    def replace(self, **changes: Any) -> SweepConfig:
+        """A checked copy with some values changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_record(self) -> dict[str, Any]:
+        """The protocol as the sidecar records it (plain JSON types)."""
+        rec = dataclasses.asdict(self)
+        rec["n_in"], rec["n_out"] = list(self.n_in), list(self.n_out)
+        rec["wave_counting"] = rec["prefix_checkpoints"] = self.mode == "prefix"
+        return rec
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SweepConfig:
+        """The config a sidecar's ``protocol`` describes (derived keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point and repetition: ``n_in`` prompt and ``n_out`` output tokens per request."""
+
+    n_in: int
+    n_out: int
+    rep: int = 0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.n_in, self.n_out, self.rep)
+
+
+@dataclass
+class Group:
+    """Points measured by one generation (prefix mode) or one complete run (full mode).
+
+    Attributes:
+        n_in: Prompt tokens per request.
+        n_outs: Output lengths measured (checkpoints), ascending.
+        rep: Repetition index.
+        batch: Requests per wave.
+        waves: Waves needed for ``n_req`` requests.
+        oom_retries: Times the batch was halved after running out of memory.
+        repeat_alone: A point too short in its shared generation, measured again on its own with its
+            wave repeated back to back.
+    """
+
+    n_in: int
+    n_outs: list[int]
+    rep: int
+    batch: int
+    waves: int
+    oom_retries: int = 0
+    repeat_alone: bool = False
+
+
+def balanced_batch(n_req: int, limit: int) -> tuple[int, int]:
+    """(batch, waves) for ``n_req`` requests when at most ``limit`` fit: equal waves, as few as possible."""
+    if limit < 1:
+        raise RuntimeError("not even one request fits in GPU memory at this length; use a shorter grid "
+                           "or a GPU with more memory")
+    waves = math.ceil(n_req / limit)
+    return math.ceil(n_req / waves), waves
+
+
+def plan(points: list[Point], batch_limit: Callable[[int, int], int], n_req: int, max_batch: int,
+         mode: str) -> list[Group]:
+    """Group points into generations.
+
+    Args:
+        points: Points still to measure.
+        batch_limit: (n_in, n_out) -> largest batch that fits in memory.
+        n_req: Requests per point.
+        max_batch: Batch cap.
+        mode: ``"prefix"`` (shared generations) or ``"full"`` (one group per point).
+    """
+    by_key: dict[tuple[int, int, int], list[int]] = {}
+    waves_of: dict[tuple[int, int, int], int] = {}
+    groups = []
+    for p in sorted(points, key=lambda p: (p.rep, p.n_in, p.n_out)):
+        batch, waves = balanced_batch(n_req, min(n_req, max_batch, batch_limit(p.n_in, p.n_out)))
+        if mode == "full":
+            groups.append(Group(p.n_in, [p.n_out], p.rep, batch, waves))
+            continue
+        key = (p.rep, p.n_in, batch)
+        by_key.setdefault(key, []).append(p.n_out)
+        waves_of[key] = waves
+    for (rep, n_in, batch), n_outs in by_key.items():
+        groups.append(Group(n_in, sorted(n_outs), rep, batch, waves_of[(rep, n_in, batch)]))
+    return groups

@@ -1,0 +1,456 @@
+"""Resumable energy sweeps: a :class:`~energybook.measure.protocol.SweepConfig`, an engine and a meter
+in, a results file out.
+
+:func:`run_sweep` measures every point of the config's grid that its results file does not hold yet:
+
+* a **wave engine** (:class:`~energybook.measure.engines.WaveEngine`, the torch engine) is driven group by
+  group (:func:`~energybook.measure.protocol.plan`): a warm-up at the group's real batch, the measured
+  generation with the meter's windows at every ``n_out`` checkpoint, then a cool-down; groups run in a
+  seeded shuffled order;
+* a **command engine** (:class:`~energybook.measure.engines.CommandEngine`) runs one benchmark command
+  per point under the meter.
+
+Both build their rows with :func:`make_row` into one record type, :class:`energybook.store.results.Row`,
+appended to the results file as each point finishes. The file is locked for the sweep's lifetime, so a
+second writer is refused; a killed sweep resumes on rerun with no point lost or duplicated.
+
+Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from energybook.measure import engines as EN
+from energybook.measure.protocol import Group, Point, SweepConfig, plan
+from energybook.store import results as R
+from energybook.store.workspace import PathError, Workspace, checkout_root
+
+logger = logging.getLogger(__name__)
+
+WORKLOAD = ("n_req identical requests of exactly n_in random prompt tokens and n_out greedy output tokens "
+            "(EOS ignored, counts verified); energy_j from NVML's total-energy counter")
+
+
+def utc(t: float | None = None) -> str:
+    """An epoch time (default: now) as ISO 8601 UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def source_commit() -> str | None:
+    """The git commit of the energybook checkout this package runs from (``+dirty`` when it has local
+    changes), or None for an installed package."""
+    root = checkout_root(Path(__file__).parent)
+    if root is None:
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment(meter, engine, engine_name: str) -> dict[str, Any]:
+    """Versions and device facts for the provenance sidecar."""
+    import energybook
+
+    info: dict[str, Any] = dict(meter.device_info())
+    info.update(python=platform.python_version(), host=platform.node(), energybook=energybook.__version__,
+                energybook_commit=source_commit())
+    try:
+        import torch
+        import transformers
+
+        info.update(torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__)
+    except ImportError:  # pragma: no cover - an external engine on a machine without torch
+        pass
+    if EN.is_command_engine(engine):
+        described = engine.describe()
+        settings = getattr(engine, "settings", None)
+        info.update(engine=described, engine_name=engine_name, dtype=None, device="cuda",
+                    weights=getattr(settings, "load_format", None) or "as built")
+        return info
+    settings = dict(getattr(engine, "settings", {}) or {})
+    info.update(engine=settings, engine_name=engine_name, dtype=settings.get("dtype"),
+                weights=getattr(engine, "weights", "?"), device=settings.get("device"))
+    return info
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did.
+
+    Attributes:
+        path: The results CSV.
+        measured: Points measured in this call.
+        skipped: Points found already done.
+        seconds: Wall time of this call (seconds).
+        log: What happened besides measuring (time limit, out-of-memory retries).
+        remaining: Points left for a rerun.
+        config: The protocol that was measured.
+    """
+
+    path: Path
+    measured: int
+    skipped: int
+    seconds: float
+    log: list[str] = field(default_factory=list)
+    remaining: int = 0
+    config: SweepConfig | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every point of the grid is in the file."""
+        return self.remaining == 0
+
+
+def _oom_types() -> tuple[type, ...]:
+    try:
+        import torch
+
+        return (torch.cuda.OutOfMemoryError,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+def _default_meter(device: str, config: SweepConfig):
+    if str(device).startswith("cpu"):
+        from energybook.measure.meter import SimulatedMeter
+
+        return SimulatedMeter()
+    from energybook.measure.meter import Meter
+
+    return Meter.for_device(device, poll_s=config.meter_poll_s)
+
+
+def results_path(workspace: Workspace, output: str | Path | None, gpu: str, model: str, stem: str) -> Path:
+    """The results CSV: ``output`` (checked to stay inside the workspace) or the workspace's default."""
+    if output is None:
+        return workspace.results_path(gpu, model, stem)
+    out = Path(output).expanduser().resolve()
+    if out.suffix != ".csv":
+        raise PathError(f"--output {output} must name a .csv file (its sidecar is the same name with .json)")
+    return workspace.inside(out)
+
+
+def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: str | Path | None = None,
+              workspace: Workspace | str | Path | None = None, engine: Any = None, meter=None, device: str = "cuda",
+              allow_test_data: bool = False, command: str | None = None, progress: bool = True,
+              stop_after: int | None = None, time_limit_s: float | None = None,
+              engine_kwargs: dict | None = None, **protocol: Any) -> SweepResult:
+    """Measure a grid of points for one model, appending each finished point to its results file.
+
+    Args:
+        model: Shipped model name, config.json path or checkpoint directory (for an external engine:
+            what its ``--model`` takes).
+        config: The protocol; default ``SweepConfig(**protocol)``.
+        output: Results CSV inside the workspace; default ``measured/<gpu>/<model>/grid.csv``
+            (``full.csv`` in full mode, ``<engine>-grid.csv`` for an external engine).
+        workspace: The data folder (:meth:`energybook.store.workspace.Workspace.resolve`).
+        engine: An engine's registered name (default ``config.engine``), or an engine object.
+        meter: A meter (default: NVML on ``device``'s GPU; on the CPU, the simulated meter).
+        device: ``"cuda"``, ``"cuda:N"``, or ``"cpu"`` with ``allow_test_data=True`` (tests).
+        allow_test_data: Permit the CPU or a simulated meter; the data are labelled test data.
+        command: The command line that regenerates the file (recorded in the sidecar).
+        progress: Show a tqdm progress bar with an ETA.
+        stop_after: Stop after this many points (tests of resumption).
+        time_limit_s: Start no new group after this many seconds; a rerun resumes the rest.
+        engine_kwargs: Extra arguments for the engine's constructor.
+        **protocol: :class:`SweepConfig` fields, when ``config`` is not given.
+
+    Raises:
+        ValueError: bad parameters (unknown model or engine, non-positive lengths, lengths the model
+            cannot serve), checked before anything is measured.
+        energybook.store.results.DataError: the results file is corrupt, edited, or locked by another sweep.
+        RuntimeError: no GPU or NVML (``MeterUnavailable``), or test data not allowed.
+    """
+    t_start = time.perf_counter()
+    if config is None:
+        config = SweepConfig(**protocol)
+    elif protocol:
+        raise ValueError(f"give the protocol as config or as keywords, not both (got {sorted(protocol)})")
+    if isinstance(engine, str):
+        config = config.replace(engine=engine)
+        engine = None
+    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0
+                                         and math.isfinite(time_limit_s)):
+        raise ValueError(f"time_limit_s must be a positive number of seconds, got {time_limit_s!r}")
+    if str(device).startswith("cpu") and not allow_test_data:
+        raise RuntimeError("device='cpu' measures nothing real: pass allow_test_data=True (tests only) or run on an "
+                           "NVIDIA GPU with device='cuda'")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    spec = EN.get_engine(config.engine) if engine is None else None
+    if spec is not None and spec.kind == "command":
+        config = config.replace(mode="external")
+    if engine is None:
+        kwargs = dict(engine_kwargs or {})
+        if spec.kind == "wave":
+            kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
+        engine = EN.make_engine(config.engine, model, ws.engine_dir(config.engine), **kwargs)
+    external = EN.is_command_engine(engine)
+    if external and config.mode != "external":
+        config = config.replace(mode="external")
+    if not external:
+        check = getattr(engine, "check_lengths", None)
+        if check is not None:
+            check(max(config.n_in), max(config.n_out))
+    if meter is None:
+        meter = _default_meter(device, config)
+    simulated = getattr(meter, "method", "") == "simulated"
+    if simulated and not allow_test_data:
+        raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
+    env = environment(meter, engine, config.engine)
+    name = str(model) if external else getattr(engine, "name", str(model))
+    if external:
+        name = Path(name).name if Path(name).exists() else name
+    stem = f"{config.engine}-grid" if external else ("grid" if config.mode == "prefix" else "full")
+    path = results_path(ws, output, env.get("gpu", "gpu"), name, stem)
+    test_data = bool(allow_test_data and (str(device).startswith("cpu") or simulated))
+    prov = dict(env, model=name, protocol=config.to_record(), meter_method=getattr(meter, "method", "?"),
+                test_data=test_data, command=command or " ".join(shlex.quote(a) for a in sys.argv),
+                started_at=utc(), workload=WORKLOAD)
+    with R.ResultsFile(path) as rf:
+        rf.start(prov)
+        done = rf.done()
+        todo = [p for p in config.points if p.key not in done]
+        skipped = len(config.points) - len(todo)
+        loop = _sweep_commands if external else _sweep_waves
+        measured, log = loop(engine, meter, rf, todo, config, name, env, progress, stop_after, time_limit_s, t_start)
+    return SweepResult(path, measured, skipped, time.perf_counter() - t_start, log, len(todo) - measured, config)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="point", desc=desc)
+
+
+def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: SweepConfig, name: str, env,
+                 progress: bool, stop_after: int | None, time_limit_s: float | None,
+                 t_start: float) -> tuple[int, list[str]]:
+    """The sweep loop of a wave engine: groups of points, shuffled, each warmed up and cooled down."""
+    groups = plan(todo, engine.batch_limit, config.n_req, config.max_batch, config.mode)
+    random.Random(config.seed).shuffle(groups)
+    bar = _bar(progress, len(todo), f"{name} sweep")
+    measured, log = 0, []
+    meter.start()
+    try:
+        queue = list(groups)
+        while queue:
+            if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
+                logger.warning("time limit reached with %d groups left: rerun the same command to resume", len(queue))
+                log.append(f"stopped at the time limit, {len(queue)} groups left")
+                break
+            g = queue.pop(0)
+            try:
+                rows, short = measure_group(engine, meter, g, config, name, env)
+            except _oom_types() as exc:
+                if g.batch == 1:
+                    raise RuntimeError(f"out of GPU memory at n_in {g.n_in}, n_out {max(g.n_outs)} even with one "
+                                       "request per wave: shorten the grid or use a GPU with more memory; the "
+                                       "points measured so far are kept") from exc
+                _free()
+                g.batch = max(1, g.batch // 2)
+                g.waves = math.ceil(config.n_req / g.batch)
+                g.oom_retries += 1
+                logger.warning("out of memory at n_in %d (%s): retrying with batch %d", g.n_in, exc, g.batch)
+                log.append(f"OOM at n_in {g.n_in}: batch halved to {g.batch}")
+                queue.insert(0, g)
+                continue
+            for row in rows:
+                rf.append(row, {"gpu_uuid": env.get("gpu_uuid")})
+                measured += 1
+                if bar is not None:
+                    bar.update(1)
+                if stop_after is not None and measured >= stop_after:
+                    return measured, log
+            for n in short:  # too short alone: measure again, repeated back to back
+                queue.insert(0, Group(g.n_in, [n], g.rep, g.batch, g.waves, g.oom_retries, repeat_alone=True))
+            time.sleep(config.cooldown_s)
+    finally:
+        if bar is not None:
+            bar.close()
+        meter.stop()
+    return measured, log
+
+
+def _sweep_commands(engine, meter, rf: R.ResultsFile, todo: list[Point], config: SweepConfig, name: str, env,
+                    progress: bool, stop_after: int | None, time_limit_s: float | None,
+                    t_start: float) -> tuple[int, list[str]]:
+    """The sweep loop of a command engine: one benchmark command per point, in shuffled order.
+
+    The engine's whole command line, its version, the energy of the whole process and the token
+    counts it reported go into the sidecar's point log; the row holds the energy of its timed run.
+    """
+    random.Random(config.seed).shuffle(todo)
+    bar = _bar(progress, len(todo), f"{name} sweep ({engine.name})")
+    measured, log = 0, []
+    meter.start()
+    try:
+        build = engine.build(meter)
+        if build is not None:
+            log.append(f"built the engine: {build.command_line} ({build.duration_s:.0f} s)")
+        for p in todo:
+            if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
+                log.append(f"stopped at the time limit, {len(todo) - measured} points left")
+                break
+            started = time.time()
+            point = engine.run_point(meter, p.n_in, p.n_out, config.n_req)
+            details = point.row()
+            row = make_row(name, p.n_in, p.n_out, config.n_req, p.rep, "external", point.reading, env,
+                           engine=config.engine, tokens_out=details["tokens_out"],
+                           window_kind=details.get("window"), tokens_match=details.get("tokens_match"),
+                           started=started, finished=time.time())
+            rf.append(row, {k: v for k, v in details.items() if k not in R.COLUMNS})
+            measured += 1
+            if bar is not None:
+                bar.update(1)
+            if stop_after is not None and measured >= stop_after:
+                break
+            time.sleep(config.cooldown_s)
+    finally:
+        if bar is not None:
+            bar.close()
+        meter.stop()
+    return measured, log
+
+
+def _free() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@dataclass
+class Window:
+    """Energy and time of a part of a window (the prefills, say)."""
+
+    energy_j: float
+    duration_s: float
+
+
+def make_row(name: str, n_in: int, n_out: int, n_req: int, rep: int, mode: str, reading, env: dict[str, Any], *,
+             engine: str, scale: float = 1.0, tokens_out: int | None = None, batch: int | None = None,
+             waves: int | None = None, measured_waves: int | None = None, repeats: int = 1,
+             prefill: Window | None = None, state=None, oom_retries: int | None = None,
+             window_kind: str = "generation", tokens_match: bool | None = True, started: float | None = None,
+             finished: float | None = None) -> R.Row:
+    """The one row builder: a meter reading of a window, scaled to the whole point, as a :class:`Row`.
+
+    Args:
+        name: The model's name.
+        n_in: Prompt tokens per request.
+        n_out: Output tokens per request.
+        n_req: Requests of the point.
+        rep: Repetition index.
+        mode: ``prefix``, ``full``, ``prefix+repeat`` or ``external``.
+        reading: The meter's :class:`~energybook.measure.meter.Reading` of the window.
+        env: The sweep's environment (GPU name and UUID).
+        engine: The engine's registered name.
+        scale: Point energy / window energy (the waves counted but not run, or 1/repeats).
+        tokens_out: Output tokens of the point (default ``n_req * n_out``).
+        batch: Requests per wave.
+        waves: Waves of the point.
+        measured_waves: Waves run in the window.
+        repeats: Back-to-back repeats in the window.
+        prefill: Energy and time of the prefills in the window.
+        state: The meter's :class:`~energybook.measure.meter.GpuState` over the window.
+        oom_retries: Batch halvings before this point fitted.
+        window_kind: ``generation``, ``bench`` or ``process``.
+        tokens_match: Whether the tokens served equal those asked for.
+        started: Epoch time the point's group started.
+        finished: Epoch time the point finished.
+    """
+    energy = reading.energy_j * scale
+    duration = reading.duration_s * scale
+    tokens_out = n_req * n_out if tokens_out is None else tokens_out
+    pre_e = prefill.energy_j * scale if prefill is not None else None
+    pre_s = prefill.duration_s * scale if prefill is not None else None
+    nan = float("nan")
+    return R.Row(
+        model=name, n_in=n_in, n_out=n_out, n_req=n_req, batch=batch, waves=waves, measured_waves=measured_waves,
+        rep=rep, mode=mode, energy_j=energy, energy_j_power500=reading.energy_j_power500 * scale,
+        energy_j_power100=reading.energy_j_power100 * scale, duration_s=duration, tokens_in=n_req * n_in,
+        tokens_out=tokens_out, j_per_token=energy / tokens_out, tokens_per_j=tokens_out / energy,
+        power_w=reading.power_w, prefill_energy_j=pre_e, prefill_s=pre_s,
+        decode_energy_j=energy - pre_e if pre_e is not None else None,
+        decode_s=duration - pre_s if pre_s is not None else None,
+        window_s=reading.duration_s, repeats=repeats, ticks=reading.ticks,
+        temperature_c=getattr(state, "temperature_c", nan), temperature_max_c=getattr(state, "temperature_max_c", nan),
+        sm_clock_mhz=getattr(state, "sm_clock_mhz", nan), power_limit_w=getattr(state, "power_limit_w", nan),
+        oom_retries=oom_retries, gpu=env.get("gpu"), started_at=utc(started), finished_at=utc(finished),
+        gpu_uuid=env.get("gpu_uuid"), engine=engine, window_kind=window_kind, tokens_match=tokens_match,
+        meter_method=reading.method, samples=getattr(reading, "samples", None),
+        meter_wraps=getattr(reading, "wraps", 0), meter_errors=getattr(reading, "errors", 0),
+        throttle_reasons=getattr(reading, "throttle_reasons", "") or "")
+
+
+def measure_group(engine, meter, g: Group, config: SweepConfig, name: str, env) -> tuple[list[R.Row], list[int]]:
+    """Warm up, measure, and build the rows of one group; returns (rows, n_outs too short to keep)."""
+    wall0 = time.time()
+    n_max = g.n_outs[-1]
+    n_req, mode = config.n_req, config.mode
+    common = dict(engine=config.engine, batch=g.batch, waves=g.waves, oom_retries=g.oom_retries, started=wall0)
+    engine.generate(g.n_in, min(n_max, config.warmup_steps + 1), g.batch, clock=meter.now)  # warm-up, real batch
+    rows, short = [], []
+    if mode == "full" or g.repeat_alone:
+        # Complete runs: full mode runs every wave; a repeat runs one wave k times. Back to back in one window.
+        if mode == "full":
+            sizes = [math.ceil(n_req / g.waves)] * g.waves
+            sizes[-1] = n_req - sum(sizes[:-1])
+        else:
+            sizes = [g.batch]
+        t0 = meter.now()
+        runs, prefills = 0, []
+        while True:
+            for b in sizes:
+                w = engine.generate(g.n_in, n_max, b, clock=meter.now)
+                prefills.append((w.times.start, w.times.prefill_end))
+            runs += 1
+            if w.times.end - t0 >= config.min_window_s:
+                break
+        t1 = w.times.end
+        reading = meter.reading(t0, t1, end="before")
+        prefill = Window(sum(meter.reading(a, b).energy_j for a, b in prefills), sum(b - a for a, b in prefills))
+        scale = 1.0 / runs if mode == "full" else n_req / g.batch / runs
+        row_mode = mode + ("+repeat" if g.repeat_alone else "")
+        rows.append(make_row(name, g.n_in, n_max, n_req, g.rep, row_mode, reading, env, scale=scale, repeats=runs,
+                             measured_waves=len(sizes) if mode == "full" else 1, prefill=prefill,
+                             state=meter.state(t0, t1), finished=time.time(), **common))
+        return rows, short
+    w = engine.generate(g.n_in, n_max, g.batch, checkpoints=g.n_outs, clock=meter.now)
+    logger.info("n_in %d batch %d n_out<=%d: prefill %.2f s, decode %.2f ms/step", g.n_in, g.batch, n_max,
+                w.times.prefill_end - w.times.start, (w.times.end - w.times.prefill_end) / max(1, n_max - 1) * 1e3)
+    t0 = w.times.start
+    prefill_r = meter.reading(t0, w.times.prefill_end)
+    prefill = Window(prefill_r.energy_j, prefill_r.duration_s)
+    state = meter.state(t0, w.times.end)
+    for n in g.n_outs:
+        t1 = w.times.checkpoints[n]
+        if t1 - t0 < config.min_window_s:
+            short.append(n)
+            continue
+        reading = meter.reading(t0, t1, end="before" if n == n_max else "interp")
+        rows.append(make_row(name, g.n_in, n, n_req, g.rep, mode, reading, env, scale=n_req / g.batch,
+                             measured_waves=1, prefill=prefill, state=state, finished=time.time(), **common))
+    return rows, short

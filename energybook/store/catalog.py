@@ -1,0 +1,76 @@
+"""Every results file of a workspace, found, loaded and checked.
+
+:func:`result_files` lists the results CSVs under a workspace's ``measured/`` folder; a CSV without its
+provenance sidecar is reported (a warning, and :func:`orphans` names them), never skipped silently.
+:func:`measured_runs` loads each with :func:`energybook.store.results.load_measured`, which checks it
+against its sidecar and refuses test data.
+
+Used in :doc:`/book/status` and :doc:`/book/reproduce`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from energybook.store import results as R
+from energybook.store.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+
+def measured_dir(root: str | Path | None = None) -> Path:
+    """The folder of measured results: ``<workspace>/measured`` (:meth:`Workspace.resolve`), or ``root``
+    itself when it is a ``measured`` folder or holds no ``measured`` subfolder."""
+    if root is not None:
+        root = Path(root)
+        if root.name != "measured" and (root / "measured").is_dir():
+            return root / "measured"
+        return root
+    return Workspace.resolve().measured_dir
+
+
+def _csvs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*.csv") if not p.name.startswith("."))
+
+
+def orphans(root: str | Path | None = None) -> list[Path]:
+    """Results CSVs that have no provenance sidecar (not loaded; measure again or restore the sidecar)."""
+    return [p for p in _csvs(measured_dir(root)) if not R.sidecar_path(p).exists()]
+
+
+def result_files(root: str | Path | None = None) -> list[Path]:
+    """Results CSVs that have a provenance sidecar, sorted (none when the folder is absent).
+
+    A CSV without a sidecar is logged as a warning, with what to do.
+    """
+    files = _csvs(measured_dir(root))
+    for p in files:
+        if not R.sidecar_path(p).exists():
+            logger.warning("%s has no provenance sidecar (%s) and is not loaded: restore the sidecar from git, "
+                           "or remeasure", p, R.sidecar_path(p).name)
+    return [p for p in files if R.sidecar_path(p).exists()]
+
+
+def measured_runs(root: str | Path | None = None, allow_test_data: bool = False) -> list[R.MeasuredRun]:
+    """Every measured run under the measured folder, loaded and checked (an empty list when none).
+
+    Args:
+        root: Workspace or ``measured`` folder to search (default: the resolved workspace).
+        allow_test_data: Accept simulated or CPU data (tests only).
+
+    Raises:
+        energybook.store.results.DataError: a corrupt file, a checksum mismatch, or test data not allowed.
+    """
+    return [R.load_measured(p, allow_test_data=allow_test_data) for p in result_files(root)]
+
+
+def measured_table(runs: list[R.MeasuredRun]):
+    """All rows of the runs in one tidy table, with ``source`` (the CSV path) beside each row."""
+    import pandas as pd
+
+    if not runs:
+        return pd.DataFrame(columns=[*R.COLUMNS, "source"])
+    return pd.concat([r.data.assign(source=str(r.path)) for r in runs], ignore_index=True)
