@@ -1,6 +1,6 @@
 # energybook: build the book and run the tests.
 #   make book   build the Jupyter Book into _build/html
-#   make test   ruff, pytest, the book build, and a headless-Chromium check of every page
+#   make test   ruff, pytest, the wheel job, the book build, and a headless-Chromium check of every page
 # Both create .venv on first use; the install step re-runs only when pyproject.toml changes.
 
 SHELL := /bin/bash
@@ -19,7 +19,7 @@ TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test install chromium lint unit browser clean
+.PHONY: book test install chromium lint unit browser wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,14 @@ unit: $(STAMP)
 browser: $(STAMP) chromium
 	EB_REQUIRE_BOOK=1 $(BIN)/python -m pytest -m book tests/test_book_html.py
 
+# The wheel job: a non-editable install with base dependencies only, used from outside the checkout.
+wheel: | $(BIN)/python
+	PYTHON=$(BIN)/python bash scripts/check_wheel.sh
+
 test: $(STAMP) chromium
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) wheel
 	$(MAKE) book
 	$(MAKE) browser
 

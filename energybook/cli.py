@@ -134,6 +134,7 @@ def _measure_cmd(args: argparse.Namespace) -> int:
     if len(args.model) > 1 and (args.output or args.notebook_output):
         raise ValueError("--output and --notebook-output name one file: give one --model with them")
     params.setdefault("command", _command_line())
+    logging.getLogger("papermill").setLevel(logging.INFO)  # the notebook's output, live in this terminal
     for model in args.model:
         out = run_notebook(model, args.notebook_output, params, kernel=args.kernel, workspace=args.data)
         print(f"executed notebook: {out}")
@@ -225,9 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"energybook: interrupted.{hint}", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, OSError) as exc:
-        hint = " Points finished before the error are saved: fix the cause and rerun to resume." if resume else ""
-        print(f"energybook: error: {exc}{hint}", file=sys.stderr)
+        print(f"energybook: error: {exc}{_resume_hint(exc) if resume else ''}", file=sys.stderr)
         return 2
+
+
+def _resume_hint(exc: BaseException) -> str:
+    """Why a sweep stopped after it may have measured points: say that they are kept."""
+    from energybook.measure.engines import EngineUnavailable
+
+    if isinstance(exc, (ValueError, EngineUnavailable)) or type(exc).__name__ == "MeterUnavailable":
+        return ""  # refused before anything was measured
+    return " Points finished before the error are saved: fix the cause and rerun the same command to resume."
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""Write data/architectures/<name>.json: Hugging Face configurations of the study's 13 models.
+"""Write energybook/resources/architectures/<name>.json: Hugging Face configurations of the study's 13 models.
 
 Regenerate with ``python scripts/make_architectures.py``. The values are transcribed from
-``shared/reference/architectures.csv`` (see data/architectures/README.md for the sources).
+``shared/reference/architectures.csv`` (see energybook/resources/architectures/README.md for the sources).
 """
 
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "data" / "architectures"
+OUT = Path(__file__).resolve().parents[1] / "energybook" / "resources" / "architectures"
 
 
 def llama(hidden, inter, layers, heads, kv, head_dim, vocab, max_pos, tied, rope_theta,

@@ -1,6 +1,8 @@
 """notebooks/measure.ipynb runs through papermill with tiny CPU parameters (simulated meter)."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,5 +35,13 @@ def test_notebook_runs_on_the_cpu_with_tiny_parameters(tmp_path):
     text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
     assert "4 points measured" in text and "Measured tokens per joule over the grid" in json.dumps(nb)
     assert "complete: all 4 points measured" in text
+    # The sweep ran in the notebook's kernel through the package API, not in a subprocess.
+    source = json.dumps([c["source"] for c in nb["cells"]])
+    assert "eb.run_sweep(" in source and "subprocess.run([sys.executable" not in source
+    # No local absolute paths: not the workspace, the home folder, the venv or the working folder.
+    whole = out_nb.read_text()
+    for local in (str(tmp_path), str(Path.home()), sys.prefix, str(Path.cwd())):
+        assert local not in whole, local
+    assert "<data>/measured/grid.csv" in whole
     title = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "".join(title["source"]).startswith(f"# {cfg.stem}: measuring its energy grid")

@@ -13,6 +13,7 @@ Used in :doc:`/book/reproduce`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,27 +71,43 @@ class EngineSpec:
     Attributes:
         name: Its name (``--engine``).
         kind: ``"wave"`` or ``"command"``.
-        factory: ``factory(model, workspace_dir, **kwargs)`` -> the engine.
+        target: The engine class or factory, or its ``"module:attribute"`` path (imported on first use, like a
+            packaging entry point), called as ``target(model, workspace_dir=..., **kwargs)``.
         tested: Whether this repository's data were measured with it on a real GPU.
         summary: One line for ``--help``.
     """
 
     name: str
     kind: str
-    factory: Callable[..., Any]
+    target: str | Callable[..., Any]
     tested: bool
     summary: str
+
+    def load(self) -> Callable[..., Any]:
+        """The engine's class or factory."""
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 _REGISTRY: dict[str, EngineSpec] = {}
 
 
-def register_engine(name: str, kind: str, factory: Callable[..., Any], tested: bool = False,
+def register_engine(name: str, kind: str, target: str | Callable[..., Any], tested: bool = False,
                     summary: str = "") -> EngineSpec:
-    """Add an engine to the registry (an existing name is replaced)."""
+    """Add an engine to the registry (an existing name is replaced).
+
+    Args:
+        name: The name ``--engine`` takes.
+        kind: ``"wave"`` (:class:`WaveEngine`) or ``"command"`` (:class:`CommandEngine`).
+        target: A class or factory ``target(model, workspace_dir=..., **kwargs)``, or its ``"module:attribute"``.
+        tested: Whether it produced this repository's data on a real GPU.
+        summary: One line for ``--help``.
+    """
     if kind not in ("wave", "command"):
         raise ValueError(f"engine kind must be 'wave' or 'command', got {kind!r}")
-    spec = EngineSpec(name, kind, factory, tested, summary)
+    spec = EngineSpec(name, kind, target, tested, summary)
     _REGISTRY[name] = spec
     return spec
 
@@ -111,33 +128,22 @@ def get_engine(name: str) -> EngineSpec:
 def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None = None, **kwargs: Any):
     """Build the engine ``name`` for ``model``; ``kwargs`` go to its constructor.
 
+    Wave engines take ``(model, **kwargs)``; command engines ``(model, workspace_dir, **kwargs)``.
+
     Raises:
         ValueError: for an unknown engine name.
         EngineUnavailable: when the engine cannot run here.
     """
     spec = get_engine(name)
-    return spec.factory(model, workspace_dir, **kwargs)
+    factory = spec.load()
+    if spec.kind == "wave":
+        return factory(model, **kwargs)
+    return factory(str(model), workspace_dir, **kwargs)
 
 
-def _torch(model, workspace_dir, **kwargs):
-    from energybook.measure.torch_engine import TorchEngine
-
-    return TorchEngine(model, **kwargs)
-
-
-def _trtllm(model, workspace_dir, **kwargs):
-    from energybook.measure.external import TrtllmBenchEngine
-
-    return TrtllmBenchEngine(str(model), workspace_dir, **kwargs)
-
-
-def _vllm(model, workspace_dir, **kwargs):
-    from energybook.measure.external import VllmBenchEngine
-
-    return VllmBenchEngine(str(model), workspace_dir, **kwargs)
-
-
-register_engine("torch", "wave", _torch, tested=True,
+register_engine("torch", "wave", "energybook.measure.torch_engine:TorchEngine", tested=True,
                 summary="energybook's PyTorch engine (in-process, CUDA graphs)")
-register_engine("trtllm", "command", _trtllm, summary="TensorRT-LLM through trtllm-bench (untested here)")
-register_engine("vllm", "command", _vllm, summary="vLLM through `vllm bench throughput` (untested here)")
+register_engine("trtllm", "command", "energybook.measure.external:TrtllmBenchEngine",
+                summary="TensorRT-LLM through trtllm-bench (untested here)")
+register_engine("vllm", "command", "energybook.measure.external:VllmBenchEngine",
+                summary="vLLM through `vllm bench throughput` (untested here)")

@@ -36,45 +36,58 @@ def model_label(model: str | Path) -> str:
     return p.stem if p.suffix == ".json" else p.name
 
 
-def _local_prefixes() -> list[str]:
-    prefixes = {str(Path.home()), sys.prefix, sys.exec_prefix, str(Path.cwd())}
-    prefixes |= {os.path.realpath(p) for p in list(prefixes)}
-    return sorted((p for p in prefixes if p and p != "/"), key=len, reverse=True)
+def _local_paths(workspace: Path | None = None) -> dict[str, str]:
+    """Local absolute paths and what they read as in a published notebook, longest first."""
+    names: dict[str, str] = {}
+    if workspace is not None:
+        names[str(workspace)] = "<data>"
+    for prefix in (sys.prefix, sys.exec_prefix):
+        names.setdefault(prefix, "<python>")
+    names.setdefault(str(Path.cwd()), "<cwd>")
+    names.setdefault(str(Path.home()), "~")
+    for key in list(names):
+        names.setdefault(os.path.realpath(key), names[key])
+    return dict(sorted(((k, v) for k, v in names.items() if k and k != "/"), key=lambda kv: -len(kv[0])))
 
 
-def scrub_paths(text: str, prefixes: list[str] | None = None) -> str:
-    """Replace local absolute paths (home, virtual environment, working folder) by ``<local>``."""
-    for p in prefixes or _local_prefixes():
-        text = text.replace(p, "<local>")
+def scrub_paths(text: str, names: dict[str, str] | None = None) -> str:
+    """Replace local absolute paths (the workspace, the Python environment, the working folder, the home
+    folder) by short placeholders."""
+    for path, name in (names if names is not None else _local_paths()).items():
+        text = text.replace(path, name)
     return text
 
 
-def _scrub_notebook(path: Path, title: str) -> None:
+def _scrub_notebook(path: Path, title: str, workspace: Path | None = None) -> None:
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
     pm_meta = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path", "cwd"):
         pm_meta.pop(key, None)
-    prefixes = _local_prefixes()
+    names = _local_paths(workspace)
+    pm_meta["parameters"] = {k: scrub_paths(v, names) if isinstance(v, str) else v
+                             for k, v in (pm_meta.get("parameters") or {}).items()}
     titled = False
     for cell in nb.cells:
-        cell.source = scrub_paths(cell.source, prefixes)
+        cell.source = scrub_paths(cell.source, names)
         if not titled and cell.cell_type == "markdown" and cell.source.startswith("# "):
             cell.source = f"# {title}: measuring its energy grid\n" + cell.source.partition("\n")[2]
             titled = True
         for out in cell.get("outputs", []):
             if "text" in out:
-                out["text"] = scrub_paths(out["text"], prefixes)
+                out["text"] = scrub_paths(out["text"], names)
+            if "traceback" in out:
+                out["traceback"] = [scrub_paths(line, names) for line in out["traceback"]]
             for kind, value in (out.get("data") or {}).items():
                 if kind.startswith("text/") and isinstance(value, str):
-                    out["data"][kind] = scrub_paths(value, prefixes)
+                    out["data"][kind] = scrub_paths(value, names)
     nbformat.write(nb, str(path))
 
 
-def name_notebook(path: str | Path, name: str) -> None:
+def name_notebook(path: str | Path, name: str, workspace: str | Path | None = None) -> None:
     """Put the model's name into an executed notebook's title and scrub local paths from it."""
-    _scrub_notebook(Path(path), name)
+    _scrub_notebook(Path(path), name, Path(workspace) if workspace is not None else None)
 
 
 def run_notebook(model: str | Path, output_notebook: str | Path | None = None,
@@ -112,5 +125,5 @@ def run_notebook(model: str | Path, output_notebook: str | Path | None = None,
                             cwd=str(out.parent), progress_bar=False, log_output=log_output)
     finally:
         if out.exists():
-            name_notebook(out, slug(label))
+            name_notebook(out, slug(label), ws.root)
     return out

@@ -2,6 +2,8 @@
 
 The benchmarks themselves live in ``benchmarks/`` and run on a GPU; what they printed or saved is
 committed, and the book reads it from here on the CPU.
+
+Used in :doc:`/book/comparison`.
 """
 
 from __future__ import annotations

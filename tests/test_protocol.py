@@ -1,0 +1,74 @@
+"""The sweep protocol is checked before anything runs: each bad input is refused with a message naming it."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from energybook.measure.protocol import MAX_REPEATS, SweepConfig
+from energybook.model.complexity import GRID
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"min_window_s": math.nan}, "min_window_s must be finite"),
+    ({"min_window_s": math.inf}, "min_window_s must be finite"),
+    ({"min_window_s": -1.0}, "min_window_s must be at least 0"),
+    ({"cooldown_s": -5}, "cooldown_s must be at least 0"),
+    ({"cooldown_s": math.inf}, "cooldown_s must be finite"),
+    ({"meter_poll_s": 0}, "meter_poll_s must be at least"),
+    ({"meter_poll_s": -0.1}, "meter_poll_s"),
+    ({"repeats": 1_000_000_000}, f"repeats must be at most {MAX_REPEATS}"),
+    ({"repeats": 0}, "repeats must be a positive integer"),
+    ({"n_in": [0]}, "n_in must be a positive integer"),
+    ({"n_in": [8.5]}, "n_in must be a positive integer"),
+    ({"n_out": []}, "n_out grid is empty"),
+    ({"n_in": 64}, "n_in must be a list"),
+    ({"n_req": 0}, "n_req"),
+    ({"max_batch": True}, "max_batch"),
+    ({"mode": "fastest"}, "mode must be one of"),
+    ({"seed": -1}, "seed"),
+    ({"warmup_steps": -3}, "warmup_steps"),
+    ({"min_window_s": "1"}, "min_window_s must be a number"),
+])
+def test_bad_values_are_refused_when_the_config_is_made(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SweepConfig(**kw)
+
+
+def test_grid_values_are_deduplicated_and_sorted():
+    cfg = SweepConfig(n_in=[8, 8, 4], n_out=[16, 2, 16])
+    assert cfg.n_in == (4, 8) and cfg.n_out == (2, 16)
+    assert len(cfg.points) == 4  # `--n-in 8 8` no longer measures a point twice and crashes
+
+
+def test_defaults_are_the_studys_protocol():
+    cfg = SweepConfig()
+    assert cfg.n_in == cfg.n_out == GRID and cfg.n_req == 1000 and cfg.max_batch == 1024
+
+
+def test_frozen_and_round_trips_through_its_record():
+    cfg = SweepConfig(n_in=[64], n_out=[64, 128], note="short")
+    with pytest.raises(AttributeError):
+        cfg.n_req = 5  # type: ignore[misc]
+    rec = cfg.to_record()
+    assert rec["n_in"] == [64] and rec["prefix_checkpoints"] is True
+    assert SweepConfig.from_record(rec) == cfg
+    with pytest.raises(ValueError, match="repeats"):
+        cfg.replace(repeats=0)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--min-window", "nan"], "min_window_s must be finite"),
+    (["--min-window", "inf"], "min_window_s must be finite"),
+    (["--repeats", "1000000000"], "repeats must be at most"),
+    (["--cooldown", "-5"], "cooldown_s must be at least 0"),
+    (["--meter-poll", "0"], "meter_poll_s must be at least"),
+])
+def test_the_cli_refuses_bad_values_before_measuring(args, match):
+    """Each of these used to hang, fill memory or crash after the first point was measured."""
+    proc = subprocess.run([sys.executable, "-m", "energybook.cli", "sweep", "--model", "Llama-3.2-1B",
+                           "--device", "cpu", "--allow-test-data", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert match in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1  # one line
