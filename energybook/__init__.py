@@ -55,6 +55,7 @@ _API = {
     "Row": ("energybook.store.results", "Row"),
     "MeasuredRun": ("energybook.store.results", "MeasuredRun"),
     "DataError": ("energybook.store.results", "DataError"),
+    "LockedError": ("energybook.store.results", "LockedError"),
     "load_measured": ("energybook.store.results", "load_measured"),
     "measured_runs": ("energybook.store.catalog", "measured_runs"),
     # measure
