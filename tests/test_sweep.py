@@ -189,3 +189,30 @@ def test_measurement_half_imports_without_the_analysis_packages():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+class FlakyMeter(SimulatedMeter):
+    """A simulated meter whose first ``bad`` readings are invalid windows."""
+
+    def __init__(self, bad, **kw):
+        super().__init__(**kw)
+        self.bad = bad
+
+    def reading(self, t0, t1, **kw):
+        from energybook.measure.meter import MeterError
+
+        if self.bad > 0:
+            self.bad -= 1
+            raise MeterError(t0, t1, ["NVML failed 3 times inside the window"], errors=3)
+        return super().reading(t0, t1, **kw)
+
+
+def test_an_invalid_meter_window_is_measured_again_then_refused(tmp_path):
+    clock = Clock()
+    res = sweep(tmp_path, FakeEngine(clock), clock, n_in=[8], n_out=[4],
+                meter=FlakyMeter(1, power_w=200.0, clock=clock))
+    assert res.measured == 1 and any("measured again" in line for line in res.log)
+    with pytest.raises(RuntimeError, match="refused the window.*twice.*rerun the same command"):
+        sweep(tmp_path / "b", FakeEngine(clock), clock, n_in=[8], n_out=[4],
+              meter=FlakyMeter(10, power_w=200.0, clock=clock))
+    assert R.ResultsFile(tmp_path / "b" / "grid.csv").rows() == []  # nothing invalid was recorded

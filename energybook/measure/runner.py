@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook.measure import engines as EN
+from energybook.measure.meter import MeterError
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
 from energybook.store import results as R
 from energybook.store.workspace import PathError, Workspace, checkout_root
@@ -249,6 +250,7 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
     random.Random(config.seed).shuffle(groups)
     bar = _bar(progress, len(todo), f"{name} sweep")
     measured, log = 0, []
+    invalid: set[tuple] = set()
     meter.start()
     try:
         queue = list(groups)
@@ -260,6 +262,17 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
             g = queue.pop(0)
             try:
                 rows, short = measure_group(engine, meter, g, config, name, env)
+            except MeterError as exc:
+                key = (g.n_in, tuple(g.n_outs), g.rep, g.batch)
+                if key in invalid:
+                    raise RuntimeError(f"the meter refused the window of n_in {g.n_in}, n_out {g.n_outs} twice "
+                                       f"({exc}): check the GPU and its driver (nvidia-smi), then rerun the same "
+                                       "command to resume") from exc
+                invalid.add(key)
+                logger.warning("invalid meter window at n_in %d (%s): measuring the group again", g.n_in, exc)
+                log.append(f"invalid meter window at n_in {g.n_in}: measured again ({exc})")
+                queue.insert(0, g)
+                continue
             except _oom_types() as exc:
                 if g.batch == 1:
                     raise RuntimeError(f"out of GPU memory at n_in {g.n_in}, n_out {max(g.n_outs)} even with one "
