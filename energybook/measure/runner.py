@@ -128,13 +128,15 @@ def _oom_types() -> tuple[type, ...]:
         return ()
 
 
-def _default_meter(device: str, config: SweepConfig):
+def _default_meter(device: str, config: SweepConfig, external: bool = False):
     if str(device).startswith("cpu"):
         from energybook.measure.meter import SimulatedMeter
 
         return SimulatedMeter()
     from energybook.measure.meter import Meter
 
+    if external:  # another process runs the work: nothing here to synchronise
+        return Meter.for_device(device, poll_s=config.meter_poll_s, sync=None)
     return Meter.for_device(device, poll_s=config.meter_poll_s)
 
 
@@ -210,7 +212,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         if check is not None:
             check(max(config.n_in), max(config.n_out))
     if meter is None:
-        meter = _default_meter(device, config)
+        meter = _default_meter(device, config, external)
     simulated = getattr(meter, "method", "") == "simulated"
     if simulated and not allow_test_data:
         raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
