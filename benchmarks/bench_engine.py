@@ -223,6 +223,7 @@ def main(argv=None) -> int:
     if not args.skip_generate:
         gen = torch.Generator(device="cuda").manual_seed(1)
         ids = torch.randint(0, eng.vocab, (1000, 64), device="cuda", generator=gen)
+        attn_name = eng.model.config._attn_implementation  # the engine's own, restored below
         eng.model.config._attn_implementation = "sdpa"
 
         def plain():
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
                                    do_sample=False, pad_token_id=0)
 
         r = tok_per_j(meter, plain, 1000 * 256)
-        eng.model.config._attn_implementation = "energybook_sdpa"
+        eng.model.config._attn_implementation = attn_name
         tj["generate_eager_dynamic"] = r
         say(f"{'generate':16s}: {r['tokens_per_j']:7.2f} tok/J counter, {r['tokens_per_j_power500']:7.2f} power500; "
             f"{r['power_w']:.0f} W, {r['s_per_run']:.2f} s/run")

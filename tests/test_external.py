@@ -1,11 +1,16 @@
 """Tests of energybook.measure.external: the wrapper runs real subprocesses (stand-ins for the engines, which are
 not installed here), the meter is faked, the parsers read hand-written format samples."""
 
+import _thread
+import inspect
 import json
+import math
 import os
+import signal
 import stat
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -14,6 +19,7 @@ import pytest
 
 from energybook.measure import external as X
 from energybook.measure.meter import Reading
+from energybook.store.workspace import PathError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "external"
 POWER_W = 100.0
@@ -96,7 +102,7 @@ def test_check_false_returns_the_failed_run():
 
 def test_timeout_kills_and_says_so():
     t = time.perf_counter()
-    with pytest.raises(X.CommandFailed, match="timed out after 0.5 s") as err:
+    with pytest.raises(X.CommandFailed, match="exceeded its time limit of 0.5 s") as err:
         X.measure_command(py("import time; time.sleep(30)"), FakeMeter(), timeout_s=0.5)
     assert time.perf_counter() - t < 10 and err.value.run.timed_out and err.value.run.returncode is None
 
@@ -280,11 +286,10 @@ print("Total Latency (ms): 500.0")
 """
 
 
-@pytest.mark.parametrize("short, match", [(0, True), (1, False)])
-def test_trtllm_point_through_a_stand_in(tmp_path, monkeypatch, short, match):
+def test_trtllm_point_through_a_stand_in(tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    fake_executable(bindir, "trtllm-bench", FAKE_TRTLLM.replace("SHORT", str(short)))
+    fake_executable(bindir, "trtllm-bench", FAKE_TRTLLM.replace("SHORT", "0"))
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     meter = FakeMeter()
     eng = X.TrtllmBenchEngine("org/m", tmp_path / "ws")
@@ -294,11 +299,11 @@ def test_trtllm_point_through_a_stand_in(tmp_path, monkeypatch, short, match):
     assert row["duration_s_process"] > 0.8 and row["energy_j_process"] > row["energy_j"]
     assert row["energy_j"] == pytest.approx(POWER_W * 0.5)
     assert row["engine_duration_s"] == 0.5 and row["engine_requests"] == 20
-    assert row["tokens_match"] is match
-    assert row["tokens_out"] == (160 if match else 140) and row["j_per_token"] == pytest.approx(50 / row["tokens_out"])
+    assert row["tokens_match"] is True
+    assert row["tokens_out"] == 160 and row["j_per_token"] == pytest.approx(50 / row["tokens_out"])
     assert row["tokens_per_j"] == pytest.approx(row["tokens_out"] / 50)
     assert row["command"].startswith("trtllm-bench --model org/m") and "--engine_dir" in row["command"]
-    assert (tmp_path / "ws" / "logs" / "in16_out8_req20.log").is_file()
+    assert (tmp_path / "ws" / "org-m" / "logs" / "in16_out8_req20.log").is_file()
     # the bench window ends at the last "Benchmark complete" line, not the warm-up one
     t_end = point.bench.t1
     assert t_end == point.run.last_time_of(eng.END_LINE) and t_end - point.run.t0 > 0.5
@@ -347,3 +352,369 @@ def test_failed_engine_run_raises_with_its_log(tmp_path, monkeypatch):
 def test_versions_are_none_when_not_installed():
     # neither engine is installed in the test environment; the functions must say so, not guess
     assert X.trtllm_version() is None and X.vllm_version() is None
+
+
+# ----- time limits: always one, and the whole process group goes ------------------------------
+
+
+def test_timeout_defaults_to_an_hour_everywhere(tmp_path):
+    assert X.DEFAULT_TIMEOUT_S == 3600
+    for f in (X.measure_command, X.TrtllmBenchEngine, X.VllmBenchEngine):
+        assert inspect.signature(f).parameters["timeout_s"].default == 3600
+    assert X.TrtllmBenchEngine("org/m", tmp_path).timeout_s == 3600
+    assert X.VllmBenchEngine("org/m", tmp_path).timeout_s == 3600
+
+
+@pytest.mark.parametrize("bad", [None, 0, -1.0, math.nan, math.inf, True, "60"])
+def test_unbounded_or_nonsense_timeouts_are_refused(tmp_path, bad):
+    meter = mock.Mock(wraps=FakeMeter())
+    with pytest.raises(ValueError, match="timeout_s must be a positive, finite number"):
+        X.measure_command(py("print('ran')"), meter, timeout_s=bad)
+    meter.now.assert_not_called()  # refused before anything ran
+    with pytest.raises(ValueError, match="timeout_s"):
+        X.TrtllmBenchEngine("org/m", tmp_path, timeout_s=bad)
+    with pytest.raises(ValueError, match="timeout_s"):
+        X.VllmBenchEngine("org/m", tmp_path, timeout_s=bad)
+
+
+# A hung external engine: it starts a worker that inherits (and so holds open) its stdout and stderr, says where
+# the worker is, then never finishes. GRANDCHILD_SESSION: the worker escapes into a session of its own.
+HUNG_ENGINE = """
+import subprocess, sys, time
+worker = subprocess.Popen(["sleep", "60"], start_new_session=GRANDCHILD_SESSION)
+open(sys.argv[1], "w").write(str(worker.pid))
+print("loading the model...", flush=True)
+time.sleep(EXIT_AFTER)
+print("done", flush=True)
+"""
+
+
+def hung_engine(folder: Path, exit_after: float = 60, own_session: bool = False) -> Path:
+    body = HUNG_ENGINE.replace("EXIT_AFTER", str(exit_after)).replace("GRANDCHILD_SESSION", str(own_session))
+    return fake_executable(folder, "hung-engine", body)
+
+
+def gone(pid: int, wait_s: float = 3.0) -> bool:
+    """Whether process ``pid`` has exited within ``wait_s`` (an exited zombie counts: this container's init may never
+    reap the orphans it adopts, and os.kill(pid, 0) succeeds on a zombie)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True  # vanished between the two looks
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def read_pid(path: Path, wait_s: float = 5.0) -> int:
+    deadline = time.monotonic() + wait_s
+    while not (path.is_file() and path.read_text().strip()):
+        assert time.monotonic() < deadline, "the stand-in never wrote its worker's pid"
+        time.sleep(0.02)
+    return int(path.read_text())
+
+
+def kill_if_alive(pid: int | None) -> None:
+    """Clean up the one worker this test started, should the code under test have left it running."""
+    if pid is not None and not gone(pid, 0):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_hung_engine_is_killed_with_its_whole_process_group(tmp_path):
+    exe, pidfile, log = hung_engine(tmp_path), tmp_path / "worker.pid", tmp_path / "logs" / "hung.log"
+    pid = None
+    t = time.perf_counter()
+    try:
+        with pytest.raises(X.CommandFailed) as err:
+            X.measure_command([str(exe), str(pidfile)], FakeMeter(), timeout_s=1, log_path=log)
+        elapsed = time.perf_counter() - t
+        pid = read_pid(pidfile)
+        assert elapsed < 5, f"took {elapsed:.1f} s: the worker held the pipes open"
+        assert gone(pid), "the engine's worker (its grandchild) outlived the timeout"
+    finally:
+        kill_if_alive(pid)
+    msg = str(err.value)
+    assert str(exe) in msg and "exceeded its time limit of 1 s" in msg  # the command, and that it ran past N s
+    assert "--timeout" in msg and "check the engine" in msg and str(log) in msg  # what to do, and where to look
+    assert "loading the model..." in msg  # the tail of its output
+    run = err.value.run
+    assert run.timed_out and run.returncode is None and run.reading is not None and run.output_complete
+
+
+def test_keyboard_interrupt_stops_the_whole_process_group(tmp_path):
+    exe, pidfile = hung_engine(tmp_path), tmp_path / "worker.pid"
+    pid = None
+    timer = threading.Timer(1.0, _thread.interrupt_main)  # Ctrl-C while the engine runs
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            X.measure_command([str(exe), str(pidfile)], FakeMeter(), timeout_s=30)
+        pid = read_pid(pidfile)
+        assert gone(pid), "the engine's worker outlived the interrupt"
+    finally:
+        timer.cancel()
+        kill_if_alive(pid)
+
+
+def test_processes_left_behind_after_a_normal_exit_are_stopped(tmp_path):
+    exe, pidfile = hung_engine(tmp_path, exit_after=0.2), tmp_path / "worker.pid"
+    pid = None
+    t = time.perf_counter()
+    try:
+        run = X.measure_command([str(exe), str(pidfile)], FakeMeter(), timeout_s=30)
+        pid = read_pid(pidfile)
+        assert time.perf_counter() - t < 5 and gone(pid)
+    finally:
+        kill_if_alive(pid)
+    assert run.ok and "done" in run.stdout and run.output_complete
+
+
+def test_a_process_outside_the_group_holding_the_pipes_cannot_hang_us(tmp_path, monkeypatch):
+    monkeypatch.setattr(X, "READER_JOIN_S", 0.5, raising=False)
+    exe, pidfile = hung_engine(tmp_path, exit_after=0.2, own_session=True), tmp_path / "worker.pid"
+    pid = None
+    t = time.perf_counter()
+    try:
+        run = X.measure_command([str(exe), str(pidfile)], FakeMeter(), timeout_s=30, log_path=tmp_path / "r.log")
+        assert time.perf_counter() - t < 5, "the readers waited for the escaped worker"
+        pid = read_pid(pidfile)
+    finally:
+        kill_if_alive(pid)
+    assert run.ok and not run.output_complete and "done" in run.stdout
+
+
+# ----- reports are checked before anything is recorded ----------------------------------------
+
+# Stand-ins whose report can be spoiled: FAKE_OVERRIDE (JSON in the environment) replaces figures of the report.
+FAKE_TRTLLM_REPORT = """
+import json, os, sys, time
+args = sys.argv[1:]
+get = lambda k: args[args.index(k) + 1]
+rows = [json.loads(l) for l in open(get("--dataset"))]
+n = len(rows)
+fig = {"num_requests": n, "avg_input_length": sum(len(r["input_ids"]) for r in rows) / n,
+       "avg_output_length": sum(r["output_tokens"] for r in rows) / n, "total_latency_ms": 300.0}
+fig.update(json.loads(os.environ.get("FAKE_OVERRIDE", "{}")))
+time.sleep(0.4)
+print("[TRT-LLM] [I] Benchmark done. Reporting results...", flush=True)
+perf = {"total_latency_ms": fig["total_latency_ms"], "request_throughput_req_s": 1.0,
+        "system_output_throughput_tok_s": 1.0}
+json.dump({"performance": perf, "request_info": {k: fig[k] for k in ("num_requests", "avg_input_length",
+          "avg_output_length")}}, open(get("--report_json"), "w"))
+"""
+
+FAKE_VLLM_REPORT = """
+import json, os, sys, time
+args = sys.argv[1:]
+get = lambda k: args[args.index(k) + 1]
+n, i, o = int(get("--num-prompts")), int(get("--input-len")), int(get("--output-len"))
+fig = {"num_requests": n, "elapsed_time": 0.3, "prompt": n * i, "output": n * o}
+fig.update(json.loads(os.environ.get("FAKE_OVERRIDE", "{}")))
+time.sleep(0.4)
+if not fig.get("no_end_line"):
+    print(f"Throughput: 1.00 requests/s, 1.00 total tokens/s, 1.00 output tokens/s", flush=True)
+print(f"Total num prompt tokens:  {fig['prompt']}")
+print(f"Total num output tokens:  {fig['output']}")
+json.dump({"elapsed_time": fig["elapsed_time"], "num_requests": fig["num_requests"],
+           "total_num_tokens": fig["prompt"] + fig["output"], "requests_per_second": 1.0, "tokens_per_second": 1.0},
+          open(get("--output-json"), "w"))
+"""
+
+
+@pytest.fixture()
+def spoilable(tmp_path, monkeypatch):
+    """Stand-in trtllm-bench and vllm on PATH; returns a function that makes them report the given figures."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_executable(bindir, "trtllm-bench", FAKE_TRTLLM_REPORT)
+    fake_executable(bindir, "vllm", FAKE_VLLM_REPORT)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("FAKE_OVERRIDE", raising=False)
+    return lambda **fig: monkeypatch.setenv("FAKE_OVERRIDE", json.dumps(fig))
+
+
+def engine_of(name: str, ws: Path):
+    return X.TrtllmBenchEngine("org/m", ws) if name == "trtllm" else X.VllmBenchEngine("org/m", ws)
+
+
+# (engine, figures the engine reports, what the message must name); the point asked for is 16 in, 8 out, 20 requests
+BAD_REPORTS = [
+    ("trtllm", {"avg_output_length": 0}, "0 output tokens"),
+    ("vllm", {"output": 0}, "0 output tokens"),
+    ("trtllm", {"num_requests": 10}, "10 requests, not the 20 asked for"),
+    ("vllm", {"num_requests": 10}, "10 requests, not the 20 asked for"),
+    ("trtllm", {"avg_output_length": 7}, "140 output tokens, not the 160 asked for"),
+    ("trtllm", {"avg_input_length": 15.5}, "310 input tokens, not the 320 asked for"),
+    ("vllm", {"output": 150}, "150 output tokens, not the 160 asked for"),
+    ("vllm", {"prompt": 318}, "318 input tokens, not the 320 asked for"),
+    ("trtllm", {"total_latency_ms": -300.0}, "duration of the timed run is -0.3 s"),
+    ("trtllm", {"total_latency_ms": 0.0}, "duration of the timed run is 0.0 s"),
+    ("vllm", {"elapsed_time": -0.3}, "duration of the timed run is -0.3 s"),
+    ("vllm", {"elapsed_time": math.nan}, "duration of the timed run is nan s"),
+]
+
+
+@pytest.mark.parametrize("engine, figures, named", BAD_REPORTS)
+def test_a_report_that_contradicts_the_point_is_refused(tmp_path, spoilable, engine, figures, named):
+    spoilable(**figures)
+    eng = engine_of(engine, tmp_path / "ws")
+    with pytest.raises(RuntimeError) as err:  # not a row
+        eng.run_point(FakeMeter(), n_in=16, n_out=8, n_req=20)
+    msg = str(err.value)
+    assert isinstance(err.value, X.ReportError)
+    assert msg.startswith(f"{engine} at n_in=16 n_out=8 n_req=20") and named in msg  # engine, point, bad figure
+    log = tmp_path / "ws" / "org-m" / "logs" / "in16_out8_req20.log"
+    assert f"full output is in the log file {log}" in msg and log.is_file()
+    assert err.value.engine == engine and err.value.point == (16, 8, 20) and len(err.value.problems) >= 1
+    assert err.value.run is not None and err.value.report is not None
+
+
+@pytest.mark.parametrize("engine", ["trtllm", "vllm"])
+def test_the_same_stand_ins_unspoiled_give_a_point(tmp_path, spoilable, engine):
+    point = engine_of(engine, tmp_path / "ws").run_point(FakeMeter(), n_in=16, n_out=8, n_req=20)
+    assert point.tokens_match and point.tokens_out == 160 and point.window == "bench"
+
+
+@pytest.mark.parametrize("engine", ["trtllm", "vllm"])
+def test_a_missing_report_is_a_report_error_naming_the_log(tmp_path, monkeypatch, engine):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_executable(bindir, "trtllm-bench" if engine == "trtllm" else "vllm", "print('all went well, I promise')\n")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(X.ReportError, match="could not be read") as err:
+        engine_of(engine, tmp_path / "ws").run_point(FakeMeter(), 16, 8, 20)
+    assert "in16_out8_req20.log" in str(err.value) and err.value.report is None
+
+
+def test_a_refused_report_never_becomes_a_row_of_the_sweep(tmp_path, spoilable):
+    from energybook.measure import runner
+    from energybook.measure.meter import SimulatedMeter
+    from energybook.store import results as R
+
+    spoilable(num_requests=2)  # half of the 4 asked for
+    out = tmp_path / "res" / "vllm.csv"
+    with pytest.raises(RuntimeError, match="2 requests, not the 4 asked for"):  # a ReportError
+        runner.run_sweep("org/model", n_in=[16], n_out=[8], n_req=4, device="cpu", meter=SimulatedMeter(),
+                         allow_test_data=True, engine="vllm", workspace=tmp_path, cooldown_s=0, progress=False,
+                         output=out)
+    with R.ResultsFile(out) as rf:
+        assert rf.rows() == []
+
+
+def test_check_report_on_the_format_samples():
+    trt = X.parse_trtllm_report_json(FIXTURES / "trtllm_report.json")  # 1000 requests of 128 in, 256 out
+    X.check_report("trtllm", trt, 128, 256, 1000)
+    with pytest.raises(X.ReportError, match="1000 requests, not the 999"):
+        X.check_report("trtllm", trt, 128, 256, 999)
+    with pytest.raises(X.ReportError, match="128000 input tokens, not the 127000"):
+        X.check_report("trtllm", trt, 127, 256, 1000)
+    stdout = (FIXTURES / "vllm_throughput_stdout.txt").read_text()
+    X.check_report("vllm", X.parse_vllm_output(stdout, FIXTURES / "vllm_throughput.json"), 128, 256, 1000)
+    with pytest.raises(X.ReportError, match="256000 output tokens, not the 255000"):
+        X.check_report("vllm", X.parse_vllm_output(stdout, FIXTURES / "vllm_throughput.json"), 128, 255, 1000)
+    # without the JSON the requests are derived from the rounded throughputs: checked within the tolerance
+    fallback = X.parse_vllm_output(stdout)
+    assert "num_requests" in fallback.derived
+    X.check_report("vllm", fallback, 128, 256, 1000)
+    with pytest.raises(X.ReportError, match="derived from its rounded throughputs"):
+        X.check_report("vllm", fallback, 128, 256, 900)
+    # a Throughput line alone gives no duration: nothing can be recorded from it
+    only_line = X.parse_vllm_output("Throughput: 50.00 requests/s, 19200.00 total tokens/s, 12800.00 output tokens/s")
+    with pytest.raises(X.ReportError, match="duration"):
+        X.check_report("vllm", only_line, 128, 256, 1000)
+
+
+# ----- paths cannot leave the workspace -------------------------------------------------------
+
+FAKE_TRTLLM_BUILD = """
+import pathlib, sys
+a = sys.argv
+if "build" in a:
+    folder = pathlib.Path(a[a.index("--workspace") + 1]) / a[a.index("--model") + 1] / "tp_1_pp_1"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    sys.exit(0)
+"""
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_trtllm_model_names_that_leave_the_workspace_are_refused(tmp_path):
+    ws = tmp_path / "a" / "b" / "ws"
+    for model in ("../../x", "../../../../x", "/abs/checkpoint"):
+        with pytest.raises(PathError, match="outside the engine's workspace") as err:
+            X.TrtllmBenchEngine(model, ws)
+        assert isinstance(err.value, ValueError) and "model_path" in str(err.value)
+    assert files_under(tmp_path) == set()  # nothing written anywhere
+    # an engine built elsewhere may be named explicitly; then nothing is built for the model
+    eng = X.TrtllmBenchEngine("../../x", ws, engine_dir=tmp_path / "prebuilt")
+    assert eng.folder == ws / "x"
+    with pytest.raises(FileNotFoundError, match="no built engine"):
+        eng.build(FakeMeter())
+
+
+def test_trtllm_files_are_in_the_models_slugged_folder(tmp_path, spoilable):
+    fake_executable(tmp_path / "bin", "trtllm-bench", FAKE_TRTLLM_BUILD + FAKE_TRTLLM_REPORT)
+    ws = tmp_path / "ws"
+    before = files_under(tmp_path)
+    engines = [X.TrtllmBenchEngine(m, ws) for m in ("org/model", "org/other")]
+    for eng in engines:
+        assert eng.build(FakeMeter()) is not None and eng.build(FakeMeter()) is None  # built once
+        eng.run_point(FakeMeter(), 16, 8, 20)
+    assert engines[0].folder == ws / "org-model" and engines[0].engine_dir == ws / "org-model/org/model/tp_1_pp_1"
+    new = files_under(tmp_path) - before
+    assert new and all(p.is_relative_to(ws) for p in new)
+    for eng in engines:  # two models at the same point keep separate data sets, reports and logs
+        for part in ("datasets/in16_out8_req20.jsonl", "reports/in16_out8_req20.json", "logs/in16_out8_req20.log",
+                     "logs/build.log"):
+            assert (eng.folder / part).is_file()
+
+
+def test_vllm_model_name_with_dots_stays_inside(tmp_path, spoilable):
+    ws = tmp_path / "a" / "b" / "ws"
+    before = files_under(tmp_path)
+    point = X.VllmBenchEngine("../../x", ws).run_point(FakeMeter(), 16, 8, 20)
+    new = files_under(tmp_path) - before
+    assert new == {ws / "x" / "reports" / "in16_out8_req20.json", ws / "x" / "logs" / "in16_out8_req20.log"}
+    assert "--model ../../x" in point.command  # vLLM reads the model from there; nothing is written there
+
+
+def test_a_build_that_leaves_no_engine_says_where_to_look(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake_executable(bindir, "trtllm-bench", "print('ENGINE SAVED: /somewhere/else')\n")
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(FileNotFoundError, match="ENGINE SAVED"):
+        X.TrtllmBenchEngine("org/m", tmp_path / "ws").build(FakeMeter())
+
+
+# ----- rows give the runner what it reads -----------------------------------------------------
+
+
+@pytest.mark.parametrize("end_line, window", [(True, "bench"), (False, "process")])
+def test_row_gives_the_runner_what_it_reads(tmp_path, spoilable, end_line, window):
+    from energybook.measure.runner import make_row
+
+    if not end_line:
+        spoilable(no_end_line=True)
+    point = X.VllmBenchEngine("org/m", tmp_path / "ws").run_point(FakeMeter(), 16, 8, 20)
+    details = point.row()
+    assert details["window"] == window and type(details["tokens_match"]) is bool and details["tokens_match"]
+    assert details["tokens_out"] == 160
+    expected_s = 0.3 if window == "bench" else point.run.duration_s
+    assert point.reading.duration_s == pytest.approx(expected_s)
+    # exactly as the runner's command loop builds its row
+    row = make_row("org/m", 16, 8, 20, 0, "external", point.reading, {"gpu": "test"}, engine="vllm",
+                   tokens_out=details["tokens_out"], window_kind=details.get("window"),
+                   tokens_match=details.get("tokens_match"))
+    assert (row.window_kind, row.tokens_match, row.tokens_out) == (window, True, 160)
+    assert row.j_per_token == pytest.approx(point.reading.energy_j / 160)

@@ -24,6 +24,19 @@ engine's own timed run: it ends when the engine's end-of-run line arrives on its
 arrival time is recorded) and lasts the duration the engine reports. ``energy_j`` is the bench
 window when it could be located, else the process window; the ``window`` column says which.
 
+Safeguards, all checked before anything is recorded:
+
+* **Time limit.** Every command has one (:data:`DEFAULT_TIMEOUT_S`, an hour, unless told otherwise; never
+  unbounded). It runs in its own session and process group; on a timeout or ``KeyboardInterrupt`` the whole
+  group (the engine's workers included) gets SIGTERM, then SIGKILL after :data:`KILL_GRACE_S`. Processes the
+  command leaves behind after a normal exit are stopped the same way, so they cannot heat the next point's window.
+* **Reports are checked** (:func:`check_report`): a report with no output tokens, another number of
+  requests, token counts other than ``n_req * n_in`` / ``n_req * n_out``, or a duration that is not a
+  positive number raises :class:`ReportError`; it never becomes a row.
+* **Paths stay in the workspace.** Each engine's files (data sets, reports, logs, TensorRT-LLM's engine)
+  go to ``<workspace_dir>/<model slug>/`` and are checked to lie inside ``workspace_dir``
+  (:class:`energybook.store.workspace.PathError` otherwise), so ``--model ../../x`` cannot write elsewhere.
+
 Neither engine is installed where this package was written and tested: these paths were exercised
 with stand-in subprocesses that print the documented report formats, never with a real engine.
 
@@ -32,6 +45,7 @@ Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -41,6 +55,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -49,12 +64,19 @@ from pathlib import Path
 from typing import IO
 
 from energybook.measure.engines import EngineUnavailable
+from energybook.store.workspace import PathError, slug
 
 logger = logging.getLogger(__name__)
 
 # executable -> (engine name, pip package)
 PACKAGES = {"trtllm-bench": ("TensorRT-LLM", "tensorrt-llm"), "vllm": ("vLLM", "vllm")}
 TAIL_LINES = 20  # lines of stderr quoted in an error
+DEFAULT_TIMEOUT_S = 3600.0
+"""Time limit of one engine command unless told otherwise (seconds); the CLI's ``--timeout`` default."""
+KILL_GRACE_S = 5.0
+"""Seconds between SIGTERM and SIGKILL when a command's process group is stopped."""
+READER_JOIN_S = 5.0
+"""Seconds to wait for the output readers after the command ended (a process outside its group may hold the pipes)."""
 
 
 class CommandFailed(RuntimeError):
@@ -63,6 +85,36 @@ class CommandFailed(RuntimeError):
     def __init__(self, message: str, run: CommandRun):
         super().__init__(message)
         self.run = run
+
+
+class ReportError(RuntimeError):
+    """The engine's report cannot be recorded: a figure contradicts the workload or is not a usable number.
+
+    Attributes:
+        engine: ``"trtllm"`` or ``"vllm"``.
+        point: ``(n_in, n_out, n_req)`` asked for.
+        problems: One sentence per bad figure.
+        run: The measured command (its full output), when there was one.
+        report: The parsed report, when it could be parsed.
+    """
+
+    def __init__(self, message: str, engine: str, point: tuple[int, int, int], problems: list[str],
+                 run: CommandRun | None = None, report: TrtllmReport | VllmReport | None = None):
+        super().__init__(message)
+        self.engine, self.point, self.problems, self.run, self.report = engine, point, problems, run, report
+
+
+def check_timeout(timeout_s: float) -> float:
+    """``timeout_s`` as a float if it is a positive, finite number of seconds.
+
+    Raises:
+        ValueError: ``None``, zero, negative, infinite or not a number (there is no unbounded run).
+    """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
+            or not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive, finite number of seconds (got {timeout_s!r}); "
+                         f"the default is {DEFAULT_TIMEOUT_S:g} s (--timeout)")
+    return float(timeout_s)
 
 
 # ----- running and measuring a command ---------------------------------------------------------
@@ -84,6 +136,8 @@ class CommandRun:
         lines: ``(arrival time in perf_counter seconds, "stdout" or "stderr", text)`` for every line.
         log_path: File the output was teed to, if any.
         timed_out: Whether the command was killed for running past its time limit.
+        output_complete: Whether the output was read to its end (``False``: a process outside the command's
+            process group still held the pipes after :data:`READER_JOIN_S`).
     """
 
     cmd: list[str]
@@ -96,6 +150,7 @@ class CommandRun:
     lines: list[tuple[float, str, str]] = field(default_factory=list, repr=False)
     log_path: Path | None = None
     timed_out: bool = False
+    output_complete: bool = True
 
     @property
     def command_line(self) -> str:
@@ -134,20 +189,115 @@ def _missing(executable: str, path: str | None) -> EngineUnavailable:
         + (f" PATH searched: {path}" if path else ""))
 
 
-def _pump(stream: IO[str], name: str, sink: list[str], lines: list, lock: threading.Lock, log: IO[str] | None):
-    for text in iter(stream.readline, ""):
-        t = time.perf_counter()
-        with lock:
-            sink.append(text)
-            lines.append((t, name, text.rstrip("\n")))
-            if log is not None:
-                log.write(text if name == "stdout" else f"[stderr] {text}")
-                log.flush()
-    stream.close()
+class _Tee:
+    """Reads a process's stdout and stderr in two threads, keeping every line with its arrival time."""
+
+    def __init__(self, log: IO[str] | None):
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.lines: list[tuple[float, str, str]] = []
+        self.lock = threading.Lock()
+        self.log = log
+        self.threads: list[threading.Thread] = []
+
+    def _pump(self, stream: IO[str], name: str) -> None:
+        sink = self.out if name == "stdout" else self.err
+        for text in iter(stream.readline, ""):
+            t = time.perf_counter()
+            with self.lock:
+                sink.append(text)
+                self.lines.append((t, name, text.rstrip("\n")))
+                if self.log is not None:  # None once closed: a line that arrives later is kept, not logged
+                    self.log.write(text if name == "stdout" else f"[stderr] {text}")
+                    self.log.flush()
+        stream.close()
+
+    def start(self, proc: subprocess.Popen) -> None:
+        self.threads = [threading.Thread(target=self._pump, args=(proc.stdout, "stdout"), daemon=True),
+                        threading.Thread(target=self._pump, args=(proc.stderr, "stderr"), daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def join(self, limit_s: float) -> bool:
+        """Wait at most ``limit_s`` in all for the readers; whether both reached the end of their stream."""
+        deadline = time.monotonic() + limit_s
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    def close(self) -> None:
+        with self.lock:
+            log, self.log = self.log, None
+        if log is not None:
+            log.close()
+
+    def snapshot(self) -> tuple[str, str, list[tuple[float, str, str]]]:
+        with self.lock:
+            return "".join(self.out), "".join(self.err), sorted(self.lines)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the command's process group (the command leads it: ``start_new_session``)."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        elif proc.poll() is None:  # pragma: no cover - no process groups (Windows): the direct child only
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _live_members(pgid: int) -> bool | None:
+    """Whether process group ``pgid`` has a member that has not exited, from ``/proc`` (``None``: no ``/proc``).
+
+    ``killpg(pgid, 0)`` also counts zombies: orphans that exited but wait for init to reap them, which in some
+    containers happens late or never.
+    """
+    root = Path("/proc")
+    if not (root / "self" / "stat").is_file():
+        return None
+    for entry in root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """Whether any process of the command's group is still running (exited zombies do not count)."""
+    if not hasattr(os, "killpg"):  # pragma: no cover
+        return proc.poll() is None
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member runs as another user: still there
+        return True
+    live = _live_members(proc.pid)
+    return True if live is None else live
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the whole process group, then SIGKILL to what is left after ``grace_s``; reaps the command."""
+    _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    try:
+        while (proc.poll() is None or _group_alive(proc)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:  # also when a second Ctrl-C cuts the grace short
+        if proc.poll() is None or _group_alive(proc):
+            _signal_group(proc, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
 
 
 def measure_command(cmd: list[str], meter, cwd: str | Path | None = None, env: dict[str, str] | None = None,
-                    timeout_s: float | None = None, log_path: str | Path | None = None,
+                    timeout_s: float = DEFAULT_TIMEOUT_S, log_path: str | Path | None = None,
                     check: bool = True) -> CommandRun:
     """Run an external command and measure the GPU energy of exactly that run.
 
@@ -156,12 +306,19 @@ def measure_command(cmd: list[str], meter, cwd: str | Path | None = None, env: d
     line's arrival time, and teed to ``log_path`` as they arrive. ``PYTHONUNBUFFERED=1`` is set so
     that a Python engine's lines arrive when they are written.
 
+    The command runs in a new session (``start_new_session=True``), so it and every process it starts share
+    one process group. Past ``timeout_s``, or on ``KeyboardInterrupt`` (which then propagates), the whole
+    group is stopped: SIGTERM, then SIGKILL after :data:`KILL_GRACE_S`. Members still running after a normal
+    exit are stopped the same way (with a warning). The output readers are waited for at most
+    :data:`READER_JOIN_S`, so a process that escaped the group and holds the pipes cannot hang the sweep.
+
     Args:
         cmd: The command and its arguments; ``cmd[0]`` is looked up on ``PATH`` (of ``env`` if given).
-        meter: A started :class:`energybook.measure.meter.Meter` (or any object with ``now()`` and ``reading(t0, t1)``).
+        meter: A started :class:`energybook.measure.meter.Meter` (or any object with ``now()`` and
+            ``reading(t0, t1)``).
         cwd: Working directory of the command.
         env: Environment of the command (default: this process's environment).
-        timeout_s: Kill the command after this many seconds (``None``: no limit).
+        timeout_s: Stop the command after this many seconds (positive and finite; default an hour).
         log_path: File to tee the output to (created with its parent folders; overwritten).
         check: Raise :class:`CommandFailed` on a non-zero exit or a timeout.
 
@@ -169,9 +326,11 @@ def measure_command(cmd: list[str], meter, cwd: str | Path | None = None, env: d
         The run, with its output and the meter's reading of its window.
 
     Raises:
+        ValueError: ``timeout_s`` is not a positive, finite number of seconds.
         EngineUnavailable: ``cmd[0]`` is not installed; the message names the package to install.
         CommandFailed: The command exited non-zero or timed out (``check``); ``.run`` keeps its output.
     """
+    timeout_s = check_timeout(timeout_s)
     cmd = [str(c) for c in cmd]
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -183,45 +342,57 @@ def measure_command(cmd: list[str], meter, cwd: str | Path | None = None, env: d
     if log_path is not None:
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by tee.close below
         log.write(f"$ {shlex.join(cmd)}\n")
-    out, err, lines, lock = [], [], [], threading.Lock()
+    tee = _Tee(log)
     timed_out = False
     logger.info("running: %s", shlex.join(cmd))
     try:
         t0 = meter.now()
         try:
             proc = subprocess.Popen([exe, *cmd[1:]], cwd=cwd, env=run_env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+                                    stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                                    start_new_session=True)
         except FileNotFoundError:  # vanished between which() and Popen
             raise _missing(cmd[0], search_path) from None
-        pumps = [threading.Thread(target=_pump, args=(proc.stdout, "stdout", out, lines, lock, log), daemon=True),
-                 threading.Thread(target=_pump, args=(proc.stderr, "stderr", err, lines, lock, log), daemon=True)]
-        for p in pumps:
-            p.start()
+        tee.start(proc)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.kill()
-            proc.wait()
+            logger.error("%s exceeded its time limit of %g s: stopping its process group", cmd[0], timeout_s)
+            _stop_group(proc, KILL_GRACE_S)
+        except BaseException:  # KeyboardInterrupt (the command no longer shares our terminal's group), or worse
+            logger.error("interrupted: stopping the process group of %s", cmd[0])
+            _stop_group(proc, KILL_GRACE_S)
+            raise
         t1 = meter.now()
-        for p in pumps:
-            p.join()
+        if not timed_out and _group_alive(proc):
+            logger.warning("%s exited but left processes of its group running; stopping them", cmd[0])
+            _stop_group(proc, KILL_GRACE_S)
+        complete = tee.join(READER_JOIN_S)
+        if not complete:
+            logger.warning("the output of %s is still held open %g s after it ended (a process outside its "
+                           "process group); the output kept may be incomplete", cmd[0], READER_JOIN_S)
     finally:
-        if log is not None:
-            log.close()
+        tee.close()
     reading = None
     try:
         reading = meter.reading(t0, t1)
     except Exception as exc:  # noqa: BLE001 - keep the output; say why there is no energy
         logger.error("the meter could not read the window of %s: %s", cmd[0], exc)
-    run = CommandRun(cmd, None if timed_out else proc.returncode, "".join(out), "".join(err), t0, t1, reading,
-                     sorted(lines), log_path, timed_out)
+    out, err, lines = tee.snapshot()
+    run = CommandRun(cmd, None if timed_out else proc.returncode, out, err, t0, t1, reading, lines, log_path,
+                     timed_out, complete)
     if check and (timed_out or proc.returncode != 0):
-        why = f"timed out after {timeout_s} s" if timed_out else f"exited with status {proc.returncode}"
-        where = f" (full output in {log_path})" if log_path else ""
-        raise CommandFailed(f"{run.command_line} {why}{where}; last lines of its output:\n{run.stderr_tail()}", run)
+        where = f" The full output is in {log_path}." if log_path else ""
+        if timed_out:
+            why = (f"timed out: it exceeded its time limit of {timeout_s:g} s and was stopped with its whole process "
+                   f"group. If the engine needs longer at this point, raise --timeout (timeout_s); otherwise check "
+                   f"the engine (a hang, a stuck GPU, a download waiting for credentials).")
+        else:
+            why = f"exited with status {proc.returncode}."
+        raise CommandFailed(f"{run.command_line} {why}{where} Last lines of its output:\n{run.stderr_tail()}", run)
     return run
 
 
@@ -423,6 +594,12 @@ class TrtllmReport:
         """Input tokens of the whole run: mean input length times requests."""
         return round(self.avg_input_length * self.num_requests)
 
+    def counts(self) -> dict[str, tuple[float | None, bool]]:
+        """The counts :func:`check_report` checks: name -> (value or ``None`` if not reported, exact)."""
+        n = self.num_requests
+        return {"requests": (n, True), "output tokens": (self.avg_output_length * n, True),
+                "input tokens": (self.avg_input_length * n if math.isfinite(self.avg_input_length) else None, True)}
+
 
 # Labels of the printed report, from ReportUtility.report_statistics in
 # tensorrt_llm/bench/dataclasses/reporting.py and the sample outputs in
@@ -578,22 +755,32 @@ class VllmReport:
         requests_per_second: Requests per second.
         tokens_per_second: Prompt plus output tokens per second.
         total_prompt_tokens: Prompt tokens (printed "Total num prompt tokens:"; ``None`` if absent).
-        total_output_tokens: Output tokens (printed "Total num output tokens:", else derived from the
-            printed output tokens/s; ``None`` if neither is there).
+        total_output_tokens: Output tokens (printed "Total num output tokens:", else the JSON's total less the
+            printed prompt tokens, else derived from the printed output tokens/s; ``None`` if none is there).
+        derived: Names of the figures derived from throughputs that vLLM prints rounded to 2 decimals
+            (approximate), rather than counted by vLLM.
     """
 
     elapsed_time_s: float
     num_requests: int
-    total_num_tokens: int
+    total_num_tokens: int | None
     requests_per_second: float
     tokens_per_second: float
     total_prompt_tokens: int | None = None
     total_output_tokens: int | None = None
+    derived: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:
         """The engine's own duration of the timed run (seconds)."""
         return self.elapsed_time_s
+
+    def counts(self) -> dict[str, tuple[float | None, bool]]:
+        """The counts :func:`check_report` checks: name -> (value or ``None`` if not reported, exact)."""
+        return {"requests": (self.num_requests, "num_requests" not in self.derived),
+                "output tokens": (self.total_output_tokens, "total_output_tokens" not in self.derived),
+                "input tokens": (self.total_prompt_tokens, True),
+                "input plus output tokens": (self.total_num_tokens, "total_num_tokens" not in self.derived)}
 
 
 _VLLM_THROUGHPUT = re.compile(r"Throughput:\s*" + _NUM + r"\s*requests/s,\s*" + _NUM + r"\s*total tokens/s"
@@ -628,22 +815,109 @@ def parse_vllm_output(stdout: str, output_json: str | Path | dict | None = None)
                              float(data["requests_per_second"]), float(data["tokens_per_second"]), n_prompt, n_output)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a vllm bench throughput JSON: missing {exc}") from None
-        if rep.total_output_tokens is None and tp and tp[-1][2]:
+        if rep.total_output_tokens is None and n_prompt is not None:
+            rep.total_output_tokens = rep.total_num_tokens - n_prompt  # both counted by vLLM
+        elif rep.total_output_tokens is None and tp and tp[-1][2] and math.isfinite(rep.elapsed_time_s):
             rep.total_output_tokens = round(float(tp[-1][2]) * rep.elapsed_time_s)
+            rep.derived = ("total_output_tokens",)
         return rep
     if not tp:
         raise ValueError("no vllm bench throughput results: no --output-json file and no "
                          "'Throughput: ... requests/s, ... total tokens/s' line in the output")
     rps, tps, ops = tp[-1]
-    if n_prompt is not None and n_output is not None:
-        total = n_prompt + n_output
-        elapsed = total / float(tps)
-    else:
-        elapsed, total = float("nan"), None
+    derived = ["elapsed_time_s", "num_requests"]
+    total = n_prompt + n_output if n_prompt is not None and n_output is not None else None
+    elapsed = total / float(tps) if total is not None and float(tps) > 0 else float("nan")
     n_req = round(float(rps) * elapsed) if math.isfinite(elapsed) else 0
     if n_output is None and ops and math.isfinite(elapsed):
         n_output = round(float(ops) * elapsed)
-    return VllmReport(elapsed, n_req, total if total is not None else 0, float(rps), float(tps), n_prompt, n_output)
+        derived.append("total_output_tokens")
+    return VllmReport(elapsed, n_req, total, float(rps), float(tps), n_prompt, n_output, tuple(derived))
+
+
+# ----- checking a report ---------------------------------------------------------------------
+
+DERIVED_TOLERANCE = 0.01
+"""Relative tolerance for counts derived from throughputs that vLLM rounds to 2 decimals (at least one unit)."""
+
+
+def _expected_counts(n_in: int, n_out: int, n_req: int) -> dict[str, int]:
+    return {"requests": n_req, "output tokens": n_req * n_out, "input tokens": n_req * n_in,
+            "input plus output tokens": n_req * (n_in + n_out)}
+
+
+def _matches(value: float, expected: int, exact: bool) -> bool:
+    if not math.isfinite(value):
+        return False
+    if exact:
+        return abs(value - expected) < 0.5  # an exact count (a mean length times requests may carry float noise)
+    return abs(value - expected) <= max(1.0, DERIVED_TOLERANCE * expected)
+
+
+def report_problems(report: TrtllmReport | VllmReport, n_in: int, n_out: int, n_req: int) -> list[str]:
+    """What in ``report`` contradicts the workload asked for, one sentence per bad figure (empty: none).
+
+    Checked: the duration is a positive, finite number of seconds; the output tokens are not zero; the
+    requests, and the output, input and total tokens the engine reports (counts it does not report are
+    skipped), equal ``n_req``, ``n_req * n_out``, ``n_req * n_in`` and ``n_req * (n_in + n_out)``; counts
+    that vLLM's printed throughputs only approximate (:attr:`VllmReport.derived`) within
+    :data:`DERIVED_TOLERANCE`.
+    """
+    problems = []
+    d = report.duration_s
+    if not (math.isfinite(d) and d > 0):
+        problems.append(f"its duration of the timed run is {d!r} s, not a positive number of seconds")
+    expected = _expected_counts(n_in, n_out, n_req)
+    for name, (value, exact) in report.counts().items():
+        if value is None:
+            continue
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        if name == "output tokens" and math.isfinite(value) and value <= 0:
+            problems.append(f"it reports {shown} output tokens: it generated nothing (asked for {expected[name]})")
+        elif not _matches(value, expected[name], exact):
+            about = "" if exact else " (derived from its rounded throughputs)"
+            problems.append(f"it reports {shown} {name}{about}, not the {expected[name]} asked for")
+    return problems
+
+
+def check_report(engine: str, report: TrtllmReport | VllmReport, n_in: int, n_out: int, n_req: int,
+                 run: CommandRun | None = None) -> None:
+    """Raise :class:`ReportError` if ``report`` is not a faithful record of the point asked for.
+
+    Args:
+        engine: The engine's name (for the message).
+        report: The parsed report.
+        n_in: Input tokens per request asked for.
+        n_out: Output tokens per request asked for.
+        n_req: Requests asked for.
+        run: The command that produced the report (its log file is named in the message).
+
+    Raises:
+        ReportError: :func:`report_problems` found any; the message names the engine, the point and each
+            bad figure, and says where the engine's full output is.
+    """
+    problems = report_problems(report, n_in, n_out, n_req)
+    if problems:
+        raise _report_error(engine, (n_in, n_out, n_req), problems, run, report)
+
+
+def _report_error(engine: str, point: tuple[int, int, int], problems: list[str], run: CommandRun | None,
+                  report: TrtllmReport | VllmReport | None) -> ReportError:
+    n_in, n_out, n_req = point
+    log = run.log_path if run is not None else None
+    where = (f"The engine's full output is in the log file {log}." if log
+             else "The engine's full output is in the error's .run.")
+    msg = (f"{engine} at n_in={n_in} n_out={n_out} n_req={n_req}: the engine's report cannot be recorded, so this "
+           f"point was not: {'; '.join(problems)}. {where} Fix the engine's settings (or the grid) and rerun to "
+           "resume; points finished before this one are kept.")
+    return ReportError(msg, engine, point, problems, run, report)
+
+
+def _parse(engine: str, point: tuple[int, int, int], run: CommandRun, parse) -> TrtllmReport | VllmReport:
+    try:
+        return parse()
+    except ValueError as exc:  # no report, or not one we can read: nothing to record either
+        raise _report_error(engine, point, [f"its report could not be read ({exc})"], run, None) from exc
 
 
 # ----- one grid point -------------------------------------------------------------------------
@@ -651,7 +925,7 @@ def parse_vllm_output(stdout: str, output_json: str | Path | dict | None = None)
 
 @dataclass
 class ExternalRun:
-    """One grid point measured through an external engine's benchmark.
+    """One grid point measured through an external engine's benchmark (its report already checked).
 
     Attributes:
         engine: ``"trtllm"`` or ``"vllm"``.
@@ -713,18 +987,18 @@ class ExternalRun:
 
     @property
     def tokens_match(self) -> bool:
-        """Whether the engine's requests and token counts equal what was asked for (unknown counts pass)."""
-        ok = self.report.num_requests == self.n_req
-        if self.engine_tokens_out is not None:
-            ok &= self.engine_tokens_out == self.tokens_out_expected
-        if self.engine_tokens_in is not None:
-            ok &= self.engine_tokens_in == self.tokens_in_expected
-        return bool(ok)
+        """Whether the engine's requests and token counts equal what was asked for (unknown counts pass).
+
+        Always ``True`` for a point that :class:`TrtllmBenchEngine` or :class:`VllmBenchEngine` returned: a
+        mismatch raises :class:`ReportError` there.
+        """
+        return not report_problems(self.report, self.n_in, self.n_out, self.n_req)
 
     @property
     def tokens_out(self) -> int:
-        """Output tokens the energy is divided by: the engine's count if reported, else ``n_req * n_out``."""
-        return self.engine_tokens_out if self.engine_tokens_out is not None else self.tokens_out_expected
+        """Output tokens the energy is divided by: the engine's exact count if reported, else ``n_req * n_out``."""
+        exact = self.report.counts()["output tokens"][1]
+        return self.engine_tokens_out if self.engine_tokens_out is not None and exact else self.tokens_out_expected
 
     @property
     def energy_j(self) -> float:
@@ -742,7 +1016,11 @@ class ExternalRun:
         return self.tokens_out / self.energy_j if self.energy_j > 0 else float("nan")
 
     def row(self) -> dict:
-        """One row of the sweep's table: the torch engine's columns plus the engine's own figures."""
+        """One row of the sweep's table: the torch engine's columns plus the engine's own figures.
+
+        The runner reads ``tokens_out``, ``window`` (``"bench"`` or ``"process"``) and ``tokens_match`` (a bool);
+        the other keys go to the sidecar's point log.
+        """
         r, p = self.reading, self.run.reading
         nan = float("nan")
         return {
@@ -756,7 +1034,7 @@ class ExternalRun:
             "duration_s_process": self.run.duration_s,
             "engine_duration_s": self.report.duration_s, "engine_requests": self.report.num_requests,
             "engine_tokens_in": self.engine_tokens_in, "engine_tokens_out": self.engine_tokens_out,
-            "tokens_match": self.tokens_match, "command": self.command,
+            "tokens_match": bool(self.tokens_match), "command": self.command,
         }
 
 
@@ -774,29 +1052,67 @@ def _bench_window(run: CommandRun, meter, end_pattern: str, duration_s: float):
         return None
 
 
-def _check_tokens(point: ExternalRun) -> None:
-    if not point.tokens_match:
-        logger.warning("%s at n_in=%d n_out=%d: the engine reports %s requests, %s input and %s output tokens; "
-                       "asked for %d, %d and %d", point.engine, point.n_in, point.n_out, point.report.num_requests,
-                       point.engine_tokens_in, point.engine_tokens_out, point.n_req, point.tokens_in_expected,
-                       point.tokens_out_expected)
+# ----- the engines' files ----------------------------------------------------------------------
 
 
-class TrtllmBenchEngine:
+def _workspace_dir(workspace_dir: str | Path | None, engine: str) -> Path:
+    if workspace_dir is None:
+        raise ValueError(f"the {engine} engine needs a workspace folder for its data sets, reports and logs "
+                         "(the sweep passes <data>/.work/<engine>)")
+    return Path(workspace_dir).expanduser().resolve()
+
+
+def _inside(path: Path, root: Path, what: str, hint: str = "") -> Path:
+    """``path`` if it lies inside ``root`` (after resolving ``..`` and links); :class:`PathError` otherwise."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise PathError(f"{what} {path} would lie outside the engine's workspace {root}"
+                        + (f": {hint}" if hint else "")) from None
+    return path
+
+
+def _tag(n_in: int, n_out: int, n_req: int) -> str:
+    return f"in{int(n_in)}_out{int(n_out)}_req{int(n_req)}"
+
+
+class _Files:
+    """An engine's files for one model: ``<workspace_dir>/<model slug>/{datasets,reports,logs}/``."""
+
+    def _init_files(self, model: str, workspace_dir: str | Path | None) -> None:
+        self.workspace_dir = _workspace_dir(workspace_dir, self.name)
+        self.folder = _inside(self.workspace_dir / slug(model), self.workspace_dir, "the model's folder")
+
+    def path(self, *parts: str) -> Path:
+        """A file of this engine and model, checked to lie inside :attr:`workspace_dir`."""
+        return _inside(self.folder.joinpath(*parts), self.workspace_dir, "the file")
+
+
+class TrtllmBenchEngine(_Files):
     """TensorRT-LLM measured through ``trtllm-bench`` (the study's engine and protocol).
 
     Build the engine once with :meth:`build`, then :meth:`run_point` per grid point: it writes the
-    point's data set, runs ``trtllm-bench throughput`` under the meter and parses the report.
+    point's data set, runs ``trtllm-bench throughput`` under the meter, checks the report and builds the point.
+
+    Files: ``<workspace_dir>/<model slug>/`` holds ``datasets/``, ``reports/`` and ``logs/`` and is
+    trtllm-bench's ``--workspace``, so the engine it builds lands in ``<that folder>/<model>/tp_T_pp_P``
+    (``build.py`` derives it from ``--model`` itself); that folder must lie inside ``workspace_dir`` too.
 
     Args:
         model: Hugging Face model name (``--model``).
-        workspace: trtllm-bench workspace: engines, data sets, reports and logs go under it.
+        workspace_dir: Folder for this engine's files (the sweep passes ``<data>/.work/trtllm``).
         model_path: Local checkpoint folder (``--model_path``), if any.
         settings: Build settings (default: the study's).
-        engine_dir: An already built engine (default: where :meth:`build` puts it).
-        timeout_s: Time limit per command (seconds).
+        engine_dir: An engine already built (anywhere; :meth:`build` then builds nothing). Default: where
+            :meth:`build` puts it.
+        timeout_s: Time limit per command (seconds; positive and finite).
         vocab_size: Synthetic token ids stay below this.
         executable: The ``trtllm-bench`` command (a name on PATH or a full path).
+
+    Raises:
+        ValueError: ``timeout_s`` is not a positive, finite number, or there is no ``workspace_dir``.
+        energybook.store.workspace.PathError: the engine trtllm-bench would build for ``model`` (an absolute
+            path, or one with ``..``) would lie outside ``workspace_dir``.
     """
 
     name = "trtllm"
@@ -804,13 +1120,23 @@ class TrtllmBenchEngine:
     # versions, "Benchmark done. Reporting results..." (throughput.py); the last such line ends the timed run.
     END_LINE = r"Benchmark (complete|done)"
 
-    def __init__(self, model: str, workspace: str | Path, model_path: str | Path | None = None,
+    def __init__(self, model: str, workspace_dir: str | Path | None, model_path: str | Path | None = None,
                  settings: TrtllmSettings = STUDY_TRTLLM, engine_dir: str | Path | None = None,
-                 timeout_s: float | None = None, vocab_size: int = 32000, executable: str = "trtllm-bench"):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, vocab_size: int = 32000, executable: str = "trtllm-bench"):
+        self.timeout_s = check_timeout(timeout_s)
         self.model, self.model_path, self.settings = model, model_path, settings
-        self.workspace = Path(workspace)
-        self.engine_dir = Path(engine_dir) if engine_dir else trtllm_engine_dir(self.workspace, model, settings)
-        self.timeout_s, self.vocab_size, self.executable = timeout_s, vocab_size, executable
+        self._init_files(model, workspace_dir)
+        self.workspace = self.folder  # trtllm-bench --workspace
+        self.prebuilt = engine_dir is not None
+        if self.prebuilt:
+            self.engine_dir = Path(engine_dir)
+        else:
+            self.engine_dir = _inside(
+                trtllm_engine_dir(self.workspace, model, settings), self.workspace_dir, "the engine trtllm-bench saves",
+                f"trtllm-bench saves its engine in <workspace>/<model>/tp_T_pp_P, derived from --model {model!r}; "
+                "name the model by its Hugging Face name (org/model) and give a local checkpoint as model_path "
+                "(--model-path), or pass an engine already built as engine_dir")
+        self.vocab_size, self.executable = vocab_size, executable
         self.build_run: CommandRun | None = None
 
     @property
@@ -826,12 +1152,25 @@ class TrtllmBenchEngine:
         return self._cmd(trtllm_build_command(self.model, self.model_path, self.workspace, self.settings))
 
     def build(self, meter) -> CommandRun | None:
-        """Build the engine (``trtllm-bench build``), measured like any command; skipped if it exists."""
+        """Build the engine (``trtllm-bench build``), measured like any command; skipped if it exists.
+
+        Raises:
+            FileNotFoundError: ``engine_dir`` was given but holds no engine (``config.json``), or the build
+                finished without leaving one where trtllm-bench was expected to save it.
+        """
         if (self.engine_dir / "config.json").is_file():
             logger.info("engine already built in %s", self.engine_dir)
             return None
+        if self.prebuilt:
+            raise FileNotFoundError(f"no built engine in {self.engine_dir} (no config.json): build it there, or "
+                                    f"leave engine_dir (--engine-dir) out to let energybook build it in "
+                                    f"{self.workspace_dir}")
         self.build_run = measure_command(self.build_command(), meter, timeout_s=self.timeout_s,
-                                         log_path=self.workspace / "logs" / "build.log")
+                                         log_path=self.path("logs", "build.log"))
+        if not (self.engine_dir / "config.json").is_file():
+            raise FileNotFoundError(f"trtllm-bench build finished but left no engine in {self.engine_dir}: this "
+                                    "TensorRT-LLM version saves it elsewhere; find 'ENGINE SAVED' in "
+                                    f"{self.build_run.log_path} and pass that folder as engine_dir (--engine-dir)")
         return self.build_run
 
     def describe(self) -> dict:
@@ -839,49 +1178,62 @@ class TrtllmBenchEngine:
         return {"engine": self.name, "engine_version": self.version, "model": self.model,
                 "model_path": str(self.model_path) if self.model_path else None,
                 "settings": asdict(self.settings), "engine_dir": str(self.engine_dir),
+                "workspace": str(self.workspace), "timeout_s": self.timeout_s,
                 "build_command": shlex.join(self.build_command())}
 
     def run_point(self, meter, n_in: int, n_out: int, n_req: int) -> ExternalRun:
-        """Measure one grid point: write its data set, run ``trtllm-bench throughput``, parse the report."""
+        """Measure one grid point: write its data set, run ``trtllm-bench throughput``, check and parse the report.
+
+        Raises:
+            ValueError: ``n_in + n_out`` exceeds the engine's ``max_seq_len``.
+            CommandFailed: the command exited non-zero or ran past ``timeout_s``.
+            ReportError: the report is missing or contradicts the point (:func:`check_report`).
+        """
         if n_in + n_out > self.settings.max_seq_len:
             raise ValueError(f"n_in + n_out = {n_in + n_out} exceeds the engine's max_seq_len "
                              f"{self.settings.max_seq_len}")
-        tag = f"in{n_in}_out{n_out}_req{n_req}"
-        dataset = write_trtllm_dataset(self.workspace / "datasets" / f"{tag}.jsonl", n_in, n_out, n_req,
+        tag = _tag(n_in, n_out, n_req)
+        dataset = write_trtllm_dataset(self.path("datasets", f"{tag}.jsonl"), n_in, n_out, n_req,
                                        vocab_size=self.vocab_size)
-        report_json = self.workspace / "reports" / f"{tag}.json"
+        report_json = self.path("reports", f"{tag}.json")
         report_json.parent.mkdir(parents=True, exist_ok=True)
         report_json.unlink(missing_ok=True)
         cmd = self._cmd(trtllm_throughput_command(self.model, dataset, self.engine_dir, self.model_path,
                                                   self.workspace, report_json=report_json))
-        run = measure_command(cmd, meter, timeout_s=self.timeout_s, log_path=self.workspace / "logs" / f"{tag}.log")
-        report = (parse_trtllm_report_json(report_json) if report_json.is_file()
-                  else parse_trtllm_report(run.stdout + "\n" + run.stderr))
+        run = measure_command(cmd, meter, timeout_s=self.timeout_s, log_path=self.path("logs", f"{tag}.log"))
+        report = _parse(self.name, (n_in, n_out, n_req), run,
+                        lambda: parse_trtllm_report_json(report_json) if report_json.is_file()
+                        else parse_trtllm_report(run.stdout + "\n" + run.stderr))
+        check_report(self.name, report, n_in, n_out, n_req, run)
         bench = _bench_window(run, meter, self.END_LINE, report.duration_s)
-        point = ExternalRun(self.name, self.version or report.version, n_in, n_out, n_req, run.command_line, run,
-                            report, bench)
-        _check_tokens(point)
-        return point
+        return ExternalRun(self.name, self.version or report.version, n_in, n_out, n_req, run.command_line, run,
+                           report, bench)
 
 
-class VllmBenchEngine:
+class VllmBenchEngine(_Files):
     """vLLM measured through ``vllm bench throughput`` on its random data set with fixed lengths.
+
+    Files: ``<workspace_dir>/<model slug>/`` holds ``reports/`` and ``logs/``.
 
     Args:
         model: Hugging Face model name or local checkpoint folder.
-        workdir: Folder for the result files and logs.
+        workspace_dir: Folder for this engine's files (the sweep passes ``<data>/.work/vllm``).
         settings: Engine settings (default :data:`STUDY_VLLM`: dummy weights, 1024 sequences).
-        timeout_s: Time limit per command (seconds).
+        timeout_s: Time limit per command (seconds; positive and finite).
         executable: The ``vllm`` command (a name on PATH or a full path).
+
+    Raises:
+        ValueError: ``timeout_s`` is not a positive, finite number, or there is no ``workspace_dir``.
     """
 
     name = "vllm"
     END_LINE = r"^Throughput:"  # printed right after llm.generate returns (throughput.py, main)
 
-    def __init__(self, model: str, workdir: str | Path, settings: VllmSettings = STUDY_VLLM,
-                 timeout_s: float | None = None, executable: str = "vllm"):
-        self.model, self.settings, self.timeout_s, self.executable = model, settings, timeout_s, executable
-        self.workdir = Path(workdir)
+    def __init__(self, model: str, workspace_dir: str | Path | None, settings: VllmSettings = STUDY_VLLM,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, executable: str = "vllm"):
+        self.timeout_s = check_timeout(timeout_s)
+        self.model, self.settings, self.executable = model, settings, executable
+        self._init_files(model, workspace_dir)
 
     @property
     def version(self) -> str | None:
@@ -895,21 +1247,22 @@ class VllmBenchEngine:
     def describe(self) -> dict:
         """Engine name, version and settings, for the sweep's provenance sidecar."""
         return {"engine": self.name, "engine_version": self.version, "model": self.model,
-                "settings": asdict(self.settings)}
+                "settings": asdict(self.settings), "workspace": str(self.folder), "timeout_s": self.timeout_s}
 
     def run_point(self, meter, n_in: int, n_out: int, n_req: int) -> ExternalRun:
-        """Measure one grid point with ``vllm bench throughput`` and parse its results."""
-        tag = f"in{n_in}_out{n_out}_req{n_req}"
-        out_json = self.workdir / "reports" / f"{tag}.json"
+        """Measure one grid point with ``vllm bench throughput``, check and parse its results.
+
+        Raises:
+            CommandFailed: the command exited non-zero or ran past ``timeout_s``.
+            ReportError: the results are missing or contradict the point (:func:`check_report`).
+        """
+        tag = _tag(n_in, n_out, n_req)
+        out_json = self.path("reports", f"{tag}.json")
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.unlink(missing_ok=True)
         cmd = vllm_throughput_command(self.model, n_in, n_out, n_req, out_json, self.settings, self.executable)
-        run = measure_command(cmd, meter, timeout_s=self.timeout_s, log_path=self.workdir / "logs" / f"{tag}.log")
-        report = parse_vllm_output(run.stdout, out_json)
+        run = measure_command(cmd, meter, timeout_s=self.timeout_s, log_path=self.path("logs", f"{tag}.log"))
+        report = _parse(self.name, (n_in, n_out, n_req), run, lambda: parse_vllm_output(run.stdout, out_json))
+        check_report(self.name, report, n_in, n_out, n_req, run)
         bench = _bench_window(run, meter, self.END_LINE, report.duration_s)
-        point = ExternalRun(self.name, self.version, n_in, n_out, n_req, run.command_line, run, report, bench)
-        _check_tokens(point)
-        return point
-
-
-"""External engines by the name the sweep's ``--engine`` flag takes."""
+        return ExternalRun(self.name, self.version, n_in, n_out, n_req, run.command_line, run, report, bench)

@@ -11,8 +11,12 @@ What makes it fast and faithful, on top of the stock ``transformers`` model:
   (rounded up to the CUDA-graph bucket), written in place; each layer's update returns the
   *live* slice, so attention cost follows the live context, never a padded maximum;
 * attention through ``torch.nn.functional.scaled_dot_product_attention`` (flash kernel on
-  Hopper), registered with transformers' ``AttentionInterface``; for decode, grouped-query heads
-  are folded into the query length, so K/V are never repeated;
+  Hopper), registered with transformers' ``AttentionInterface`` (Falcon, whose modelling code picks
+  its attention class by name, gets a subclass of its own ``FalconAttention`` that calls the same
+  function); for decode, grouped-query heads are folded into the query length, so K/V are never
+  repeated. What the model asks of attention is honoured, never dropped: sliding windows (a banded
+  mask for a prompt longer than the window, the window's keys only in decode), Gemma 2's logit
+  soft-capping (``softcap``: explicit products, as SDPA has none) and Falcon's ALiBi bias;
 * logits for the last position only, argmax on the GPU, no host synchronisation per step;
 * CUDA graphs for decode (the default for every batch): one graph per context bucket of 256
   tokens, attending to exactly each request's live context through flash attention's
@@ -22,11 +26,16 @@ What makes it fast and faithful, on top of the stock ``transformers`` model:
 Weights are random (``weights="dummy"``, normal with std 0.02, norms at 1) unless a local
 checkpoint directory is given. Time and energy do not depend on the weights' values.
 
+The engine runs the families in :data:`FAMILIES` (every family :mod:`energybook.model.architecture`
+registers) and refuses any other by name in its constructor, before anything is measured.
+:meth:`TorchEngine.check_lengths` refuses a request longer than the positions the model serves.
+
 Used in :doc:`/book/experiment`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -40,8 +49,18 @@ from energybook.model.complexity import check_positive
 
 logger = logging.getLogger(__name__)
 
-ATTN_NAME = "energybook_sdpa"
+#: The attention implementation's name. It must not contain "sdpa": transformers then checks the model's own
+#: SDPA support and refuses Gemma 2 (its SDPA path has no soft-capping), which this function honours.
+ATTN_NAME = "energybook_attention"
+_OLD_ATTN_NAME = "energybook_sdpa"  # the name before; still registered (benchmarks/bench_engine.py sets it)
 BUCKET = 256
+
+#: The ``model_type`` values this engine runs (and checks against transformers' greedy ``generate``).
+FAMILIES = ("llama", "granite", "qwen2", "gemma2", "opt", "falcon", "mistral", "phi3", "gemma", "starcoder2",
+            "gpt_neox")
+
+#: Attention arguments of transformers models outside :data:`FAMILIES` that :func:`_attention` does not implement.
+_REFUSED_KWARGS = ("s_aux", "sinks")
 
 
 def _torch():
@@ -57,19 +76,24 @@ def _torch():
 class _AttnState:
     """Decode-graph state read by :func:`_attention` (None outside a CUDA-graph decode).
 
-    ``mask``: additive mask over a bucket's slice (``sdpa_mask`` graphs); ``varlen``: the tensors
-    (cu_seqlens_q, cu_seqlens_k, seqused_k, max_k) of flash attention's variable-length path, which
-    reads exactly the live context of every request inside a graph (``flash_varlen`` graphs).
+    ``mask``: additive mask over a bucket's slice (``sdpa_mask`` graphs), ``sliding_mask`` the same for
+    the sliding-window layers (window ``window``); ``varlen``: the tensors (cu_seqlens_q, cu_seqlens_k,
+    seqused_k, max_k) of flash attention's variable-length path, which reads exactly the live context of
+    every request inside a graph (``flash_varlen`` graphs).
     """
 
     mask = None
+    sliding_mask = None
+    window = None
     varlen = None
 
 
-def _flash_varlen_decode(query, key, value, scaling):
+def _flash_varlen_decode(query, key, value, scaling, sliding_window=None, alibi_slopes=None):
     """One decode token per request through ``aten._flash_attention_forward`` with ``seqused_k``.
 
-    ``key``/``value`` are transposed views (B, K, S_max, h) of contiguous (B, S_max, K, h) buffers.
+    ``key``/``value`` are transposed views (B, K, S_max, h) of contiguous (B, S_max, K, h) buffers. A
+    sliding window keeps the last ``sliding_window`` keys (flash's ``window_size_left``); ALiBi slopes go to
+    flash's own bias (relative to the query, which changes no softmax row).
     """
     import torch
 
@@ -78,44 +102,236 @@ def _flash_varlen_decode(query, key, value, scaling):
     q = query.transpose(1, 2).reshape(b, h_q, d)
     k = key.transpose(1, 2).reshape(-1, key.shape[1], d)
     v = value.transpose(1, 2).reshape(-1, value.shape[1], d)
+    extra = {}
+    if sliding_window:
+        extra.update(window_size_left=sliding_window - 1, window_size_right=0)
+    if alibi_slopes is not None:
+        extra["alibi_slopes"] = _flash_slopes(alibi_slopes, scaling)
     out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, 1, max_k, 0.0, False, False,
-                                                  scale=scaling, seqused_k=used)[0]
+                                                  scale=scaling, seqused_k=used, **extra)[0]
     return out.view(b, 1, h_q, d)
 
 
-def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, **kwargs):
+def _flash_slopes(slopes, scaling):
+    """ALiBi slopes for flash attention, which adds ``-slope * |i - j|`` to the scaled logits.
+
+    (PyTorch 2.11's flash build refuses ALiBi, so Falcon's decode graphs take ``sdpa_mask``; where a build
+    takes it, :meth:`TorchEngine._pick_graph_attention` checks this convention against the eager path.)
+    """
+    import torch
+
+    return (slopes.to(torch.bfloat16).float() * scaling).contiguous()
+
+
+def _alibi_bias(slopes, start: int, length: int, scaling: float, dtype):
+    """Falcon's ALiBi bias (H, length) for key positions start.. start+length-1: ``slope * j * scaling``.
+
+    As transformers' ``build_alibi_tensor``, slope times position is taken in bfloat16 before the cast.
+    """
+    import torch
+
+    positions = torch.arange(start, start + length, device=slopes.device)
+    return (slopes.to(torch.bfloat16)[:, None] * positions).to(dtype) * scaling
+
+
+def _causal_mask(q_len: int, k_len: int, window: int | None, device, dtype):
+    """Additive (q_len, k_len) mask: the queries are the last q_len of k_len positions; a window keeps the last
+    ``window`` keys of each query (transformers' convention: key j is seen from i when i - window < j <= i)."""
+    import torch
+
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    seen = k_pos <= q_pos
+    if window:
+        seen &= k_pos > q_pos - window
+    return torch.where(seen, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def _softcapped(query, key, value, mask, scaling: float, softcap: float):
+    """Attention with logit soft-capping (Gemma 2) by explicit products: SDPA has no soft-capping."""
+    import torch
+
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, value)
+
+
+def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, sliding_window=None,
+               softcap=None, alibi_slopes=None, **kwargs):
     """SDPA over the live KV slice: causal for a prompt, unmasked for one decode token.
 
+    What the layer asks for is honoured: ``sliding_window`` (a banded mask for a prompt longer than the
+    window; in decode, the window's keys only), ``softcap`` (Gemma 2's logit soft-capping, by explicit
+    products) and ``alibi_slopes`` (Falcon's ALiBi, passed by energybook's Falcon attention).
+
     Shapes: query (B, H, q, h); key, value (B, K, S, h). Returns (B, q, H, h).
+
+    Raises:
+        NotImplementedError: for attention arguments it does not implement (attention sinks).
     """
     import torch.nn.functional as F
 
+    for name in _REFUSED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"energybook's attention does not implement {name!r}: measure this model "
+                                      "with another engine")
     b, h_q, q_len, d = query.shape
     k_heads = key.shape[1]
     groups = h_q // k_heads
+    scaling = d**-0.5 if scaling is None else scaling
     if q_len == 1 and _AttnState.varlen is not None:
-        return _flash_varlen_decode(query, key, value, scaling), None
-    mask = _AttnState.mask if attention_mask is None else attention_mask
+        return _flash_varlen_decode(query, key, value, scaling, sliding_window, alibi_slopes), None
+    k_len = key.shape[2]
+    k_start = 0  # position of the first key
+    mask = attention_mask
+    if q_len == 1 and _AttnState.mask is not None:  # CUDA-graph decode over the bucket's slice
+        if sliding_window and sliding_window != _AttnState.window:
+            raise RuntimeError(f"a layer asks for a sliding window of {sliding_window} tokens, the decode graph "
+                               f"masks {_AttnState.window}")
+        mask = _AttnState.sliding_mask if sliding_window else _AttnState.mask
+    elif q_len == 1:
+        if sliding_window and k_len > sliding_window:  # eager decode: the window's keys only
+            key, value = key[:, :, -sliding_window:], value[:, :, -sliding_window:]
+            k_start = k_len - sliding_window
+    elif mask is None and (k_len != q_len or (sliding_window and k_len > sliding_window)
+                           or softcap is not None or alibi_slopes is not None):
+        mask = _causal_mask(q_len, k_len, sliding_window, query.device, query.dtype)
     if q_len == 1:
         # All query heads of one KV head attend to the same keys: fold them into the query axis.
-        qg = query.reshape(b, k_heads, groups, d)
-        out = F.scaled_dot_product_attention(qg, key, value, attn_mask=mask, scale=scaling)
+        query = query.reshape(b, k_heads, groups, d)
+        bias_shape = (1, k_heads, groups, -1)
+    else:
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        bias_shape = (1, h_q, 1, -1)
+    if alibi_slopes is not None:
+        bias = _alibi_bias(alibi_slopes, k_start, key.shape[2], scaling, query.dtype).view(bias_shape)
+        mask = bias if mask is None else mask + bias
+    if softcap is not None:
+        out = _softcapped(query, key, value, mask, scaling, softcap)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None and q_len > 1,
+                                             scale=scaling)
+    if q_len == 1:
         return out.reshape(b, 1, h_q, d), None
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None
-                                         and key.shape[2] == q_len, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
+def _falcon_attention() -> type:
+    """Register, under :data:`ATTN_NAME`, a Falcon attention class that calls :func:`_attention`.
+
+    Falcon's modelling code picks its attention class by name (``FALCON_ATTENTION_CLASSES``), not through
+    ``AttentionInterface``: this subclass keeps its projections and rotary embedding, caches K/V heads
+    (not their broadcast to every query head, as the new decoder architecture's own code does) and passes
+    ALiBi slopes to :func:`_attention` rather than a materialised bias.
+    """
+    import torch
+    from transformers.models.falcon import modeling_falcon as mf
+
+    if ATTN_NAME in mf.FALCON_ATTENTION_CLASSES:
+        return mf.FALCON_ATTENTION_CLASSES[ATTN_NAME]
+
+    class EnergybookFalconAttention(mf.FalconAttention):
+        """Falcon attention through energybook's :func:`_attention` (same weights as ``FalconAttention``)."""
+
+        _eb_slopes = None
+
+        def _slopes(self, device):
+            if self._eb_slopes is None or self._eb_slopes.device != device:
+                ones = torch.ones(1, 2, dtype=torch.long, device=device)
+                alibi = mf.build_alibi_tensor(ones, self.num_heads, dtype=torch.float32)  # (H, 1, 2): 0, slope
+                self._eb_slopes = alibi.view(self.num_heads, 2)[:, 1].contiguous()
+            return self._eb_slopes
+
+        def forward(self, hidden_states, alibi=None, attention_mask=None, position_ids=None, layer_past=None,
+                    use_cache=False, output_attentions=False, position_embeddings=None, **kwargs):
+            fused = self.query_key_value(hidden_states)
+            b, s, _ = fused.shape
+            hd = self.head_dim
+            if self.new_decoder_architecture:
+                qkv = fused.view(b, s, self.num_kv_heads, self.num_heads // self.num_kv_heads + 2, hd)
+                query = qkv[:, :, :, :-2].reshape(b, s, self.num_heads, hd)
+                key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
+            else:
+                query, key, value = self._split_heads(fused)
+            query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (B, heads, S, h)
+            if not self.config.alibi:
+                cos, sin = position_embeddings
+                query, key = mf.apply_rotary_pos_emb(query, key, cos, sin)
+            if layer_past is not None:
+                key, value = layer_past.update(key, value, self.layer_idx)
+            slopes = self._slopes(query.device) if self.config.alibi else None
+            out, _ = _attention(self, query, key, value, None, scaling=self.inv_norm_factor, alibi_slopes=slopes)
+            return self.dense(out.reshape(b, s, self.num_heads * hd)), None
+
+    mf.FALCON_ATTENTION_CLASSES[ATTN_NAME] = EnergybookFalconAttention
+    return EnergybookFalconAttention
+
+
 def register_attention() -> str:
-    """Register :func:`_attention` with transformers under ``"energybook_sdpa"``; returns the name."""
+    """Register :func:`_attention` with transformers under :data:`ATTN_NAME`; returns the name."""
     _torch()
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTN_NAME, _attention)
+    AttentionInterface.register(_OLD_ATTN_NAME, _attention)
     return ATTN_NAME
+
+
+def _check_family(arch, cfg: dict) -> None:
+    """Refuse, before anything is built or measured, a family or an attention this engine does not run."""
+    from energybook.measure.engines import engine_names
+
+    others = [f"--engine {n}" for n in engine_names() if n != "torch"]
+    instead = f"measure it with another engine ({' or '.join(others)})" if others else "use another engine"
+    if arch.model_type not in FAMILIES:
+        raise EngineUnavailable(f"the torch engine does not run the {arch.model_type!r} family ({arch.name}): it "
+                                f"runs {', '.join(FAMILIES)}; {instead}")
+    if cfg.get("use_bidirectional_attention"):
+        raise ValueError(f"{arch.name} ({arch.model_type}): use_bidirectional_attention is set; the torch engine "
+                         f"runs causal decoders only; {instead}")
+
+
+def _attention_features(arch, config) -> dict:
+    """What the model asks of attention beyond causal softmax: recorded in ``settings`` and honoured.
+
+    (transformers passes the same per layer: ``sliding_window`` and ``softcap`` to :func:`_attention`.)
+    """
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    return {"sliding_window": arch.sliding_window if arch.sliding_layers else None,
+            "sliding_layers": arch.sliding_layers, "softcap": softcap, "alibi": arch.position == "alibi"}
+
+
+def _describe_attention(features: dict) -> str:
+    parts = ["sdpa (flash on Hopper) over the live KV slice"]
+    if features["sliding_window"]:
+        parts.append(f"sliding window of {features['sliding_window']} tokens on {features['sliding_layers']} "
+                     "layer(s): banded mask in prefill, the window's keys in decode")
+    if features["softcap"] is not None:
+        parts.append(f"logit soft-capping at {features['softcap']} by explicit products (SDPA has none)")
+    if features["alibi"]:
+        parts.append("ALiBi bias added to the logits")
+    return "; ".join(parts)
+
+
+def _head_note(config) -> str | None:
+    """The LM head runs on raw logits: say so when the model rescales them (the argmax is unchanged)."""
+    scalings = [k for k in ("final_logit_softcapping", "logits_scaling")
+                if getattr(config, k, None) not in (None, 1, 1.0)]
+    if not scalings:
+        return None
+    return f"argmax of the raw logits: {', '.join(scalings)} is monotone and leaves the greedy tokens unchanged"
+
+
+def _is_norm(module) -> bool:
+    """LayerNorm and the RMSNorm classes of transformers (weights set to 1 for dummy weights)."""
+    import torch
+
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
 
 
 def _make_cache_class():
@@ -243,8 +459,15 @@ class TorchEngine:
         memory_fraction: Share of the free device memory the KV cache and activations may take.
         prefill_tokens: Tokens per prefill chunk (requests are prefilled in chunks of this size).
         min_positions: For dummy weights of models with learned positions (OPT), raise
-            ``max_position_embeddings`` to at least this (tokens); recorded in :attr:`settings`.
+            ``max_position_embeddings`` to at least this (tokens); logged as a warning and recorded in
+            :attr:`settings` (``max_position_embeddings_extended``).
         seed: Seed of the random weights and prompts.
+
+    Raises:
+        EngineUnavailable: for a family outside :data:`FAMILIES` (naming it and the engines to use
+            instead), or when PyTorch, transformers or the CUDA device is missing.
+        ValueError: for an unknown model, bad parameters, or a configuration asking for attention this
+            engine does not implement (bidirectional attention).
     """
 
     def __init__(self, model: str | Path, device: str | None = None, weights: str | None = None,
@@ -274,6 +497,7 @@ class TorchEngine:
             cfg_dict = A.hf_config(str(model))  # raises ValueError naming the shipped models
             self.name = str(model)
         self.arch = A.Architecture.from_hf_config(cfg_dict, name=self.name)
+        _check_family(self.arch, cfg_dict)
         self.dtype = getattr(torch, dtype or self.arch.dtype)
         self.max_batch = max_batch
         self.cuda_graphs = cuda_graphs
@@ -290,11 +514,13 @@ class TorchEngine:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         attn = register_attention()
+        if self.arch.model_type == "falcon":
+            _falcon_attention()
         cfg = dict(cfg_dict)
         positions_extended = None
-        if checkpoint is None and self.arch.position == "learned" and cfg.get("max_position_embeddings", 0) \
-                < min_positions:
-            positions_extended = [cfg.get("max_position_embeddings"), min_positions]
+        declared = self.arch.max_position_embeddings
+        if checkpoint is None and self.arch.position == "learned" and declared < min_positions:
+            positions_extended = [declared, min_positions]
             cfg["max_position_embeddings"] = min_positions
         model_type = cfg.pop("model_type")
         for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
@@ -309,9 +535,10 @@ class TorchEngine:
             with self.device:
                 model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, attn_implementation=attn)
             gen = torch.Generator(device=self.device).manual_seed(self.seed)
+            norms = {id(m.weight) for m in model.modules() if _is_norm(m) and getattr(m, "weight", None) is not None}
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                    if p.ndim == 1 and (id(p) in norms or ("norm" in name and name.endswith("weight"))):
                         p.fill_(1.0)
                     else:
                         p.normal_(0.0, 0.02, generator=gen)
@@ -321,10 +548,19 @@ class TorchEngine:
         self.config = model.config
         self.vocab = int(model.config.vocab_size)
         self.lm_head = model.get_output_embeddings()
+        self.decoder = model.base_model  # .model (Llama, OPT, ...), .transformer (Falcon), .gpt_neox (GPT-NeoX)
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.attention = _attention_features(self.arch, model.config)
         self.WaveCache = _make_cache_class()
         self.graph_attention = self._pick_graph_attention()
         self.settings = {
-            "engine": "torch", "attention": "sdpa (flash on Hopper) over the live KV slice",
+            "engine": "torch", "attention": _describe_attention(self.attention),
+            "attention_path": (f"{attn}: energybook's FalconAttention subclass -> _attention"
+                               if self.arch.model_type == "falcon" else f"{attn}: AttentionInterface -> _attention"),
+            "attention_features": self.attention,
+            "max_positions": self.max_positions,
             "kv_cache": "preallocated per wave at n_in+n_out, written in place", "decode_graphs": str(self.cuda_graphs),
             "graph_max_batch": self.graph_max_batch, "graph_attention": self.graph_attention,
             "graph_bucket": BUCKET, "greedy": "argmax on device, EOS ignored",
@@ -334,8 +570,45 @@ class TorchEngine:
             "max_position_embeddings_extended": positions_extended,
             "build_s": round(time.perf_counter() - t0, 2),
         }
+        head = _head_note(model.config)
+        if head:
+            self.settings["lm_head"] = head
         if positions_extended:
-            logger.info("dummy weights: max_position_embeddings raised %s -> %s", *positions_extended)
+            logger.warning("%s: dummy weights: learned positions (max_position_embeddings) extended %s -> %s; "
+                           "the checkpoint serves %s", self.name, *positions_extended, positions_extended[0])
+
+    def check_lengths(self, n_in: int, n_out: int) -> None:
+        """Refuse a request longer than the positions the model serves.
+
+        Args:
+            n_in: Prompt tokens per request.
+            n_out: Tokens generated per request.
+
+        Raises:
+            ValueError: naming the model, the lengths and the limit when ``n_in + n_out`` exceeds
+                ``max_position_embeddings`` (or the learned positions extended for dummy weights). Dummy
+                weights with rotary or ALiBi positions, which are computed rather than looked up, serve
+                longer contexts with a warning, recorded in :attr:`settings` as ``positions_beyond_declared``.
+        """
+        check_positive(n_in=n_in, n_out=n_out)
+        if n_in + n_out <= self.max_positions:
+            return
+        if self.weights == "dummy" and self.arch.position in ("rope", "alibi"):
+            # Rotary and ALiBi positions are computed, not looked up: with random weights a longer context
+            # costs what it would cost a model trained for it. Said in the log and the provenance.
+            declared = self.settings.get("positions_beyond_declared", [self.max_positions, 0])
+            self.settings["positions_beyond_declared"] = [declared[0], max(declared[1], n_in + n_out)]
+            logger.warning("%s declares %d positions; dummy weights with %s positions serve %d (recorded in the "
+                           "provenance as positions_beyond_declared)", self.name, self.max_positions,
+                           self.arch.position, n_in + n_out)
+            return
+        extended = self.settings.get("max_position_embeddings_extended")
+        why = (f"learned positions extended from {extended[0]} to {extended[1]} for dummy weights (min_positions)"
+               if extended else "its max_position_embeddings")
+        raise ValueError(f"{self.name}: n_in + n_out = {n_in} + {n_out} = {n_in + n_out} tokens exceeds the "
+                         f"{self.max_positions} positions the model serves ({why}); use shorter lengths"
+                         + ("" if extended or self.arch.position != "learned" or self.weights != "dummy"
+                            else " or a larger min_positions"))
 
     # ----- sizing ------------------------------------------------------------------------
     def cache_len(self, n_in: int, n_out: int) -> int:
@@ -390,12 +663,14 @@ class TorchEngine:
             return_tokens: Keep the generated token ids (``self.last_tokens``, shape batch x n_out).
 
         Raises:
-            ValueError: for non-positive lengths or a batch above ``max_batch``.
+            ValueError: for non-positive lengths, lengths beyond :meth:`check_lengths`, or a batch above
+                ``max_batch``.
             RuntimeError: when the generated token count differs from the one asked for.
         """
         check_positive(n_in=n_in, n_out=n_out, batch=batch)
         if batch > self.max_batch:
             raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
+        self.check_lengths(n_in, n_out)
         torch = self.torch
         clock = clock or self._clock
         checkpoints = sorted(set(checkpoints or []))
@@ -453,8 +728,8 @@ class TorchEngine:
         (Slicing the hidden states inside the stock forward, ``logits_to_keep=1``, hands the LM head a
         strided 3-D input, which cuBLAS ran as a batched product re-reading the V x d weight per row.)
         """
-        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
-                                  use_cache=True).last_hidden_state
+        hidden = self.decoder(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                              **{self._cache_kw: cache}).last_hidden_state
         logits = self.lm_head(hidden[:, -1].contiguous())
         return logits.argmax(-1, keepdim=True)
 
@@ -476,6 +751,7 @@ class TorchEngine:
             cu_k = cu_q * cache.max_len
             used = torch.empty(batch, dtype=torch.int32, device=dev)
         neg_inf = torch.finfo(self.dtype).min
+        window = self.attention["sliding_window"]
         stream = torch.cuda.Stream(device=dev)
         i = 1
         while i < n_out:
@@ -490,6 +766,10 @@ class TorchEngine:
                     _AttnState.varlen = (cu_q, cu_k, used, graph_len)
                 else:
                     _AttnState.mask = torch.where(key_idx <= pos_t, 0.0, neg_inf).to(self.dtype)
+                    if window:
+                        seen = (key_idx <= pos_t) & (key_idx > pos_t - window)
+                        _AttnState.sliding_mask = torch.where(seen, 0.0, neg_inf).to(self.dtype)
+                        _AttnState.window = window
                 cache.graph_len = graph_len
                 cache.pos = int(pos)
                 nxt = self._next_token(tok_buf, pos_t.view(1, 1), cache)
@@ -514,21 +794,30 @@ class TorchEngine:
                         i += 1
                     del g
             finally:
-                _AttnState.mask = None
+                _AttnState.mask = _AttnState.sliding_mask = _AttnState.window = None
                 _AttnState.varlen = None
                 cache.graph_len = None
         cache.pos_t = None
 
     def _pick_graph_attention(self) -> str:
-        """``flash_varlen`` when ``aten._flash_attention_forward`` with ``seqused_k`` matches SDPA here."""
+        """``flash_varlen`` when ``aten._flash_attention_forward`` with ``seqused_k`` matches SDPA here.
+
+        The check uses the model's attention features (a sliding window, ALiBi) against :func:`_attention`'s
+        eager path; soft-capping (Gemma 2), which flash's aten kernel lacks, always takes ``sdpa_mask``.
+        """
         torch = self.torch
         if self.device.type != "cuda":
             return "none"
+        if self.attention["softcap"] is not None:
+            logger.info("%s: logit soft-capping: decode graphs use masked attention by explicit products", self.name)
+            return "sdpa_mask"
         try:
-            import torch.nn.functional as F
-
             g = torch.Generator(device=self.device).manual_seed(0)
             b, h, k, d, s, used = 3, 8, 2, 64, 512, 300
+            window = 64 if self.attention["sliding_window"] else None
+            slopes = None
+            if self.attention["alibi"]:
+                slopes = torch.tensor([2.0 ** (-(i + 1)) for i in range(h)], device=self.device)
 
             def r(*shape):
                 return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=g)
@@ -537,16 +826,17 @@ class TorchEngine:
             _AttnState.varlen = (torch.arange(b + 1, dtype=torch.int32, device=self.device),
                                  torch.arange(b + 1, dtype=torch.int32, device=self.device) * s,
                                  torch.full((b,), used, dtype=torch.int32, device=self.device), s)
-            got = _flash_varlen_decode(q, kc.transpose(1, 2), vc.transpose(1, 2), d**-0.5)
+            got = _flash_varlen_decode(q, kc.transpose(1, 2), vc.transpose(1, 2), d**-0.5, window, slopes)
             _AttnState.varlen = None
-            kr = kc[:, :used].transpose(1, 2).repeat_interleave(h // k, 1)
-            vr = vc[:, :used].transpose(1, 2).repeat_interleave(h // k, 1)
-            ref = F.scaled_dot_product_attention(q.float(), kr.float(), vr.float()).transpose(1, 2)
+            ref, _ = _attention(None, q.float(), kc[:, :used].transpose(1, 2).float(),
+                                vc[:, :used].transpose(1, 2).float(), scaling=d**-0.5, sliding_window=window,
+                                alibi_slopes=slopes)
             err = float((got.float() - ref).norm() / ref.norm())
             if err < 2e-2:
                 return "flash_varlen"
-            logger.warning("flash varlen decode disagrees with SDPA (rel. error %.3g): using masked SDPA", err)
-        except Exception as exc:  # noqa: BLE001 - older torch: no seqused_k
+            logger.warning("flash varlen decode disagrees with SDPA (rel. error %.3g; window %s, ALiBi %s): "
+                           "using masked SDPA", err, window, slopes is not None)
+        except Exception as exc:  # noqa: BLE001 - older torch: no seqused_k, window or ALiBi
             logger.warning("flash varlen decode unavailable (%s): using masked SDPA in graphs", exc)
         finally:
             _AttnState.varlen = None

@@ -9,11 +9,14 @@ Two versions of every count:
 
 Conventions. One multiply-accumulate is 2 FLOPs; only matrix products are counted (norms,
 activations, rotary embeddings and softmax are elementwise and left out, as PyTorch's
-``FlopCounterMode`` does). Prefill attention is counted as the full n_in x n_in square that a
-dense kernel computes (the study does the same). Prefill computes logits for the last position
-only, as inference engines do. A decode step at context ``c`` starts with ``c`` tokens in the
-KV cache; the new token attends to ``c + 1`` keys. A request (n_in, n_out) is one prefill,
-which yields the first output token, and ``n_out - 1`` decode steps.
+``FlopCounterMode`` does). Fused projections (Phi-3's ``qkv_proj`` and ``gate_up_proj``, the
+``query_key_value`` of GPT-NeoX and Falcon) are the same products as separate matrices, and a
+parallel residual (GPT-NeoX, Falcon) or a partial rotary embedding (``rotary_pct``) changes none,
+so every registered family is counted by the same formulas. Prefill attention is counted as the
+full n_in x n_in square that a dense kernel computes (the study does the same). Prefill computes
+logits for the last position only, as inference engines do. A decode step at context ``c``
+starts with ``c`` tokens in the KV cache; the new token attends to ``c + 1`` keys. A request
+(n_in, n_out) is one prefill, which yields the first output token, and ``n_out - 1`` decode steps.
 
 Bytes (exact) are the compulsory traffic of one forward pass: every weight read once per pass
 (shared by the whole batch), the embedding rows gathered, KV-cache reads and writes, and the
