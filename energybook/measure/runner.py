@@ -19,6 +19,7 @@ Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
@@ -236,12 +237,21 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     return SweepResult(path, measured, skipped, time.perf_counter() - t_start, log, len(todo) - measured, config)
 
 
-def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _measuring(meter, progress: bool, total: int, desc: str):
+    """The meter's sampler running and a progress bar (or None) for the loop; both closed on any exit."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="point", desc=desc)
+        bar = tqdm(total=total, unit="point", desc=desc)
+    meter.start()
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+        meter.stop()
 
 
 def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: SweepConfig, name: str, env,
@@ -250,11 +260,9 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
     """The sweep loop of a wave engine: groups of points, shuffled, each warmed up and cooled down."""
     groups = plan(todo, engine.batch_limit, config.n_req, config.max_batch, config.mode)
     random.Random(config.seed).shuffle(groups)
-    bar = _bar(progress, len(todo), f"{name} sweep")
     measured, log = 0, []
     invalid: set[tuple] = set()
-    meter.start()
-    try:
+    with _measuring(meter, progress, len(todo), f"{name} sweep") as bar:
         queue = list(groups)
         while queue:
             if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
@@ -298,10 +306,6 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
             for n in short:  # too short alone: measure again, repeated back to back
                 queue.insert(0, Group(g.n_in, [n], g.rep, g.batch, g.waves, g.oom_retries, repeat_alone=True))
             time.sleep(config.cooldown_s)
-    finally:
-        if bar is not None:
-            bar.close()
-        meter.stop()
     return measured, log
 
 
@@ -314,10 +318,8 @@ def _sweep_commands(engine, meter, rf: R.ResultsFile, todo: list[Point], config:
     counts it reported go into the sidecar's point log; the row holds the energy of its timed run.
     """
     random.Random(config.seed).shuffle(todo)
-    bar = _bar(progress, len(todo), f"{name} sweep ({engine.name})")
     measured, log = 0, []
-    meter.start()
-    try:
+    with _measuring(meter, progress, len(todo), f"{name} sweep ({engine.name})") as bar:
         build = engine.build(meter)
         if build is not None:
             log.append(f"built the engine: {build.command_line} ({build.duration_s:.0f} s)")
@@ -339,10 +341,6 @@ def _sweep_commands(engine, meter, rf: R.ResultsFile, todo: list[Point], config:
             if stop_after is not None and measured >= stop_after:
                 break
             time.sleep(config.cooldown_s)
-    finally:
-        if bar is not None:
-            bar.close()
-        meter.stop()
     return measured, log
 
 
