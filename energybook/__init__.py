@@ -46,6 +46,8 @@ _API = {
     "extremes": ("energybook.model.fit", "extremes"),
     "estimated_sweet_spot": ("energybook.model.fit", "estimated_sweet_spot"),
     "predict_grid": ("energybook.model.fit", "predict_grid"),
+    "GpuSpec": ("energybook.model.roofline", "GpuSpec"),
+    "point_bound": ("energybook.model.roofline", "point_bound"),
     "paper_table2": ("energybook.model.paper", "paper_table2"),
     "paper_table3": ("energybook.model.paper", "paper_table3"),
     "paper_table5": ("energybook.model.paper", "paper_table5"),
@@ -70,6 +72,7 @@ _API = {
     "register_engine": ("energybook.measure.engines", "register_engine"),
     # report
     "measured_table": ("energybook.report.analysis", "measured_table"),
+    "energy_views": ("energybook.report.views", "energy_views"),
 }
 
 __all__ = sorted(_API) + ["__version__"]
