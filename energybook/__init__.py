@@ -1,6 +1,6 @@
 """energybook: the energy of LLM inference, measured on a GPU and modelled from FLOPs and bytes.
 
-The package behind the energybook Jupyter Book, which reproduces and extends the SweetSpot study
+The package behind the energybook Jupyter Book, which follows and extends the SweetSpot study
 (arXiv 2602.05695). Its stages, in the order imports run:
 
 * :mod:`energybook.model`: architectures, FLOP and byte counts, the energy formulas and their fits,

@@ -122,3 +122,132 @@ def test_measuring_minutes_and_gpu_count():
     assert P.gpu_count(prov) == 3
     assert math.isnan(P.measuring_minutes({"points": {"64x64#0": {"started_at": None}}}))
     assert P.gpu_count({}) == 0
+
+
+def test_scroll_table_wraps_the_html_and_keeps_the_values():
+    import pandas as pd
+
+    t = P.scroll_table(pd.DataFrame({"a": [1.25, 2.5]}, index=["x", "y"]))
+    html = t._repr_html_()
+    assert html.startswith('<div class="eb-scroll" style="overflow-x: auto')
+    assert "<table" in html and "1.25" in html and "2.5" in html
+    assert "1.25" in repr(t)
+
+
+def test_run_summary_settings_and_differences(tmp_path):
+    _write_run(tmp_path)
+    _write_run(tmp_path, model="OPT-1.3B", points=((64, 64),))
+    runs = P.measured_runs(tmp_path, allow_test_data=True)
+    summary = P.run_summary(runs)
+    assert list(summary.index) == ["Llama-3.2-1B, grid", "OPT-1.3B, grid"]
+    assert list(summary["points"]) == [2, 1]
+    assert (summary["checksum"] == "ok").all()
+    assert len(summary.columns) <= 5  # narrow enough for a phone
+    shared = P.shared_settings(runs)
+    assert shared.loc["GPU", "value"] == "NVIDIA H100 80GB HBM3"
+    assert shared.loc["weights", "value"] == "dummy"
+    assert "command" not in shared.index
+    diff = P.run_differences(runs)
+    assert list(diff.index) == ["Llama-3.2-1B, grid", "OPT-1.3B, grid"]
+    assert "GPU" not in diff.columns  # the same for both runs
+    assert P.run_commands(runs)["OPT-1.3B, grid"] == "energybook sweep --model OPT-1.3B"
+    assert P.run_summary([]).empty and P.shared_settings([]).empty and P.run_differences([]).empty
+
+
+def test_checked_points_and_short_window_cells(tmp_path):
+    import pandas as pd
+
+    path = _write_run(tmp_path)
+    full = path.with_name("full-64x64.csv")
+    path.rename(full)
+    R.sidecar_path(path).rename(R.sidecar_path(full))
+    runs = P.measured_runs(tmp_path, allow_test_data=True)
+    assert P.checked_points(runs) == {("Llama-3.2-1B", 64, 64), ("Llama-3.2-1B", 64, 128)}
+    grid = pd.DataFrame({"model": ["M", "M", "M"], "n_in": [64, 64, 128], "n_out": [64, 128, 64],
+                         "window_s": [1.1, 1.9, 3.0], "energy_j": [100.0, 200.0, 300.0],
+                         "energy_j_power500": [90.0, 200.0, 300.0]})
+    cells = P.short_window_cells(grid, {("M", 64, 128)})
+    assert list(cells.index) == [("M", 64), ("M", 128)]  # the n_in = 128 row is left out
+    assert cells.loc[("M", 64), "power500 vs counter (%)"] == pytest.approx(-10.0)
+    assert list(cells["complete-run check"]) == ["no", "yes"]
+    assert "counter updates" not in cells  # the table has no ticks column
+    with_ticks = P.short_window_cells(grid.assign(ticks=[11.0, 19.0, 30.0]), set())
+    assert list(with_ticks["counter updates"]) == [11, 19]
+    assert list(with_ticks["complete-run check"]) == ["no", "no"]
+
+
+def test_tick_period():
+    import pandas as pd
+
+    t = pd.DataFrame({"window_s": [1.0, 2.0, 5.0], "ticks": [10, 0, 50]})
+    assert list(P.tick_period_s(t)) == [pytest.approx(0.1), pytest.approx(0.1)]
+
+
+def test_measurement_note_states_the_sidecars_minutes():
+    prov = {"gpu": "NVIDIA H100 80GB HBM3", "runs": [{"gpu_uuid": "GPU-a"}, {"gpu_uuid": "GPU-a"}],
+            "points": {"64x64#0": {"started_at": "2026-03-01T10:00:00Z", "finished_at": "2026-03-01T10:12:30Z"}}}
+    note = P.measurement_note(prov, {"min_window_s": 1.0, "model": "M"})
+    assert "12.5 GPU-minutes" in note and "2 calls" in note and "on 1 NVIDIA H100 80GB HBM3 board, in" in note
+    assert "`min_window_s = 1.0`" in note and "`model = M`" in note
+
+
+def _fake_executed_notebook(path):
+    import nbformat
+
+    v4 = nbformat.v4
+    nb = v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": "/work/main/notebooks/measure.ipynb",
+                                "output_path": "/work/main/book/measurements/M.ipynb",
+                                "parameters": {"model": "M", "min_window_s": 1.0, "workspace": "/work/main/data"}}
+    nb.cells = [
+        v4.new_markdown_cell("# M: measuring its energy grid\n\nSome text."),
+        v4.new_code_cell("model = 'x'", metadata={"tags": ["parameters"]}),
+        v4.new_code_cell("# Parameters\nmodel = 'M'", metadata={"tags": ["injected-parameters"]}),
+        v4.new_code_cell("import pandas as pd"),
+        v4.new_code_cell("run()", outputs=[
+            v4.new_output("stream", name="stdout", text=(
+                "9 points measured\n/work/main/data/measured/gpu/M/grid.csv: results\n\n\n\n"
+                "M sweep:  11%|█         | 1/9 [00:20<02:44, 20.57s/point]INFO energybook.sweep: prefill 8.02 s\n\n"
+                "M sweep: 100%|██████████| 9/9 [03:13<00:00, 22.58s/point]\n3.45 minutes\n")),
+            v4.new_output("stream", name="stderr", text="/opt/x/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"),
+        ]),
+        v4.new_code_cell("table", outputs=[v4.new_output(
+            "execute_result", data={"text/html": "<table><tr><td>96.09</td></tr></table>", "text/plain": "96.09"},
+            execution_count=1)]),
+        v4.new_code_cell("plot()", outputs=[v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=",
+                                                                                "text/plain": "<Figure>"})]),
+    ]
+    nbformat.write(nb, str(path))
+
+
+def test_clean_measurement_notebook(tmp_path):
+    import nbformat
+
+    path = tmp_path / "M.ipynb"
+    _fake_executed_notebook(path)
+    prov = {"gpu": "H100", "model": "M", "runs": [{}],
+            "points": {"a": {"started_at": "2026-03-01T10:00:00Z", "finished_at": "2026-03-01T10:03:00Z"}}}
+    P.clean_measurement_notebook(path, prov)
+    first = path.read_text()
+    P.clean_measurement_notebook(path, prov)
+    assert path.read_text() == first  # idempotent
+    nb = nbformat.read(str(path), as_version=4)
+    assert "/work/" not in first and "/opt/" not in first
+    assert "TqdmWarning" not in first and "s/point]" not in first
+    assert "papermill" in nb.metadata and "input_path" not in nb.metadata["papermill"]
+    assert nb.cells[1].cell_type == "markdown" and P.NOTE_TAG in nb.cells[1].metadata["tags"]
+    assert "3.0 GPU-minutes" in nb.cells[1].source and "`min_window_s = 1.0`" in nb.cells[1].source
+    assert sum(P.NOTE_TAG in c.metadata.get("tags", []) for c in nb.cells) == 1
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all("remove-cell" in c.metadata["tags"] for c in code[:3])  # parameters, injected, imports
+    log = code[3].outputs
+    assert [o["name"] for o in log] == ["stdout"]
+    assert "INFO energybook.sweep: prefill 8.02 s" in log[0]["text"]
+    assert "data/measured/gpu/M/grid.csv: results" in log[0]["text"] and "\n\n\n" not in log[0]["text"]
+    table = code[4].outputs[0]["data"]
+    assert table["text/plain"] == "96.09" and "96.09" in table["text/html"]
+    assert table["text/html"].count('class="eb-scroll"') == 1
+    figure = code[5].metadata["mystnb"]
+    assert figure["figure"]["name"] == "fig-measured-m" and figure["image"]["alt"].startswith("Heat map of M")
+    assert "hide-input" in code[5].metadata["tags"]
+    assert P.measurement_notes([path]) == {"M": nb.cells[1].source}

@@ -13,8 +13,20 @@ The folder read is the workspace's ``measured/`` (:class:`energybook.store.works
 ``data/measured/`` in a checkout, or the folder named by ``ENERGYBOOK_DATA`` (to preview your own
 GPU's results before copying them in).
 
-Used in :doc:`/book/experiment`, :doc:`/book/instruments`, :doc:`/book/reproduce` and
-:doc:`/book/status`.
+Narrow views for pages read on a phone: :func:`run_summary` (one short row per run),
+:func:`shared_settings` and :func:`run_differences` (what all runs share, and only what differs),
+:func:`run_commands`, and :func:`scroll_table`, which puts any wide table in a box that scrolls
+sideways instead of widening the page. :func:`short_window_cells` and :func:`checked_points` show
+which grid points have the shortest energy windows and whether a complete run checked them;
+:func:`tick_period_s` reads the energy counter's update period off the measured windows.
+
+:func:`clean_measurement_notebook` tidies an executed measurement notebook for the book without
+touching a measured number: it drops stderr outputs and progress bars, scrubs local paths, hides
+papermill's parameter cells and plumbing code, adds the figure's name and alt text, wraps wide
+tables, and puts a note with the page's GPU-minutes (:func:`measurement_note`) under its title.
+
+Used in :doc:`/book/experiment`, :doc:`/book/instruments`, :doc:`/book/reproduce`,
+:doc:`/book/status` and :doc:`/book/intro`.
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
 import threading
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -271,3 +285,312 @@ def admonition(title: str, text: str, kind: str = "note"):
 NO_DATA = ("No results file with a provenance sidecar was found under `data/measured/`: this build has no "
            "measurements of its own, so this part of the page is empty. Measure on a GPU ({doc}`reproduce`) "
            "and rebuild the book: every table and figure here regenerates from the files.")
+
+
+@dataclass(frozen=True)
+class ScrollTable:
+    """A table shown inside a box that scrolls sideways (:func:`scroll_table`).
+
+    Attributes:
+        table: The table (pandas DataFrame), shown as is: round it first.
+    """
+
+    table: pd.DataFrame
+
+    def _repr_html_(self) -> str:
+        html = self.table.to_html(border=0, na_rep="-", classes="dataframe")
+        return f'<div class="eb-scroll" style="overflow-x: auto; max-width: 100%;">{html}</div>'
+
+    def __repr__(self) -> str:
+        return self.table.to_string()
+
+
+def scroll_table(table: pd.DataFrame) -> ScrollTable:
+    """``table`` as HTML in a horizontally scrollable box, so that a wide table never makes the page
+    scroll sideways on a narrow screen. Display it as a cell's result.
+
+    Used in :doc:`/book/experiment`, :doc:`/book/instruments` and :doc:`/book/status`.
+    """
+    return ScrollTable(table)
+
+
+def run_label(run: R.MeasuredRun) -> str:
+    """A short name for a run: its model and its file's stem, e.g. ``"Llama-3.2-1B, grid"``."""
+    return f"{run.provenance.get('model', '?')}, {Path(run.path).stem}"
+
+
+def run_summary(runs: list[R.MeasuredRun]) -> pd.DataFrame:
+    """One short row per run (narrow enough for a phone): points measured, GPU-minutes of measurement
+    (:func:`measuring_minutes`), sweep calls (a sweep resumes where the last call stopped), GPUs used
+    (:func:`gpu_count`) and whether the CSV's sha256 matches its sidecar.
+
+    Used in :doc:`/book/experiment` and :doc:`/book/status`.
+    """
+    rows = []
+    for r in runs:
+        p = r.provenance
+        rows.append({"run": run_label(r), "points": len(r.data), "GPU-minutes": round(measuring_minutes(p), 1),
+                     "calls": max(len(p.get("runs") or []), 1), "GPUs": gpu_count(p),
+                     "checksum": "ok" if R.sha256_file(r.path) == p.get("sha256") else "MISMATCH"})
+    if not rows:
+        return pd.DataFrame(columns=["points", "GPU-minutes", "calls", "GPUs", "checksum"])
+    return pd.DataFrame(rows).set_index("run")
+
+
+def _settings(run: R.MeasuredRun) -> dict[str, str]:
+    p, e = run.provenance, _engine(run.provenance)
+    proto = p.get("protocol", {}) or {}
+    values = {name: _text(get(p, e)) for name, get in _ENV_FIELDS}
+    values["date"] = _date(p)
+    for k in _PROTOCOL_FIELDS:
+        if k != "note":
+            values[k] = _text(proto.get(k))
+    values["grid (n_in x n_out)"] = f"{len(proto.get('n_in') or [])} x {len(proto.get('n_out') or [])}"
+    return values
+
+
+def shared_settings(runs: list[R.MeasuredRun]) -> pd.DataFrame:
+    """The settings every run shares (GPU, driver, versions, engine, weights, meter, protocol fields...),
+    one row per setting and a single ``value`` column.
+
+    Used in :doc:`/book/experiment`.
+    """
+    if not runs:
+        return pd.DataFrame(columns=["value"])
+    each = [_settings(r) for r in runs]
+    shared = {k: v for k, v in each[0].items() if all(s.get(k) == v for s in each[1:])}
+    return pd.DataFrame({"value": shared})
+
+
+def run_differences(runs: list[R.MeasuredRun]) -> pd.DataFrame:
+    """Only the settings that differ between runs: one row per run, one column per such setting.
+
+    Used in :doc:`/book/experiment`.
+    """
+    if not runs:
+        return pd.DataFrame()
+    each = {run_label(r): _settings(r) for r in runs}
+    first = next(iter(each.values()))
+    differ = [k for k in first if len({s.get(k) for s in each.values()}) > 1]
+    return pd.DataFrame({label: {k: s.get(k, "-") for k in differ} for label, s in each.items()}).T
+
+
+def run_commands(runs: list[R.MeasuredRun]) -> dict[str, str]:
+    """The command that regenerates each run (from its sidecar), by :func:`run_label`."""
+    return {run_label(r): str(r.provenance.get("command") or "-") for r in runs}
+
+
+def checked_points(runs: list[R.MeasuredRun], prefix: str = "full") -> set[tuple[str, int, int]]:
+    """The ``(model, n_in, n_out)`` points measured by complete runs (files whose stem starts with
+    ``prefix``: ``full-*.csv``), which check the fast grid's shortcuts.
+
+    Used in :doc:`/book/experiment`.
+    """
+    found = set()
+    for r in runs:
+        if Path(r.path).stem.startswith(prefix):
+            model = str(r.provenance.get("model", "?"))
+            for n_in, n_out in zip(r.data["n_in"], r.data["n_out"]):
+                found.add((model, int(n_in), int(n_out)))
+    return found
+
+
+def short_window_cells(table: pd.DataFrame, checked: set[tuple[str, int, int]], n_in: int = 64,
+                       n_outs: tuple[int, ...] = (64, 128)) -> pd.DataFrame:
+    """The grid points that set the rising side of the sweet spot (shortest outputs at ``n_in``), with
+    their energy window, the study's method against the counter, and whether a complete run checked them.
+
+    Args:
+        table: Measured grid rows (:func:`energybook.report.analysis.measured_table`) with ``model``,
+            ``n_in``, ``n_out``, ``window_s`` (seconds), ``energy_j`` (counter, joules) and
+            ``energy_j_power500`` (joules).
+        checked: Points measured by complete runs (:func:`checked_points`).
+        n_in: Input length of the row (tokens).
+        n_outs: Output lengths to show (tokens).
+
+    Returns:
+        One row per (model, n_out): ``window (s)``, ``power500 vs counter (%)``, ``counter updates``
+        (the ticks in the window, when the table has ``ticks``) and ``complete-run check``
+        (``"yes"``/``"no"``), sorted by model then n_out.
+
+    Used in :doc:`/book/experiment`.
+    """
+    rows = table[(table["n_in"] == n_in) & (table["n_out"].isin(n_outs))]
+    out = pd.DataFrame({
+        "model": rows["model"].astype(str), "n_out": rows["n_out"].astype(int),
+        "window (s)": rows["window_s"].astype(float),
+        "power500 vs counter (%)": 100 * (rows["energy_j_power500"].astype(float) / rows["energy_j"].astype(float) - 1),
+        "complete-run check": ["yes" if (m, n_in, int(b)) in checked else "no"
+                               for m, b in zip(rows["model"], rows["n_out"])],
+    })
+    if "ticks" in rows:
+        out.insert(3, "counter updates", rows["ticks"].astype(float).round().astype("Int64"))
+    return out.sort_values(["model", "n_out"]).set_index(["model", "n_out"])
+
+
+def tick_period_s(table: pd.DataFrame) -> pd.Series:
+    """The energy counter's update period seen in every measured window: ``window_s / ticks`` (seconds),
+    one value per row with at least one tick.
+
+    Used in :doc:`/book/instruments`.
+    """
+    ticks = table["ticks"].astype(float)
+    keep = ticks > 0
+    return (table.loc[keep, "window_s"].astype(float) / ticks[keep]).rename("tick period (s)")
+
+
+#: Tag of the note cell that :func:`clean_measurement_notebook` puts under a measurement page's title.
+NOTE_TAG = "eb-measurement-note"
+
+# A tqdm progress bar as the sweep prints it ("Llama-3.2-1B sweep:  11%|█  | 1/9 [00:20<02:44, 20.57s/point]").
+_PROGRESS = re.compile(r"[^\s|]*\s?sweep:\s+\d+%\|[^|]*\|[^\]\n]*\]")
+# An absolute path ending in a workspace's data/measured/ folder, or a notebook path.
+_ABSOLUTE_DATA = re.compile(r"(?<![\w.\-/])(?:/[^\s/:'\"]+)+/(data/measured/|notebooks/|book/measurements/)")
+_ABSOLUTE = re.compile(r"(?<![\w.])/(?:home|work|opt|root|tmp|usr|Users|scratch|mnt|srv|var)/[^\s'\"]*")
+
+
+def _scrub(text: str) -> str:
+    text = _ABSOLUTE_DATA.sub(r"\1", text)
+    return _ABSOLUTE.sub("<local path>", text)
+
+
+def _strip_progress(text: str) -> str:
+    text = _PROGRESS.sub("\n", text.replace("\r", "\n"))
+    lines = [line.rstrip() for line in text.split("\n")]
+    kept: list[str] = []
+    for line in lines:
+        if line or (kept and kept[-1]):
+            kept.append(line)
+    return "\n".join(kept).strip("\n") + "\n"
+
+
+def measurement_note(prov: dict[str, Any], parameters: dict[str, Any] | None = None) -> str:
+    """The note at the top of a measurement page: its GPU-minutes and how the run was split.
+
+    Args:
+        prov: The provenance sidecar of the grid the page shows.
+        parameters: The papermill parameters of the executed notebook (shown, since their cells are hidden).
+
+    Used in :doc:`/book/experiment` (which checks every page's note against its sidecar).
+    """
+    minutes = measuring_minutes(prov)
+    calls = max(len(prov.get("runs") or []), 1)
+    gpus = gpu_count(prov)
+    text = (f"**GPU time.** The grid on this page took {minutes:.1f} GPU-minutes of measurement "
+            f"(the warm-up, prefill and decode of every group of points; model loading, cool-downs and the "
+            f"pauses between calls are left out) on {gpus} {prov.get('gpu', 'GPU')} board{'s' if gpus != 1 else ''}, "
+            f"in {calls} call{'s' if calls != 1 else ''} of the sweep: each call resumes where the last one "
+            "stopped. The notebook below is the last call; its tables read the whole results file. "
+            "The minutes come from the file's provenance sidecar "
+            "(`energybook.report.provenance.measuring_minutes`).")
+    if parameters:
+        shown = ", ".join(f"`{k} = {_scrub(str(v))}`" for k, v in sorted(parameters.items()))
+        text += f"\n\n**Parameters of this call** (set by papermill; the rest are the notebook's defaults): {shown}."
+    return text
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _add_tag(cell, tag: str) -> None:
+    tags = _tags(cell)
+    if tag not in tags:
+        cell.setdefault("metadata", {})["tags"] = tags + [tag]
+
+
+def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: str | None = None,
+                               write: bool = True):
+    """Tidy an executed measurement notebook for the book, leaving every measured number as it is.
+
+    * stderr outputs (warnings such as tqdm's) are dropped, and the sweep's progress bars are cut
+      out of its printed log (the log lines themselves stay);
+    * local absolute paths are scrubbed from sources, outputs and papermill's metadata (a path into a
+      workspace's ``data/measured/`` keeps its part from ``data/`` on);
+    * papermill's parameter cells and the imports are hidden (``remove-cell``), the other code cells
+      folded (``hide-input``), so that the outputs lead;
+    * the figure gets a name and alt text, and wide tables a sideways-scrolling box;
+    * a note with the page's GPU-minutes (:func:`measurement_note`) goes under the title, once.
+
+    Running it twice gives the same notebook.
+
+    Args:
+        path: The executed notebook (``.ipynb``).
+        prov: The provenance sidecar of the grid the notebook shows.
+        model: The model's name (for the figure's name and alt text); default ``prov["model"]``.
+        write: Write the result back to ``path``.
+
+    Returns:
+        The cleaned notebook (an ``nbformat`` node).
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(str(path), as_version=4)
+    model = model or str(prov.get("model", path.stem))
+    pm = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path", "cwd"):
+        pm.pop(key, None)
+    if pm.get("parameters"):
+        pm["parameters"] = {k: _scrub(v) if isinstance(v, str) else v for k, v in pm["parameters"].items()}
+    params = {k: v for k, v in (pm.get("parameters") or {}).items() if k not in ("workspace", "command")}
+    nb.cells = [c for c in nb.cells if NOTE_TAG not in _tags(c)]
+    for cell in nb.cells:
+        cell.source = _scrub(cell.source)
+        if cell.cell_type != "code":
+            continue
+        tags = _tags(cell)
+        imports_only = cell.source.lstrip().startswith(("import ", "from ")) and not cell.get("outputs")
+        if "parameters" in tags or "injected-parameters" in tags or imports_only:
+            _add_tag(cell, "remove-cell")
+        else:
+            _add_tag(cell, "hide-input")
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                if out.get("name") == "stderr":
+                    continue
+                out["text"] = _scrub(_strip_progress(out["text"]))
+                if not out["text"].strip():
+                    continue
+            for kind, value in list((out.get("data") or {}).items()):
+                if not (kind.startswith("text/") and isinstance(value, str)):
+                    continue
+                value = _scrub(value)
+                if kind == "text/html" and "<table" in value and 'class="eb-scroll"' not in value:
+                    value = f'<div class="eb-scroll" style="overflow-x: auto; max-width: 100%;">{value}</div>'
+                out["data"][kind] = value
+            outputs.append(out)
+        cell["outputs"] = outputs
+        if any("image/png" in (o.get("data") or {}) for o in outputs):
+            mystnb = cell.metadata.setdefault("mystnb", {})
+            figure = dict(mystnb.get("figure") or {})
+            figure.setdefault("caption", f"Measured efficiency of {model} over the grid (output tokens per joule, "
+                                         "energy counter), input length increasing upward.")
+            figure["name"] = f"fig-measured-{re.sub(r'[^a-z0-9]+', '-', model.lower()).strip('-')}"
+            mystnb["figure"] = figure
+            mystnb["image"] = {"alt": f"Heat map of {model}'s measured output tokens per joule: rows are input "
+                                      "lengths from 64 (bottom) to 4096 (top) tokens, columns output lengths from 64 "
+                                      "to 4096 tokens; every cell is labelled with its value."}
+    title = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("# ")), -1)
+    note = nbformat.v4.new_markdown_cell(measurement_note(prov, params), metadata={"tags": [NOTE_TAG]})
+    if "id" in note:
+        note["id"] = NOTE_TAG  # a fixed id, so that cleaning twice gives the same file
+    nb.cells.insert(title + 1, note)
+    if write:
+        nbformat.write(nb, str(path))
+    return nb
+
+
+def measurement_notes(notebooks: list[str | Path]) -> dict[str, str]:
+    """The note cell of each executed measurement notebook, by notebook stem ('' when it has none).
+
+    Used in :doc:`/book/experiment`, to check each page's stated GPU-minutes against its sidecar.
+    """
+    import nbformat
+
+    notes = {}
+    for nb_path in notebooks:
+        nb = nbformat.read(str(nb_path), as_version=4)
+        notes[Path(nb_path).stem] = next((c.source for c in nb.cells if NOTE_TAG in _tags(c)), "")
+    return notes
