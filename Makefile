@@ -65,3 +65,15 @@ test: $(STAMP) chromium
 
 clean:
 	rm -rf _build
+
+# For teachers: the whole book with every solution of the exercises left out (text and code), into
+# _build/students/_build/html. book/_ext/eb_book.py sets sphinx-exercise's hide_solutions when
+# EB_HIDE_SOLUTIONS=1. The recipe is `book`'s with that variable and another output folder.
+.PHONY: book-students notebooks
+book-students: $(STAMP)
+	EB_HIDE_SOLUTIONS=1 $(BIN)/jupyter-book build . --all -W -n --keep-going --path-output _build/students
+
+# The .ipynb copies of the book's pages that the Colab buttons open (each with an install cell),
+# into _build/notebooks; CI publishes them to the branch named by eb_notebooks_branch in _config.yml.
+notebooks: $(STAMP)
+	$(BIN)/python scripts/make_notebooks.py --out _build/notebooks

@@ -1,4 +1,15 @@
-"""Open every page of the built book in headless Chromium and check that it rendered.
+"""Open every page of the built book in headless Chromium and check that it rendered and reads.
+
+Every page of ``_toc.yml`` is opened twice, at a desktop width (1400 px) and a phone width (390 px).
+A page fails when
+
+* it did not render: no title, a broken image, math that MathJax did not typeset, a traceback or an
+  error in a cell's output, a failed request, a request that leaves localhost, a console error;
+* at 390 px the page scrolls sideways (``document.documentElement.scrollWidth > clientWidth + 1``;
+  the message names the widest elements);
+* any ``<img>`` has no alt text, or an empty one;
+* its HTML holds a local absolute path (``/root/``, ``/home/``, ``/tmp/``, ``/work/``, ``.venv``,
+  ``site-packages``): a sign that a cell printed where the build ran.
 
 Needs the built book (``make book``) and Debian's Chromium at /usr/bin/chromium; skipped without
 them, except under ``make test`` (``EB_REQUIRE_BOOK=1``), where their absence is a failure.
@@ -95,14 +106,54 @@ def test_toc_pages_were_built():
     assert not missing, f"pages in _toc.yml without HTML in {HTML}: {missing}"
 
 
+#: Widths the pages are read at (CSS pixels): a desktop browser and a phone.
+WIDTHS = {"desktop": 1400, "phone": 390}
+#: Local absolute paths that must never reach the published HTML.
+LOCAL_PATH = re.compile(r"/root/|/home/|/tmp/|/work/|\.venv\b|site-packages")
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_has_no_local_paths(page):
+    path = HTML / f"{page}.html"
+    if not path.is_file():
+        _missing(f"{path} was not built: run `make book` first")
+    text = path.read_text(encoding="utf-8")
+    hits = sorted({text[max(0, m.start() - 40):m.end() + 40].replace("\n", " ") for m in LOCAL_PATH.finditer(text)})
+    assert not hits, f"{page}: local paths in the HTML: {hits[:5]}"
+
+
+# The elements that stick out furthest to the right of the viewport, for the horizontal-scroll message.
+OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.right <= width + 1) continue;
+    let hidden = false;
+    for (let p = el; p && p !== document.body; p = p.parentElement) {
+      const s = getComputedStyle(p);
+      if (s.position === 'fixed' || s.display === 'none' || s.visibility === 'hidden' ||
+          (p !== el && ['auto', 'scroll', 'hidden', 'clip'].includes(s.overflowX))) { hidden = true; break; }
+    }
+    if (hidden) continue;
+    const cls = (el.className && el.className.baseVal === undefined) ? el.className : '';
+    out.push({right: Math.round(r.right), what: el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+              (cls ? '.' + cls.trim().split(/\\s+/).slice(0, 3).join('.') : '')});
+  }
+  out.sort((a, b) => b.right - a.right);
+  return out.slice(0, 5);
+}"""
+
 # pydata-sphinx-theme logs this on a first visit, before any theme mode is stored: harmless.
 BENIGN_CONSOLE = re.compile(r"^Got invalid theme mode: \. Resetting to auto\.$")
 ERROR_NAME = re.compile(r"\b\w*(Error|Exception)\b:|Traceback \(most recent call last\)")
 
 
+@pytest.mark.parametrize("width", list(WIDTHS), ids=list(WIDTHS))
 @pytest.mark.parametrize("page", toc_pages())
-def test_page_renders(site, browser, page):
-    context = browser.new_context()
+def test_page_renders(site, browser, page, width):
+    pixels = WIDTHS[width]
+    context = browser.new_context(viewport={"width": pixels, "height": 900})
     tab = context.new_page()
     failures: list[str] = []
     console_errors: list[str] = []
@@ -150,6 +201,18 @@ def test_page_renders(site, browser, page):
             assert not re.search(r"Traceback|Error|Exception", text), f"{page}: error on stderr: {text[:300]}"
         for text in tab.locator(".cell_output").all_inner_texts():
             assert not ERROR_NAME.search(text), f"{page}: a cell output shows an error: {text[:300]}"
+
+        no_alt = tab.evaluate("""() => Array.from(document.querySelectorAll('img'))
+            .filter(img => !(img.getAttribute('alt') || '').trim())
+            .map(img => (img.getAttribute('src') || '').slice(0, 100))""")
+        assert not no_alt, f"{page}: images without alt text: {no_alt[:5]}"
+
+        if pixels <= 400:
+            scroll, client = tab.evaluate(
+                "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            if scroll > client + 1:
+                widest = tab.evaluate(OVERFLOW_JS)
+                pytest.fail(f"{page}: scrolls sideways at {pixels} px (page {scroll} px wide); widest: {widest}")
 
         assert not failures, f"{page}: failed requests: {failures}"
         assert not external, f"{page}: requests left localhost (no network in CI): {external[:5]}"
