@@ -99,3 +99,82 @@ def test_coverage_and_common_points_on_an_incomplete_grid(table):
     common = AN.common_points(gap)
     assert len(common) == 3 * (49 - 7 - 1)
     assert not ((common["n_in"] == 1024) | ((common["n_in"] == 64) & (common["n_out"] == 4096))).any()
+
+
+def test_cross_validation_table_weighting_and_formulas(table):
+    llama = table[table["model"] == "Llama-3.2-1B"]
+    plain = AN.cross_validation_table(llama, weighting="none", formulas=["flops_model", "Memory+FLOPs"])
+    assert list(plain["formula"]) == ["flops_model", "memory_flops_model"]
+    rel = AN.cross_validation_table(llama, weighting="relative", formulas=["memory_flops_model"])
+    assert plain.set_index("formula").loc["memory_flops_model", "in_sample"] != pytest.approx(
+        rel.set_index("formula").loc["memory_flops_model", "in_sample"], rel=1e-9)
+
+
+def test_mape_comparison_and_by_model(table, fitted):
+    plain = AN.fits(table, weighting="none")
+    out = AN.mape_comparison(plain, fitted, D.paper_table3())
+    assert list(out.columns) == ["ours", "ours_relative", "study_same_models", "study_all"]
+    assert list(out.index) == list(AN.FM.FORMULAS)
+    published = D.paper_table3().set_index("model")
+    assert out.loc["memory_flops_model", "study_same_models"] == pytest.approx(
+        published.loc[MODELS, "memory_flops_model"].mean())
+    assert out.loc["memory_flops_model", "study_all"] == pytest.approx(published["memory_flops_model"].mean())
+    assert out.loc["memory_flops_model", "ours"] < 1 < out.loc["baseline1_const", "ours"]
+    by_model = AN.mape_by_model(plain, D.paper_table3())
+    assert by_model.loc["OPT-1.3B", ("memory_flops_model", "study")] == published.loc["OPT-1.3B", "memory_flops_model"]
+
+
+def test_coefficient_and_theta_comparison_recover_the_studys_thetas(table, fitted):
+    plain = AN.fits(table, weighting="none")
+    t5 = AN.coefficient_table({"none": plain, "relative": fitted}, "theta5", D.paper_table5())
+    assert set(t5.index.get_level_values("weighting")) == {"none", "relative"}
+    assert list(t5.index[:2]) == [("Llama-3.2-1B", "none"), ("Llama-3.2-1B", "relative")]  # grouped by model
+    # The synthetic data are the study's own surfaces, so ours should be close to the study's.
+    assert t5.loc[("Llama-3.2-1B", "relative"), "study_over_ours"] == pytest.approx(1, rel=0.5)
+    assert (t5["p_value"] >= 0).all() and (t5["p_value"] <= 1).all()
+    long = AN.theta_comparison(fitted, D.paper_table5())
+    assert len(long) == 3 * 6
+    assert long.loc[("Qwen2-1.5B", "theta0"), "ours_over_study"] == pytest.approx(1, rel=0.05)
+
+
+def test_sweet_spot_table_matches_the_formula():
+    th = D.paper_thetas("Llama-3.2-1B")
+    t = AN.sweet_spot_table({"Llama-3.2-1B": th, "flat": dict(th, theta4=0.0)})
+    llama = t[t["model"] == "Llama-3.2-1B"].set_index("n_in")["n_out_star"]
+    published = D.paper_table5().set_index("model").loc["Llama-3.2-1B", "estimated_best_n_out"]
+    assert round(llama.loc[64]) == published
+    assert (llama.diff().dropna() > 0).all()
+    assert t[t["model"] == "flat"]["n_out_star"].isna().all()
+
+
+def test_term_shares_sum_to_one():
+    th = dict(theta0=1.0, theta1=0.0, theta2=0.0, theta3=0.0, theta4=0.0, theta5=64.0)
+    s = AN.term_shares(th, 64, 64)
+    assert s.sum() == pytest.approx(1)
+    assert s["theta5"] == pytest.approx(0.5) and s["theta0"] == pytest.approx(0.5)
+
+
+def test_views_table_and_ratio_to_study():
+    t = pd.DataFrame({"model": ["Llama-3.2-1B"], "n_in": [64], "n_out": [256], "n_req": [1000],
+                      "energy_j": [2560.0], "tokens_in": [64000], "tokens_out": [256000]})
+    v = AN.views_table(t).iloc[0]
+    assert v["j_per_token"] == pytest.approx(0.01)
+    assert v["j_per_total_token"] == pytest.approx(2560 / 320000)
+    assert v["j_per_request"] == pytest.approx(2.56)
+    with pytest.raises(ValueError, match="lacks"):
+        AN.views_table(t.drop(columns="n_req"))
+    study = D.paper_surface("Llama-3.2-1B")
+    r = AN.ratio_to_study(t, study).iloc[0]
+    expected = 100.0 / study.set_index(["n_in", "n_out"]).loc[(64, 256), "tokens_per_j"]
+    assert r["ratio"] == pytest.approx(expected)
+    r500 = AN.ratio_to_study(t.assign(energy_j_power500=5120.0), study, energy="energy_j_power500").iloc[0]
+    assert r500["ratio"] == pytest.approx(expected / 2)
+
+
+def test_scroll_table_wraps_in_a_scrollable_box():
+    html = AN.scroll_table(pd.DataFrame({"a": [1.23456]}), "{:.2f}").data
+    assert "overflow-x: auto" in html and "1.23" in html and "1.2346" not in html
+
+
+def test_study_text_figures():
+    assert AN.STUDY_TEXT.best_worst_ratio == 33.41 and AN.STUDY_TEXT.n_req == 1000

@@ -2,7 +2,9 @@
 
 Every function takes a tidy table with one row per (model, n_in, n_out) point and a
 ``j_per_token`` column (joules per output token), so the same code rebuilds the tables for
-three models or thirteen.
+three models or thirteen. Fits come in two weightings (see :func:`energybook.model.fit.fit`):
+``"none"``, plain least squares, the study's method and the book's headline, and
+``"relative"``, our sensitivity check.
 
 Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/comparison`.
 """
@@ -10,6 +12,7 @@ Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/compariso
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,7 +33,14 @@ def _models(table: pd.DataFrame) -> list[str]:
 
 
 def fits(table: pd.DataFrame, weighting: str = "relative") -> dict[str, dict[str, F.FitResult]]:
-    """All six formulas fitted to every model: ``{model: {formula: FitResult}}``."""
+    """All six formulas fitted to every model: ``{model: {formula: FitResult}}``.
+
+    Args:
+        table: Tidy table with ``model``, ``n_in``, ``n_out`` and ``j_per_token``.
+        weighting: ``"none"`` (plain least squares, the study's method) or ``"relative"``.
+
+    Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/comparison`.
+    """
     return {m: F.fit_all(table[table["model"] == m], weighting=weighting) for m in _models(table)}
 
 
@@ -117,18 +127,258 @@ def normalised_surface(table: pd.DataFrame) -> pd.DataFrame:
     return both.groupby(["n_in", "n_out"], as_index=False)["normalised"].mean()
 
 
-def cross_validation_table(table: pd.DataFrame, schemes=("kfold", "row", "column")) -> pd.DataFrame:
-    """Out-of-sample MAPE (%) per formula (rows) and scheme (columns), averaged over models,
-    beside the in-sample MAPE."""
+def cross_validation_table(table: pd.DataFrame, schemes=("kfold", "row", "column"), weighting: str = "relative",
+                           formulas=None) -> pd.DataFrame:
+    """Out-of-sample MAPE (%) per model, formula and scheme, beside the in-sample MAPE.
+
+    Args:
+        table: Tidy table of one or more models.
+        schemes: Cross-validation schemes of :func:`energybook.model.fit.cross_validate`.
+        weighting: Weighting of every fit, ``"none"`` or ``"relative"``.
+        formulas: Formula keys; all six when None.
+
+    Returns:
+        One row per (model, formula) with the columns ``in_sample`` and one per scheme (%).
+
+    Used in :doc:`/book/fitting`.
+    """
+    keys = list(FM.FORMULAS) if formulas is None else [FM.get(k).key for k in formulas]
     rows = []
     for m in _models(table):
         t = table[table["model"] == m]
-        for key in FM.FORMULAS:
-            row = dict(model=m, formula=key, in_sample=F.fit(t, key).mape_pct)
+        for key in keys:
+            row = dict(model=m, formula=key, in_sample=F.fit(t, key, weighting=weighting).mape_pct)
             for s in schemes:
-                row[s] = F.cross_validate(t, key, scheme=s).mape_pct
+                row[s] = F.cross_validate(t, key, scheme=s, weighting=weighting).mape_pct
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def mape_comparison(plain: dict[str, dict[str, F.FitResult]], relative: dict[str, dict[str, F.FitResult]] | None,
+                    study: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 in brief: mean in-sample MAPE (%) per formula, ours beside the study's.
+
+    Args:
+        plain: Our fits by plain least squares (the study's method), from :func:`fits`.
+        relative: Our fits with relative weighting (the sensitivity column), or None.
+        study: The study's Table 3 (:func:`energybook.model.paper.paper_table3`).
+
+    Returns:
+        Formula keys as index; the columns ``ours`` (plain least squares, mean over our models),
+        ``ours_relative`` (when given), ``study_same_models`` (the study's mean over the same
+        models) and ``study_all`` (the study's mean over its 13).
+
+    Used in :doc:`/book/fitting`.
+    """
+    ours = mape_table(plain)
+    published = study.set_index("model")[list(FM.FORMULAS)]
+    same = published.loc[[m for m in plain if m in published.index]]
+    out = pd.DataFrame({"ours": ours.loc["mean"]})
+    if relative is not None:
+        out["ours_relative"] = mape_table(relative).loc["mean"]
+    out["study_same_models"] = same.mean()
+    out["study_all"] = published.mean()
+    return out
+
+
+def mape_by_model(fitted: dict[str, dict[str, F.FitResult]], study: pd.DataFrame,
+                  formulas=("flops_model", "memory_flops_model")) -> pd.DataFrame:
+    """In-sample MAPE (%) per model (rows) for a few formulas: ours and the study's, side by side.
+
+    Columns are ``(formula, "ours")`` and ``(formula, "study")`` (NaN where the study did not
+    measure the model).
+
+    Used in :doc:`/book/fitting`.
+    """
+    published = study.set_index("model")
+    ours = mape_table(fitted).drop(index="mean")
+    cols = {}
+    for f in formulas:
+        cols[(f, "ours")] = ours[f]
+        cols[(f, "study")] = published[f].reindex(ours.index)
+    return pd.DataFrame(cols)
+
+
+def coefficient_table(fitted: dict[str, dict[str, dict[str, F.FitResult]]], name: str = "theta5",
+                      study: pd.DataFrame | None = None, formula: str = "memory_flops_model") -> pd.DataFrame:
+    """One coefficient per model and weighting: estimate, standard error, p-value, and the study's.
+
+    Args:
+        fitted: ``{weighting: fits(...)}``, e.g. ``{"none": fits(t, "none"), "relative": fits(t)}``.
+        name: Coefficient (``theta5``).
+        study: The study's Table 5 (:func:`energybook.model.paper.paper_table5`), or None.
+        formula: Formula whose coefficient is read.
+
+    Returns:
+        One row per (model, weighting) with ``value``, ``stderr``, ``p_value`` (J per output
+        token times the unit of the basis term) and, with ``study``, ``study`` and
+        ``study_over_ours``.
+
+    Used in :doc:`/book/fitting`.
+    """
+    published = study.set_index("model") if study is not None else None
+    rows = []
+    models = list(dict.fromkeys(m for by_model in fitted.values() for m in by_model))
+    for m in models:
+        for weighting, by_model in fitted.items():
+            if m not in by_model:
+                continue
+            p = by_model[m][formula].params[name]
+            row = dict(model=m, weighting=weighting, value=p.value, stderr=p.stderr, p_value=p.p_value)
+            if published is not None:
+                ref = float(published.loc[m, name]) if m in published.index else float("nan")
+                row.update(study=ref, study_over_ours=ref / p.value if p.value else float("nan"))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "weighting"])
+
+
+def theta_comparison(fitted: dict[str, dict[str, F.FitResult]], study: pd.DataFrame) -> pd.DataFrame:
+    """Table 5's coefficients in long form: one row per (model, coefficient), ours, the study's
+    and ours over the study's.
+
+    Used in :doc:`/book/fitting`.
+    """
+    published = study.set_index("model")
+    rows = []
+    for m, res in fitted.items():
+        for k, v in res["memory_flops_model"].values.items():
+            ref = float(published.loc[m, k]) if m in published.index else float("nan")
+            rows.append(dict(model=m, coefficient=k, ours=v, study=ref, ours_over_study=v / ref))
+    return pd.DataFrame(rows).set_index(["model", "coefficient"])
+
+
+def sweet_spot_table(thetas: dict[str, dict[str, float]], n_in=GRID) -> pd.DataFrame:
+    """The sweet spot n_out*(n_in) of every model's Memory+FLOPs coefficients, tidy.
+
+    Args:
+        thetas: ``{model: {"theta0": ..., "theta5": ...}}``.
+        n_in: Input lengths (tokens).
+
+    Returns:
+        Columns ``model``, ``n_in`` and ``n_out_star`` (tokens, real-valued; NaN where theta4 <= 0,
+        for which there is no minimum in n_out).
+
+    Used in :doc:`/book/sweet_spots`.
+    """
+    rows = []
+    for m, th in thetas.items():
+        for n in n_in:
+            try:
+                star = float(FM.sweet_spot(n, th["theta1"], th["theta3"], th["theta4"], th.get("theta5", 0.0)))
+            except ValueError:
+                star = float("nan")
+            rows.append(dict(model=m, n_in=int(n), n_out_star=star))
+    return pd.DataFrame(rows)
+
+
+def term_shares(thetas: dict[str, float], n_in: float, n_out: float) -> pd.Series:
+    """Each term's share of the Memory+FLOPs energy per output token at one point.
+
+    Args:
+        thetas: Coefficients ``theta0`` .. ``theta5``.
+        n_in: Input length (tokens).
+        n_out: Output length (tokens).
+
+    Returns:
+        Shares by coefficient name; they sum to 1 (a negative share is a negative term).
+
+    Used in :doc:`/book/fitting`.
+    """
+    basis = {"theta0": 1.0, "theta1": n_in**2 / n_out, "theta2": n_in, "theta3": n_in / n_out,
+             "theta4": n_out, "theta5": 1 / n_out}
+    terms = pd.Series({k: thetas.get(k, 0.0) * b for k, b in basis.items()})
+    return terms / terms.sum()
+
+
+def views_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The same measurements in three views: joules per output token, per total token (prompt
+    plus output) and per request.
+
+    Needs ``energy_j`` (joules of the whole workload), ``tokens_in``, ``tokens_out`` and
+    ``n_req``; adds ``j_per_total_token`` and ``j_per_request`` beside ``j_per_token``.
+
+    Used in :doc:`/book/sweet_spots`.
+    """
+    missing = [c for c in ("energy_j", "tokens_in", "tokens_out", "n_req") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}")
+    return table.assign(j_per_token=table["energy_j"] / table["tokens_out"],
+                        j_per_total_token=table["energy_j"] / (table["tokens_in"] + table["tokens_out"]),
+                        j_per_request=table["energy_j"] / table["n_req"])
+
+
+def ratio_to_study(table: pd.DataFrame, study: pd.DataFrame, energy: str = "energy_j") -> pd.DataFrame:
+    """Our efficiency over the study's fitted efficiency at every common grid point.
+
+    Args:
+        table: Our measured table (``model``, ``n_in``, ``n_out``, ``tokens_out`` and ``energy``).
+        study: The study's fitted surfaces (:func:`energybook.model.paper.paper_surfaces`).
+        energy: Our energy column (joules): ``energy_j`` (the energy counter) or e.g.
+            ``energy_j_power500`` (the study's method, power sampled every 500 ms, on our runs).
+
+    Returns:
+        The common points with ``tokens_per_j`` (ours, from ``energy``), ``tokens_per_j_study``
+        and ``ratio`` (ours over the study's).
+
+    Used in :doc:`/book/comparison`.
+    """
+    ours = table[["model", "n_in", "n_out"]].assign(tokens_per_j=table["tokens_out"] / table[energy])
+    merged = ours.merge(study[["model", "n_in", "n_out", "tokens_per_j"]], on=["model", "n_in", "n_out"],
+                        suffixes=("", "_study"))
+    return merged.assign(ratio=merged["tokens_per_j"] / merged["tokens_per_j_study"])
+
+
+@dataclass(frozen=True)
+class StudyText:
+    """Numbers the study prints in its text rather than its tables (arXiv 2602.05695).
+
+    Attributes:
+        best_worst_ratio: Best over worst grid-point efficiency, mean over its 13 models.
+        best_worst_ratio_sd: Its standard deviation over the models.
+        mape_pct: Mean in-sample MAPE of the Memory+FLOPs formula over the 13 models (%).
+        llama_64_256: Llama 3.2 1B's measured efficiency at (64, 256) (output tokens per joule).
+        llama_64_4096: Llama 3.2 1B's measured efficiency at (64, 4096).
+        batch_1024_64_4096: Llama 3.2 1B at (64, 4096) with ``max_batch_size`` 1024 (its batch study).
+        batch_256_64_4096: The same with ``max_batch_size`` 256.
+        n_req: Requests per grid point.
+    """
+
+    best_worst_ratio: float = 33.41
+    best_worst_ratio_sd: float = 4.90
+    mape_pct: float = 1.79
+    llama_64_256: float = 120.71
+    llama_64_4096: float = 51.90
+    batch_1024_64_4096: float = 51.91
+    batch_256_64_4096: float = 47.27
+    n_req: int = 1000
+
+
+#: The study's text figures, used in :doc:`/book/sweet_spots` and :doc:`/book/comparison`.
+STUDY_TEXT = StudyText()
+
+
+def scroll_table(table, formats=None, na_rep: str = "-"):
+    """A table as HTML in a horizontally scrollable box, so that a wide table never widens the page.
+
+    Args:
+        table: A DataFrame or a pandas Styler.
+        formats: Column formats for :meth:`pandas.io.formats.style.Styler.format` (a format
+            string, or a dict of them by column).
+        na_rep: Text of missing values.
+
+    Returns:
+        An :class:`IPython.display.HTML` object for ``display``.
+
+    Used in :doc:`/book/fitting`, :doc:`/book/sweet_spots` and :doc:`/book/comparison`.
+    """
+    from IPython.display import HTML
+
+    styler = table.style if isinstance(table, pd.DataFrame) else table
+    styler = styler.format(formats, na_rep=na_rep)
+    # Numbers never wrap inside a cell: a table too wide for the screen scrolls in its box instead.
+    styler = styler.set_table_styles([{"selector": "th, td", "props": "white-space: nowrap; padding: 0.2em 0.6em;"}],
+                                     overwrite=False)
+    return HTML(f'<div class="eb-table" style="overflow-x: auto; max-width: 100%;">{styler.to_html()}</div>')
 
 
 def method_difference(table: pd.DataFrame, reference: str = "energy_j",
