@@ -154,15 +154,9 @@ def test_term_shares_sum_to_one():
     assert s["theta5"] == pytest.approx(0.5) and s["theta0"] == pytest.approx(0.5)
 
 
-def test_views_table_and_ratio_to_study():
+def test_ratio_to_study():
     t = pd.DataFrame({"model": ["Llama-3.2-1B"], "n_in": [64], "n_out": [256], "n_req": [1000],
                       "energy_j": [2560.0], "tokens_in": [64000], "tokens_out": [256000]})
-    v = AN.views_table(t).iloc[0]
-    assert v["j_per_token"] == pytest.approx(0.01)
-    assert v["j_per_total_token"] == pytest.approx(2560 / 320000)
-    assert v["j_per_request"] == pytest.approx(2.56)
-    with pytest.raises(ValueError, match="lacks"):
-        AN.views_table(t.drop(columns="n_req"))
     study = D.paper_surface("Llama-3.2-1B")
     r = AN.ratio_to_study(t, study).iloc[0]
     expected = 100.0 / study.set_index(["n_in", "n_out"]).loc[(64, 256), "tokens_per_j"]

@@ -290,23 +290,6 @@ def term_shares(thetas: dict[str, float], n_in: float, n_out: float) -> pd.Serie
     return terms / terms.sum()
 
 
-def views_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The same measurements in three views: joules per output token, per total token (prompt
-    plus output) and per request.
-
-    Needs ``energy_j`` (joules of the whole workload), ``tokens_in``, ``tokens_out`` and
-    ``n_req``; adds ``j_per_total_token`` and ``j_per_request`` beside ``j_per_token``.
-
-    Used in :doc:`/book/sweet_spots`.
-    """
-    missing = [c for c in ("energy_j", "tokens_in", "tokens_out", "n_req") if c not in table.columns]
-    if missing:
-        raise ValueError(f"the table lacks column(s) {missing}")
-    return table.assign(j_per_token=table["energy_j"] / table["tokens_out"],
-                        j_per_total_token=table["energy_j"] / (table["tokens_in"] + table["tokens_out"]),
-                        j_per_request=table["energy_j"] / table["n_req"])
-
-
 def ratio_to_study(table: pd.DataFrame, study: pd.DataFrame, energy: str = "energy_j") -> pd.DataFrame:
     """Our efficiency over the study's fitted efficiency at every common grid point.
 
