@@ -28,7 +28,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import yaml
+
+from scripts import make_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
@@ -46,23 +47,7 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def toc_pages() -> list[str]:
-    """Every file listed in _toc.yml, as paths relative to the root without suffix."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    pages = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                pages.append(entry["file"])
-            walk(entry.get("sections"))
-            walk(entry.get("chapters"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    walk(toc.get("sections"))
-    return [re.sub(r"\.(md|ipynb)$", "", p) for p in pages]
+toc_pages = make_notebooks.toc_pages  # every page of _toc.yml, one list for the notebooks and this test
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
