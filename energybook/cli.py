@@ -92,7 +92,8 @@ def _config(args: argparse.Namespace):
 
     return SweepConfig(n_in=args.n_in, n_out=args.n_out, n_req=args.n_req, max_batch=args.max_batch,
                        repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
-                       cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, engine=args.engine, note=args.note)
+                       cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, meter_sampler=args.meter_sampler,
+                       engine=args.engine, note=args.note)
 
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
@@ -143,7 +144,7 @@ def _measure_cmd(args: argparse.Namespace) -> int:
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     from energybook.measure import engines as EN
-    from energybook.measure.protocol import MODES
+    from energybook.measure.protocol import MODES, SAMPLERS
 
     p.add_argument("--n-in", type=int, nargs="+", default=list(GRID), help="prompt lengths (tokens)")
     p.add_argument("--n-out", type=int, nargs="+", default=list(GRID), help="output lengths (tokens)")
@@ -159,6 +160,8 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds)")
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="on", help="CUDA graphs for decode")
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
+    p.add_argument("--meter-sampler", choices=SAMPLERS, default="thread",
+                   help="sample NVML in a thread of this process or in a child process")
     p.add_argument("--allow-test-data", action="store_true", help="permit the CPU / simulated meter (tests only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "

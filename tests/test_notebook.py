@@ -45,3 +45,18 @@ def test_notebook_runs_on_the_cpu_with_tiny_parameters(tmp_path):
     assert "<data>/measured/grid.csv" in whole
     title = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "".join(title["source"]).startswith(f"# {cfg.stem}: measuring its energy grid")
+
+
+def test_a_failing_notebook_is_one_error_and_lands_in_the_workspace(tmp_path):
+    """An error in the kernel is a RuntimeError naming it (the CLI prints one line), the executed notebook goes
+    to the workspace's notebooks folder (never beside the model's configuration), with no local paths."""
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    with pytest.raises(RuntimeError, match="stopped in cell .*ValueError: unknown model 'No-Such-Model'"):
+        S.run_notebook("No-Such-Model", parameters=dict(device="cpu", allow_test_data=True),
+                       workspace=tmp_path / "ws")
+    out = tmp_path / "ws" / "notebooks" / "No-Such-Model.ipynb"
+    assert out.is_file() and not list(config_dir.iterdir())
+    text = out.read_text()
+    for local in (str(tmp_path), str(Path.home()), sys.prefix, str(Path(S.__file__).parents[2])):
+        assert local not in text, local

@@ -216,3 +216,41 @@ def test_an_invalid_meter_window_is_measured_again_then_refused(tmp_path):
         sweep(tmp_path / "b", FakeEngine(clock), clock, n_in=[8], n_out=[4],
               meter=FlakyMeter(10, power_w=200.0, clock=clock))
     assert R.ResultsFile(tmp_path / "b" / "grid.csv").rows() == []  # nothing invalid was recorded
+
+
+def test_the_meter_reads_the_device_the_sweep_names(tmp_path, monkeypatch):
+    """`--device cuda:1` reaches Meter.for_device, with the protocol's polling period and sampler."""
+    from energybook.measure import meter as M
+
+    seen = {}
+
+    def for_device(device, **kw):
+        seen.update(device=device, **kw)
+        return SimulatedMeter()
+
+    monkeypatch.setattr(M.Meter, "for_device", staticmethod(for_device))
+    clock = Clock()
+    S.run_sweep("fake-model", output=tmp_path / "grid.csv", workspace=tmp_path, engine=FakeEngine(clock),
+                device="cuda:1", allow_test_data=True, n_in=[8], n_out=[4], n_req=2, progress=False, cooldown_s=0,
+                min_window_s=0, meter_poll_s=0.005, meter_sampler="process")
+    assert seen == {"device": "cuda:1", "poll_s": 0.005, "sampler": "process"}
+
+
+class ReportingMeter(SimulatedMeter):
+    """A simulated meter whose readings report a wrap, NVML errors and clock-event reasons."""
+
+    def reading(self, t0, t1, **kw):
+        import dataclasses
+
+        return dataclasses.replace(super().reading(t0, t1, **kw), wraps=1, errors=0,
+                                   throttle_reasons="sw_power_cap|hw_slowdown", ticks=12, samples=11)
+
+
+def test_what_the_meter_saw_reaches_the_row(tmp_path):
+    clock = Clock()
+    sweep(tmp_path, FakeEngine(clock), clock, n_in=[8], n_out=[4, 16], meter=ReportingMeter(power_w=200.0, clock=clock))
+    df = R.load_measured(tmp_path / "grid.csv", allow_test_data=True).data
+    assert set(df["throttle_reasons"]) == {"sw_power_cap|hw_slowdown"}
+    assert (df["meter_wraps"] == 1).all() and (df["meter_errors"] == 0).all()
+    assert (df["ticks"] == 12).all() and (df["samples"] == 11).all()
+    assert set(df["engine"]) == {"torch"} and set(df["window_kind"]) == {"generation"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook import resources
-from energybook.store.workspace import Workspace, slug
+from energybook.store.workspace import PACKAGE_DIR, Workspace, slug
 
 
 def notebook_source() -> Path:
@@ -41,6 +41,7 @@ def _local_paths(workspace: Path | None = None) -> dict[str, str]:
     names: dict[str, str] = {}
     if workspace is not None:
         names[str(workspace)] = "<data>"
+    names[str(PACKAGE_DIR.parent)] = "<energybook>"  # an editable install's checkout, or site-packages
     for prefix in (sys.prefix, sys.exec_prefix):
         names.setdefault(prefix, "<python>")
     names.setdefault(str(Path.cwd()), "<cwd>")
@@ -123,6 +124,10 @@ def run_notebook(model: str | Path, output_notebook: str | Path | None = None,
     try:
         pm.execute_notebook(str(notebook_source()), str(out), parameters=params, kernel_name=kernel,
                             cwd=str(out.parent), progress_bar=False, log_output=log_output)
+    except pm.PapermillExecutionError as exc:
+        raise RuntimeError(f"the measurement notebook stopped in cell {exc.exec_count}: {exc.ename}: "
+                           f"{scrub_paths(str(exc.evalue), _local_paths(ws.root))} (the executed notebook, with "
+                           f"its output, is {out})") from None
     finally:
         if out.exists():
             name_notebook(out, slug(label), ws.root)

@@ -30,6 +30,7 @@ from typing import Any
 from energybook.model.complexity import GRID, check_positive
 
 MODES = ("prefix", "full")
+SAMPLERS = ("thread", "process")
 #: Most measurements of one point a sweep may ask for.
 MAX_REPEATS = 100
 #: Shortest counter polling period (seconds): below it the sampler would only burn a core.
@@ -78,6 +79,8 @@ class SweepConfig:
         warmup_steps: Decode steps of the warm-up run before each group, at the group's batch.
         cooldown_s: Idle pause after each group (seconds).
         meter_poll_s: Counter polling period of the meter's sampler (seconds).
+        meter_sampler: Where the meter samples NVML: ``"thread"`` (a thread of the measuring process) or
+            ``"process"`` (a child process, so the measuring process gets no extra thread).
         engine: Engine name in the registry (:mod:`energybook.measure.engines`).
         note: Free text: why the protocol differs from the study's, say.
     """
@@ -93,6 +96,7 @@ class SweepConfig:
     warmup_steps: int = 32
     cooldown_s: float = 2.0
     meter_poll_s: float = 0.002
+    meter_sampler: str = "thread"
     engine: str = "torch"
     note: str = ""
 
@@ -111,6 +115,8 @@ class SweepConfig:
         set_(self, "min_window_s", _finite("min_window_s", self.min_window_s, high=3600.0))
         set_(self, "cooldown_s", _finite("cooldown_s", self.cooldown_s, high=3600.0))
         set_(self, "meter_poll_s", _finite("meter_poll_s", self.meter_poll_s, low=MIN_POLL_S, high=1.0))
+        if self.meter_sampler not in SAMPLERS:
+            raise ValueError(f"meter_sampler must be one of {SAMPLERS}, got {self.meter_sampler!r}")
         allowed = (*MODES, "external")
         if self.mode not in allowed:
             raise ValueError(f"mode must be one of {allowed}, got {self.mode!r}")

@@ -136,9 +136,10 @@ def _default_meter(device: str, config: SweepConfig, external: bool = False):
         return SimulatedMeter()
     from energybook.measure.meter import Meter
 
+    kwargs = dict(poll_s=config.meter_poll_s, sampler=config.meter_sampler)
     if external:  # another process runs the work: nothing here to synchronise
-        return Meter.for_device(device, poll_s=config.meter_poll_s, sync=None)
-    return Meter.for_device(device, poll_s=config.meter_poll_s)
+        kwargs["sync"] = None
+    return Meter.for_device(device, **kwargs)
 
 
 def results_path(workspace: Workspace, output: str | Path | None, gpu: str, model: str, stem: str) -> Path:

@@ -3,7 +3,8 @@
 An :class:`Architecture` holds the handful of numbers that set the cost of a Transformer
 decoder: widths, layer and head counts, the FFN kind, the vocabulary and the dtype. It is
 built from a ``config.json`` (a path or a dict) of any registered family, or by name from the
-13 configurations shipped under ``data/architectures/``. The families of the SweetSpot study
+13 configurations shipped in the package data (``energybook/resources/architectures/``).
+The families of the SweetSpot study
 (llama, granite, qwen2, gemma2, opt, falcon) and mistral, phi3, gemma, starcoder2 and gpt_neox
 are registered here; :func:`register_family` adds others, :func:`families` lists them.
 
@@ -523,7 +524,7 @@ for _type, _parser in [("llama", _llama), ("granite", _llama), ("qwen2", _qwen2)
 
 
 def available() -> list[str]:
-    """Names of the architectures shipped under ``data/architectures/``."""
+    """Names of the architectures shipped in the package data (``energybook/resources/architectures/``)."""
     names = sorted(p.stem for p in resources.path("architectures").glob("*.json"))
     if not names:
         raise FileNotFoundError("no model configurations found in the package data: the installation is "

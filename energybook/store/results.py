@@ -931,7 +931,12 @@ def load_measured(path: str | Path, allow_test_data: bool = False):
 
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.csv") if sidecar_path(p).exists())
+        csvs = sorted(p for p in path.rglob("*.csv") if not p.name.startswith("."))
+        for p in csvs:
+            if not sidecar_path(p).exists():
+                logger.warning("%s has no provenance sidecar (%s) and is not loaded: restore the sidecar from git, "
+                               "or remeasure", p, sidecar_path(p).name)
+        files = [p for p in csvs if sidecar_path(p).exists()]
         if not files:
             raise FileNotFoundError(f"no results CSV with a sidecar under {path}")
         frames = []
