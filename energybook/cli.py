@@ -4,7 +4,9 @@ Sub-commands:
 
 * ``energybook models``: the shipped architectures with their sizes;
 * ``energybook counts MODEL --n-in N --n-out M [--batch B]``: FLOPs and bytes of a workload;
-* ``energybook sweep --model M [M ...]``: measure energy over an (n_in, n_out) grid on the GPU (resumable);
+* ``energybook sweep --model M [M ...]``: measure energy over an (n_in, n_out) grid on the GPU (resumable); under
+  ``torchrun`` each rank measures its share on its own GPU (:mod:`energybook.measure.launch`), ``--plan``
+  prints the shares;
 * ``energybook measure --model M [M ...]``: the same through the papermill notebook, executed copy kept;
 * ``energybook book``: build the book from the committed data (CPU only, in a checkout).
 
@@ -97,15 +99,25 @@ def _config(args: argparse.Namespace):
 
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
-    from energybook.measure.runner import run_sweep
+    from energybook.measure import launch
 
     config = _config(args)  # checked before anything runs
     if args.output and len(args.model) > 1:
         raise ValueError("--output names one file: give one --model with it, or leave --output out")
+    ranks = launch.Ranks.from_env()  # None outside torchrun
+    if args.plan:
+        world = args.ranks if args.ranks is not None else (ranks.world_size if ranks else launch.local_gpu_count())
+        if ranks is None or ranks.rank == 0:
+            print(launch.make_plan(args.model, config, world).describe())
+        return 0
+    common = dict(output=args.output, workspace=args.data, device=args.device, time_limit_s=args.time_limit,
+                  allow_test_data=args.allow_test_data, engine_kwargs=_engine_kwargs(args),
+                  progress=not args.no_progress)
+    if ranks is not None:
+        launch.run_launch(args.model, config, ranks, command=launch.launch_command(ranks, sys.argv[1:]), **common)
+        return 0
     for model in args.model:
-        res = run_sweep(model, config, output=args.output, workspace=args.data, device=args.device,
-                        command=_command_line(), time_limit_s=args.time_limit, allow_test_data=args.allow_test_data,
-                        engine_kwargs=_engine_kwargs(args), progress=not args.no_progress)
+        res = launch.sweep(model, config, command=_command_line(), **common)
         print(f"{model}: {res.measured} points measured, {res.skipped} already there, {res.remaining} left, "
               f"{res.seconds / 60:.2f} min")
         print(f"{res.path}: results")
@@ -120,9 +132,14 @@ def _literal(text: str) -> Any:
 
 
 def _measure_cmd(args: argparse.Namespace) -> int:
+    from energybook.measure.launch import Ranks
     from energybook.measure.notebook import run_notebook
     from energybook.measure.protocol import SweepConfig
 
+    ranks = Ranks.from_env()
+    if ranks is not None and ranks.world_size > 1:
+        raise ValueError("`energybook measure` runs the notebook on one GPU: under torchrun use `energybook sweep`, "
+                         "which shares the work among the ranks")
     params = {k: _literal(v) for k, v in (args.parameter or [])}
     names = set(SweepConfig.__dataclass_fields__) | {"output", "device", "allow_test_data", "command",
                                                      "time_limit_s", "graphs", "workspace"}
@@ -199,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint directories, measured one after the other")
     p.add_argument("--output", default=None, help="results CSV (default <data>/measured/<gpu>/<model>/grid.csv)")
     p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("--plan", action="store_true", help="print how a torchrun launch shares the work among its "
+                   "ranks, and measure nothing")
+    p.add_argument("--ranks", type=int, default=None, help="with --plan: the number of ranks (default: torchrun's "
+                   "WORLD_SIZE, else the GPUs here)")
     _add_sweep_arguments(p)
     p.set_defaults(func=_sweep_cmd)
 
