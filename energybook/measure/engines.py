@@ -147,3 +147,8 @@ register_engine("trtllm", "command", "energybook.measure.external:TrtllmBenchEng
                 summary="TensorRT-LLM through trtllm-bench (untested here)")
 register_engine("vllm", "command", "energybook.measure.external:VllmBenchEngine",
                 summary="vLLM through `vllm bench throughput` (untested here)")
+register_engine("hf", "wave", "energybook.measure.torch_engine:TorchEngine", tested=True,
+                summary="the torch engine under its descriptive name: transformers modules, every registered family")
+register_engine("lean", "wave", "energybook.measure.lean_engine:LeanEngine",
+                summary="gpt-fast-style decoder for llama, mistral, qwen2, granite (fused weights, static KV cache, "
+                        "CUDA graphs per bucket); not yet measured on a GPU")

@@ -286,7 +286,7 @@ def _check_family(arch, cfg: dict) -> None:
     """Refuse, before anything is built or measured, a family or an attention this engine does not run."""
     from energybook.measure.engines import engine_names
 
-    others = [f"--engine {n}" for n in engine_names() if n != "torch"]
+    others = [f"--engine {n}" for n in engine_names() if n not in ("torch", "hf")]
     instead = f"measure it with another engine ({' or '.join(others)})" if others else "use another engine"
     if arch.model_type not in FAMILIES:
         raise EngineUnavailable(f"the torch engine does not run the {arch.model_type!r} family ({arch.name}): it "

@@ -1,0 +1,1195 @@
+"""The ``lean`` engine: a decoder written for inference, after PyTorch's gpt-fast, for the llama family.
+
+The ``hf`` engine (:mod:`energybook.measure.torch_engine`) runs stock transformers modules. This one is a
+short model of its own, built from the :class:`~energybook.model.architecture.Architecture` and the Hugging
+Face configuration, with nothing in the measured path that the workload does not need:
+
+* **weights**: one fused QKV matrix and one fused gate/up matrix per layer (the products of the separate
+  matrices, so :mod:`energybook.model.complexity` counts them unchanged); random (``"dummy"``: normal with
+  std 0.02, norm weights 1, seeded, as the ``hf`` engine) or read from a local checkpoint folder, or re-packed
+  from a transformers model (:meth:`LeanEngine.from_hf_model`);
+* **KV cache**: one tensor for all layers, (L, 2, B, S, K, h), preallocated per wave state (batch B, length S a
+  bucket edge at or above ``n_in + n_out - 1``), zeroed once and written in place;
+* **prefill**: chunked by requests (about ``prefill_tokens`` tokens per chunk), causal SDPA (flash on Hopper,
+  grouped-query heads through ``enable_gqa``), K/V written into the cache, and the final norm and LM head on
+  the last position only, as (rows, d) products;
+* **decode**: one token per request and step. The query heads that share a KV head are folded into the query
+  length, (B, K, G, h), so each KV head is read once; nothing is repeated. Eager decode (the CPU, or graphs
+  off) attends with SDPA to exactly the live context ``cache[..., :ctx + 1, :]``;
+* **CUDA graphs**: one graph per (batch, context bucket), all in one memory pool, captured and replayed once
+  by :meth:`LeanEngine.prepare` before any measured window (``generate`` prepares what is missing *before*
+  its start clock, and logs it). A graph serves every step whose fed position lies in its bucket
+  ``[lo, hi)``; the position lives on the device. Buckets are 32 tokens wide below 1024 keys (at most 31
+  padded keys), then 1/16 of their start (64, 128, then 256 tokens from 4096 keys on: at most 1/16 of the live
+  keys padded); :func:`bucket_edges`. Three ways to attend inside a bucket (``decode_attention``):
+
+  - ``masked``: SDPA over the bucket's prefix ``[0, hi)`` with an additive mask over the keys not yet
+    written (one kernel; reads up to ``hi - lo - 1`` padded keys);
+  - ``split``: flash attention over the complete prefix ``[0, lo)`` (no mask, it returns its log-sum-exp),
+    an explicit masked softmax over the bucket's own keys ``[lo, hi)``, and an exact log-sum-exp merge;
+  - ``varlen``: flash attention's variable-length kernel with ``seqused_k`` (CUDA only), which reads exactly
+    the live keys;
+
+  ``"auto"`` (the default) checks each against eager attention at construction and, for every bucket, times
+  the ones that pass inside a small CUDA graph at the wave's batch, and keeps the fastest (kernel selection
+  is part of the warm-up); the choices are recorded in :attr:`LeanEngine.settings`;
+* **compile** (``compile=True``, off by default): the dense blocks of a decode step (norm, QKV, rotary;
+  output projection, residual, norm, gated FFN; final norm and LM head) and ``split``'s small softmax and
+  merge through ``torch.compile`` (``mode="max-autotune-no-cudagraphs"``: the engine's own graphs capture
+  the compiled kernels). The attention kernels stay outside, so one compilation per batch (and, for the
+  merge, per bucket width) serves every bucket.
+
+Families: llama (with Llama 3.x's ``llama3`` rotary scaling, ``linear`` scaling, biases), mistral, qwen2
+(q/k/v biases) and granite (its embedding, residual, attention and logits multipliers). A sliding window is
+honoured by refusing lengths that reach it (:meth:`LeanEngine.check_lengths`). Every other family is
+refused by name in the constructor with :class:`~energybook.measure.engines.EngineUnavailable`: measure it
+with ``--engine hf``.
+
+Used in :doc:`/book/experiment`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from energybook.measure.engines import EngineUnavailable
+from energybook.model.complexity import check_positive
+
+logger = logging.getLogger(__name__)
+
+#: The ``model_type`` values this engine runs.
+FAMILIES = ("llama", "mistral", "qwen2", "granite")
+#: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
+DECODE_ATTENTION = ("masked", "split", "varlen")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover
+        raise EngineUnavailable("the lean engine needs PyTorch: pip install 'energybook[gpu]'") from exc
+    return torch
+
+
+# ----- configuration --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeanConfig:
+    """What the model computes beyond the :class:`~energybook.model.architecture.Architecture`'s shape.
+
+    Attributes:
+        rms_norm_eps: Epsilon of every RMSNorm.
+        rope_theta: Rotary base (wavelength scale).
+        rope_type: ``"default"``, ``"linear"`` or ``"llama3"``.
+        rope_params: The scaling parameters of ``rope_type`` (factor, low/high_freq_factor,
+            original_max_position_embeddings).
+        embedding_multiplier: Granite: the token embeddings are multiplied by it (1 elsewhere).
+        residual_multiplier: Granite: each block's output is multiplied by it before the residual add.
+        attention_scale: Softmax scale of attention: head_dim ** -0.5, or Granite's attention_multiplier.
+        logits_scaling: Granite: the logits are divided by it (greedy tokens do not change).
+    """
+
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_params: dict = field(default_factory=dict)
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_scale: float = 0.125
+    logits_scaling: float = 1.0
+
+    def to_dict(self) -> dict:
+        """Plain values for :attr:`LeanEngine.settings`."""
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+def _instead(arch) -> str:
+    return f"measure {arch.name} with --engine hf (energybook's transformers-based engine)"
+
+
+def read_config(arch, cfg: dict) -> LeanConfig:
+    """The :class:`LeanConfig` of a Hugging Face configuration dict, or a refusal.
+
+    Reads both layouts of the rotary settings: ``rope_theta`` + ``rope_scaling`` (config.json files,
+    transformers 4) and ``rope_parameters`` (transformers 5's ``to_dict``).
+
+    Raises:
+        EngineUnavailable: for a family outside :data:`FAMILIES`, an activation other than SiLU, a rotary
+            scaling other than :data:`ROPE_TYPES`, partial rotary embeddings, or bidirectional attention;
+            the message says to use ``--engine hf``.
+    """
+    if arch.model_type not in FAMILIES:
+        raise EngineUnavailable(f"the lean engine does not run the {arch.model_type!r} family ({arch.name}): it "
+                                f"runs {', '.join(FAMILIES)}; {_instead(arch)}")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements SiLU-gated FFNs "
+                                f"only; {_instead(arch)}")
+    if cfg.get("use_bidirectional_attention"):
+        raise EngineUnavailable(f"{arch.name}: use_bidirectional_attention is set; the lean engine runs causal "
+                                f"decoders only; {_instead(arch)}")
+    params = dict(cfg.get("rope_parameters") or {})
+    if isinstance(params.get("full_attention"), dict):  # per-layer-type parameters: one layer type here
+        params = dict(params["full_attention"])
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(scaling, dict) or not isinstance(params, dict):
+        raise EngineUnavailable(f"{arch.name}: rope_scaling must be an object; {_instead(arch)}")
+    params = {**params, **scaling}
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    theta = cfg.get("rope_theta") or params.pop("rope_theta", None) or 10000.0
+    params.pop("rope_theta", None)
+    if rope_type not in ROPE_TYPES:
+        raise EngineUnavailable(f"{arch.name}: rotary scaling {rope_type!r}; the lean engine implements "
+                                f"{', '.join(ROPE_TYPES)}; {_instead(arch)}")
+    partial = params.pop("partial_rotary_factor", None) or cfg.get("partial_rotary_factor") or 1.0
+    if partial != 1.0:
+        raise EngineUnavailable(f"{arch.name}: partial rotary embeddings ({partial}); {_instead(arch)}")
+    if rope_type == "llama3":
+        params.setdefault("original_max_position_embeddings", arch.max_position_embeddings)
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in params]
+        if missing:
+            raise ValueError(f"{arch.name}: llama3 rotary scaling lacks {missing}")
+    if rope_type == "linear" and "factor" not in params:
+        raise ValueError(f"{arch.name}: linear rotary scaling lacks 'factor'")
+    granite = arch.model_type == "granite"
+    scale = float(cfg.get("attention_multiplier", 1.0)) if granite else arch.head_dim ** -0.5
+    logits_scaling = float(cfg.get("logits_scaling", 1.0)) if granite else 1.0
+    if logits_scaling <= 0:
+        raise ValueError(f"{arch.name}: logits_scaling must be positive, got {logits_scaling}")
+    return LeanConfig(
+        rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6), rope_theta=float(theta), rope_type=rope_type,
+        rope_params={k: v for k, v in params.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                               "original_max_position_embeddings")},
+        embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0,
+        residual_multiplier=float(cfg.get("residual_multiplier", 1.0)) if granite else 1.0,
+        attention_scale=float(scale), logits_scaling=logits_scaling)
+
+
+def inv_freq(head_dim: int, config: LeanConfig):
+    """Rotary inverse frequencies (head_dim / 2,), float32, as transformers computes them for this rope type."""
+    torch = _torch()
+    base = config.rope_theta
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    p = config.rope_params
+    if config.rope_type == "linear":
+        return inv / p["factor"]
+    if config.rope_type == "llama3":
+        factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+        old = p["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv
+
+
+def bucket_edges(limit: int, bucket_min: int = 32, bucket_max: int = 256) -> list[int]:
+    """Edges 0 = e_0 < e_1 < ... of the decode-graph buckets, up to the first edge at or above ``limit``.
+
+    A bucket starting at ``s`` is ``min(bucket_max, max(bucket_min, p(s) // 16))`` tokens wide, where ``p(s)``
+    is the largest power of two at most ``s``: 32-token buckets below 1024 keys, then 64, 128 and 256, so
+    that a bucket's padded keys stay at most about 1/16 of its live ones.
+
+    Args:
+        limit: Keys to cover (tokens).
+        bucket_min: Narrowest bucket (tokens).
+        bucket_max: Widest bucket (tokens).
+    """
+    check_positive(bucket_min=bucket_min, bucket_max=bucket_max)
+    if bucket_max < bucket_min:
+        raise ValueError(f"bucket_max ({bucket_max}) must be at least bucket_min ({bucket_min})")
+    edges = [0]
+    while edges[-1] < limit:
+        s = edges[-1]
+        pow2 = 1 << (s.bit_length() - 1) if s else 0
+        edges.append(s + min(bucket_max, max(bucket_min, pow2 // 16)))
+    return edges
+
+
+# ----- the model's functions (pure: tensors in, tensors out; what torch.compile wraps) ----------------------
+def _rms(x, weight, eps: float):
+    """transformers' RMSNorm: normalised in float32, cast back, then scaled by the weight."""
+    import torch.nn.functional as F
+
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * weight
+
+
+def _rope(x, cos, sin):
+    """Rotary embedding, rotate-half convention: x * cos + rotate_half(x) * sin."""
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int):
+    """Norm, fused QKV product and rotary embedding: (..., d) -> q (..., H, h), k and v (..., K, h)."""
+    import torch.nn.functional as F
+
+    qkv = F.linear(_rms(x, norm, eps), wqkv, bqkv)
+    qkv = qkv.view(*qkv.shape[:-1], heads + 2 * kv_heads, -1)
+    qk = _rope(qkv[..., : heads + kv_heads, :], cos, sin)
+    return qk[..., :heads, :], qk[..., heads:, :], qkv[..., heads + kv_heads:, :]
+
+
+def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float):
+    """Output projection and residual, then norm, fused gate/up, SiLU gate, down projection and residual."""
+    import torch.nn.functional as F
+
+    out = F.linear(attn, wo, bo)
+    x = x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
+    gate, up = F.linear(_rms(x, norm, eps), w13, b13).chunk(2, dim=-1)
+    out = F.linear(F.silu(gate) * up, w2, b2)
+    return x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
+
+
+def _head(x, norm, lm_head, eps: float):
+    """Final norm and LM head on (rows, d): raw logits (rows, V)."""
+    import torch.nn.functional as F
+
+    return F.linear(_rms(x, norm, eps), lm_head)
+
+
+def _tail_attention(q, k, v, bias, scale: float):
+    """Explicit softmax attention of q (B, K, G, h) over k, v (B, K, W, h) under an additive float32 bias (W,).
+
+    Returns the output in float32 and its log-sum-exp (B, K, G) of the scaled, biased logits.
+    """
+    import torch
+
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v.float()), lse
+
+
+def _merge(o1, lse1, o2, lse2):
+    """Combine two softmax attentions over disjoint key sets from their outputs and log-sum-exps (float32)."""
+    import torch
+
+    top = torch.maximum(lse1, lse2)
+    w1, w2 = torch.exp(lse1 - top).unsqueeze(-1), torch.exp(lse2 - top).unsqueeze(-1)
+    return (o1.float() * w1 + o2 * w2) / (w1 + w2)
+
+
+def _tail_merge(q, k, v, bias, o1, lse1, scale: float):
+    """``split`` attention's second half: the bucket's own keys (:func:`_tail_attention`) merged with the flash
+    output ``o1`` and log-sum-exp ``lse1`` of the prefix (:func:`_merge`); in the model's dtype."""
+    o2, lse2 = _tail_attention(q, k, v, bias, scale)
+    return _merge(o1, lse1, o2, lse2).to(q.dtype)
+
+
+def _flash_with_lse(q, k, v, scale: float):
+    """Unmasked attention and its log-sum-exp through flash attention (CUDA) or its CPU kernel."""
+    import torch
+
+    if q.device.type == "cuda":
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)
+    else:
+        out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+    return out[0], out[1].float()
+
+
+def _ranges(paths: dict, before: str = "") -> str:
+    """``{lo: (hi, way)}`` as ranges of consecutive buckets with the same way: ``"64-1024 masked; 1024-4160 split"``,
+    merged with an earlier record of the same batch."""
+    spans = [tuple(int(x) for x in part.split()[0].split("-")) + (part.split()[1],)
+             for part in before.split("; ") if part]
+    spans += [(lo, hi, way) for lo, (hi, way) in paths.items()]
+    merged: list[list] = []
+    for lo, hi, way in sorted(set(spans)):
+        if merged and merged[-1][2] == way and merged[-1][1] >= lo:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi, way])
+    return "; ".join(f"{lo}-{hi} {way}" for lo, hi, way in merged)
+
+
+# ----- weights and wave state -------------------------------------------------------------------------------
+@dataclass
+class Layer:
+    """One decoder layer's weights: fused QKV (rows q, k, v) and fused gate/up (rows gate, up)."""
+
+    attn_norm: Any
+    wqkv: Any
+    bqkv: Any
+    wo: Any
+    bo: Any
+    ffn_norm: Any
+    w13: Any
+    b13: Any
+    w2: Any
+    b2: Any
+
+
+@dataclass
+class _WaveState:
+    """Device buffers of one batch size, reused by every wave of that batch until a longer one is needed.
+
+    ``cache`` (L, 2, B, S, K, h); ``tok`` (B,) the token fed next; ``pos`` (1,) its position; ``out`` (B, S + 1)
+    the token of every position; ``graphs`` bucket start -> CUDA graph; ``paths`` bucket start -> the way
+    attention runs in it.
+    """
+
+    batch: int
+    cache_len: int
+    cache: Any
+    tok: Any
+    pos: Any
+    out: Any
+    key_idx: Any
+    used: Any = None
+    cu_q: Any = None
+    cu_k: Any = None
+    pool: Any = None
+    graphs: dict = field(default_factory=dict)
+    paths: dict = field(default_factory=dict)
+    prefill_shapes: set = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.cache.nbytes + self.out.nbytes)
+
+
+@dataclass
+class Preparation:
+    """What :meth:`LeanEngine.prepare` did.
+
+    Attributes:
+        graphs_captured: CUDA graphs captured now (one per bucket not captured before).
+        graphs_total: Graphs held for this batch.
+        paths: Bucket start -> attention way, for the buckets of the request.
+        seconds: Wall time (seconds).
+    """
+
+    graphs_captured: int
+    graphs_total: int
+    paths: dict
+    seconds: float
+
+
+class LeanEngine:
+    """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite).
+
+    Args:
+        model: Shipped architecture name (``"Llama-3.2-1B"``), a ``config.json`` path, a local checkpoint
+            directory (config plus ``*.safetensors``/``*.bin``), or a Hugging Face configuration dict.
+        device: ``"cuda"`` (default when available) or ``"cpu"`` (tests only).
+        weights: ``"dummy"`` (random) or ``"checkpoint"``; inferred from ``model`` when None.
+        dtype: Torch dtype name; defaults to the configuration's.
+        max_batch: Largest batch (requests; the study's engines used 1024).
+        cuda_graphs: True (default), ``"auto"`` (the same) or False (eager decode); off on the CPU.
+        decode_attention: ``"auto"``, ``"masked"``, ``"split"`` or ``"varlen"`` (module docstring).
+        bucket_min: Narrowest decode-graph bucket (tokens).
+        bucket_max: Widest decode-graph bucket (tokens).
+        compile: Wrap the dense blocks of a decode step in ``torch.compile``.
+        compile_mode: The ``torch.compile`` mode.
+        memory_fraction: Share of free device memory the KV cache and activations may take.
+        prefill_tokens: Tokens per prefill chunk (whole requests per chunk).
+        min_positions: Accepted for the ``hf`` engine's interface; unused (no learned positions here).
+        require_prepared: Raise in :meth:`generate` when its shapes were not prepared (rather than preparing
+            them before the start clock).
+        seed: Seed of the random weights and prompts.
+        state_dict: Weights in transformers' names (``model.layers.0.self_attn.q_proj.weight``...), re-packed
+            into fused tensors; sets ``weights="hf_model"``.
+
+    Raises:
+        EngineUnavailable: for a family or feature this engine does not implement (use ``--engine hf``), or
+            when PyTorch or the CUDA device is missing.
+        ValueError: for an unknown model or bad parameters.
+    """
+
+    def __init__(self, model: str | Path | dict, device: str | None = None, weights: str | None = None,
+                 dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = True,
+                 decode_attention: str = "auto", bucket_min: int = 32, bucket_max: int = 256,
+                 compile: bool = False, compile_mode: str = "max-autotune-no-cudagraphs",
+                 memory_fraction: float = 0.92, prefill_tokens: int = 16384, min_positions: int | None = None,
+                 require_prepared: bool = False, seed: int = 0, state_dict: dict | None = None):
+        torch = _torch()
+        from energybook.model import architecture as A
+
+        check_positive(max_batch=max_batch, prefill_tokens=prefill_tokens)
+        bucket_edges(1, bucket_min, bucket_max)  # checks the bucket widths
+        if decode_attention not in ("auto", *DECODE_ATTENTION):
+            raise ValueError(f"decode_attention must be 'auto' or one of {DECODE_ATTENTION}, got {decode_attention!r}")
+        if cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be True, False or 'auto', got {cuda_graphs!r}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise EngineUnavailable("no CUDA device is visible to PyTorch: the lean engine measures on an NVIDIA "
+                                    "GPU (device='cpu' is for tests only)")
+        self.torch = torch
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        t0 = time.perf_counter()
+        checkpoint = None
+        if isinstance(model, dict):
+            cfg = dict(model)
+            self.name = str(cfg.get("_name_or_path") or cfg.get("model_type") or "model").split("/")[-1]
+        else:
+            path = Path(str(model))
+            if path.is_dir() or path.suffix == ".json":
+                cfg = json.loads((path / "config.json" if path.is_dir() else path).read_text())
+                self.name = path.name if path.is_dir() else path.stem
+                if path.is_dir() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
+                    checkpoint = path
+            else:
+                cfg = A.hf_config(str(model))  # raises ValueError naming the shipped models
+                self.name = str(model)
+        self.arch = A.Architecture.from_hf_config(cfg, name=self.name)
+        self.config = read_config(self.arch, cfg)
+        if state_dict is not None:
+            self.weights = "hf_model"
+        else:
+            self.weights = weights or ("checkpoint" if checkpoint is not None else "dummy")
+        if self.weights not in ("dummy", "checkpoint", "hf_model"):
+            raise ValueError(f"weights must be 'dummy' or 'checkpoint', got {weights!r}")
+        if self.weights == "checkpoint" and checkpoint is None:
+            raise ValueError(f"weights='checkpoint' needs a checkpoint directory, got {model!r}")
+        self.dtype = getattr(torch, dtype or self.arch.dtype)
+        self.max_batch = max_batch
+        self.cuda_graphs = cuda_graphs
+        self.decode_attention = decode_attention
+        self.bucket_min, self.bucket_max = bucket_min, bucket_max
+        self.compile = bool(compile)
+        self.compile_mode = compile_mode
+        self.memory_fraction = memory_fraction
+        self.prefill_tokens = prefill_tokens
+        self.require_prepared = require_prepared
+        self.seed = seed
+        self.vocab = self.arch.vocab_size
+        self.max_positions = self.arch.max_position_embeddings
+        self.last_tokens = None
+        self._wave: _WaveState | None = None
+        self._graphs_here = self.device.type == "cuda"  # (the tests' stand-in graphs set it on the CPU)
+        self._rope_len = 0
+        if state_dict is not None:
+            self._pack(state_dict)
+        elif self.weights == "checkpoint":
+            self._load_checkpoint(checkpoint)
+        else:
+            self._init_dummy()
+        self._grow_rope(min(self.max_positions, 8192) + 1)
+        self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
+        if self.compile:
+            self._compile()
+        self.paths_available = self._check_paths()
+        self.prefill_gqa = self._check_prefill_gqa()
+        self.settings = self._describe(time.perf_counter() - t0)
+
+    # ----- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_hf_model(cls, model, **kwargs) -> LeanEngine:
+        """The engine with the weights of a transformers ``*ForCausalLM`` model, re-packed into fused tensors.
+
+        Args:
+            model: A llama, mistral, qwen2 or granite model of transformers.
+            **kwargs: Other constructor arguments (``device``, ``bucket_min``...); ``dtype`` defaults to the
+                model's.
+        """
+        cfg = model.config.to_dict()
+        kwargs.setdefault("dtype", str(next(model.parameters()).dtype).replace("torch.", ""))
+        return cls(cfg, state_dict=model.state_dict(), **kwargs)
+
+    def _new(self, *shape, fill: float | None = None):
+        torch = self.torch
+        t = torch.empty(*shape, dtype=self.dtype, device=self.device)
+        if fill is None:
+            return t.normal_(0.0, 0.02, generator=self._gen)
+        return t.fill_(fill)
+
+    def _init_dummy(self) -> None:
+        """Random weights as the ``hf`` engine draws them: normal, std 0.02; norm weights 1; seeded."""
+        a = self.arch
+        self._gen = self.torch.Generator(device=self.device).manual_seed(self.seed)
+        d, qkv, i = a.hidden_size, a.q_width + 2 * a.kv_width, a.intermediate_size
+        self.embed = self._new(a.vocab_size, d)
+        self.layers = []
+        for _ in range(a.num_layers):
+            self.layers.append(Layer(
+                attn_norm=self._new(d, fill=1.0), wqkv=self._new(qkv, d), bqkv=self._new(qkv) if a.qkv_bias else None,
+                wo=self._new(d, a.q_width), bo=self._new(d) if a.o_bias else None, ffn_norm=self._new(d, fill=1.0),
+                w13=self._new(2 * i, d), b13=self._new(2 * i) if a.mlp_bias else None, w2=self._new(d, i),
+                b2=self._new(d) if a.mlp_bias else None))
+        self.norm = self._new(d, fill=1.0)
+        self.lm_head = self.embed if a.tie_word_embeddings else self._new(a.vocab_size, d)
+        del self._gen
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Real weights: transformers reads the checkpoint on the CPU; the engine re-packs and moves them."""
+        try:
+            from transformers import AutoModelForCausalLM
+        except ImportError as exc:  # pragma: no cover
+            raise EngineUnavailable("loading a checkpoint needs transformers: pip install 'energybook[gpu]'") from exc
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        self._pack(model.state_dict())
+        del model
+
+    def _pack(self, sd: dict) -> None:
+        """Fuse transformers' separate q/k/v and gate/up tensors; move everything to the device."""
+        torch = self.torch
+        a = self.arch
+        prefix = "model." if any(k.startswith("model.") for k in sd) else ""
+
+        def get(name, required=True):
+            t = sd.get(prefix + name)
+            if t is None and required:
+                raise ValueError(f"{self.name}: the weights lack {prefix + name!r}")
+            return None if t is None else t.detach()
+
+        def put(*parts):
+            if parts[0] is None:
+                return None
+            return torch.cat(parts, dim=0).to(device=self.device, dtype=self.dtype).contiguous()
+
+        self.embed = put(get("embed_tokens.weight"))
+        self.layers = []
+        for n in range(a.num_layers):
+            p = f"layers.{n}."
+            q, k, v = (get(p + f"self_attn.{x}_proj.weight") for x in "qkv")
+            bias = [get(p + f"self_attn.{x}_proj.bias", a.qkv_bias) for x in "qkv"]
+            gate, up = get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")
+            self.layers.append(Layer(
+                attn_norm=put(get(p + "input_layernorm.weight")), wqkv=put(q, k, v),
+                bqkv=put(*bias) if a.qkv_bias else None, wo=put(get(p + "self_attn.o_proj.weight")),
+                bo=put(get(p + "self_attn.o_proj.bias")) if a.o_bias else None,
+                ffn_norm=put(get(p + "post_attention_layernorm.weight")), w13=put(gate, up),
+                b13=put(get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")) if a.mlp_bias else None,
+                w2=put(get(p + "mlp.down_proj.weight")),
+                b2=put(get(p + "mlp.down_proj.bias")) if a.mlp_bias else None))
+        self.norm = put(get("norm.weight"))
+        head = sd.get("lm_head.weight")
+        self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
+
+    def _grow_rope(self, length: int) -> None:
+        """Cos/sin tables (positions, h) in the model's dtype, cast from float32 as transformers does."""
+        if length <= self._rope_len:
+            return
+        torch = self.torch
+        inv = inv_freq(self.arch.head_dim, self.config).to(self.device)
+        freqs = torch.outer(torch.arange(length, device=self.device).float(), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        self._rope_len = length
+
+    def _compile(self) -> None:
+        torch = self.torch
+        import torch._dynamo.config as dynamo_config
+
+        # One compilation per batch size and block; a sweep meets more batch sizes than dynamo's default limit.
+        for key in ("recompile_limit", "cache_size_limit"):
+            if getattr(dynamo_config, key, 64) < 64:
+                setattr(dynamo_config, key, 64)
+        kw = dict(mode=self.compile_mode, dynamic=False, fullgraph=True)
+        self._pre, self._post, self._final, self._tail = (torch.compile(f, **kw)
+                                                          for f in (_qkv, _block_out, _head, _tail_merge))
+
+    def _check_paths(self) -> tuple[str, ...]:
+        """The decode attention ways that match eager attention here (CUDA: checked on random tensors)."""
+        if self.device.type != "cuda":
+            return ("masked", "split")
+        torch = self.torch
+        ok = ["masked"]
+        g = torch.Generator(device=self.device).manual_seed(0)
+        b, k, groups, h, s, live = 3, 2, 4, self.arch.head_dim, 512, 300
+
+        def r(*shape):
+            return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=g)
+
+        # q as the step makes it: the query heads sliced out of the rotary output (B, H + K, h), then folded.
+        q = r(b, k * groups + k, h)[:, : k * groups].reshape(b, k, groups, h)
+        kc, vc = r(b, s, k, h), r(b, s, k, h)
+        scale = self.config.attention_scale
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(), scale=scale)
+        pos = torch.full((1,), live - 1, dtype=torch.long, device=self.device)
+        state = _WaveState(b, s, None, None, pos, torch.zeros(1), torch.arange(s, device=self.device),
+                           used=torch.empty(b, dtype=torch.int32, device=self.device),
+                           cu_q=torch.arange(b + 1, dtype=torch.int32, device=self.device),
+                           cu_k=torch.arange(b + 1, dtype=torch.int32, device=self.device) * s)
+        for path in ("split", "varlen"):
+            try:
+                ctx = self._attention_context(state, path, 256, 320)
+                got = self._attend(path, q, kc, vc, ctx, 256)
+                err = float((got.float() - ref).norm() / ref.norm())
+                if err < 2e-2:
+                    ok.append(path)
+                else:
+                    logger.warning("%s decode attention disagrees with SDPA here (rel. error %.3g): not used", path,
+                                   err)
+            except Exception as exc:  # noqa: BLE001 - a kernel this build lacks
+                logger.warning("%s decode attention unavailable here (%s): not used", path, exc)
+        return tuple(ok)
+
+    def _check_prefill_gqa(self) -> str:
+        """``"enable_gqa"`` when causal SDPA runs flash with grouped KV heads here, else ``"repeat"``."""
+        torch = self.torch
+        if not self.arch.is_gqa:
+            return "none (multi-head)"
+        if self.device.type != "cuda":
+            return "enable_gqa"
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        a = self.arch
+        q = torch.zeros(1, a.num_heads, 128, a.head_dim, device=self.device, dtype=self.dtype)
+        k = torch.zeros(1, a.num_kv_heads, 128, a.head_dim, device=self.device, dtype=self.dtype)
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True, enable_gqa=True)
+            return "enable_gqa"
+        except (RuntimeError, TypeError) as exc:
+            logger.warning("flash attention refuses enable_gqa here (%s): prefill repeats the KV heads", exc)
+            return "repeat"
+
+    def _describe(self, build_s: float) -> dict:
+        a = self.arch
+        return {
+            "engine": "lean", "model_impl": "energybook.measure.lean_engine: fused QKV and gate/up weights",
+            "attention_path": ("prefill: causal SDPA (flash on Hopper) over the chunk's own K/V; decode: query heads "
+                               "folded per KV head (B, K, G, h); eager decode: SDPA over exactly the live context; "
+                               "graphs: per bucket, " + self.decode_attention),
+            "prefill_gqa": self.prefill_gqa, "decode_attention": self.decode_attention,
+            "decode_attention_available": list(self.paths_available), "decode_attention_chosen": {},
+            "graphs": str(self.cuda_graphs), "graph_buckets": (f"per (batch, bucket); buckets {self.bucket_min} tokens "
+                                                               f"wide, then context/16, at most {self.bucket_max}"),
+            "bucket_min": self.bucket_min, "bucket_max": self.bucket_max,
+            "compile": self.compile, "compile_mode": self.compile_mode if self.compile else None,
+            "kv_cache": "one (L, 2, B, S, K, h) tensor per batch, S a bucket edge >= n_in + n_out - 1, zeroed once, "
+                        "written in place",
+            "greedy": "argmax on device, EOS ignored", "lm_head": "last position only, (rows, d) products"
+            + ("; argmax of raw logits (logits_scaling is monotone)" if self.config.logits_scaling != 1.0 else ""),
+            "config": self.config.to_dict(), "family": a.model_type, "max_positions": self.max_positions,
+            "dtype": str(self.dtype).replace("torch.", ""), "weights": self.weights, "seed": self.seed,
+            "max_batch": self.max_batch, "memory_fraction": self.memory_fraction,
+            "prefill_tokens": self.prefill_tokens, "device": str(self.device), "build_s": round(build_s, 2),
+        }
+
+    # ----- lengths and sizes ------------------------------------------------------------------------------
+    def check_lengths(self, n_in: int, n_out: int) -> None:
+        """Refuse a request longer than the positions the model serves, or one that reaches a sliding window.
+
+        Args:
+            n_in: Prompt tokens per request.
+            n_out: Tokens generated per request.
+
+        Raises:
+            ValueError: when ``n_in + n_out`` exceeds ``max_position_embeddings`` with checkpoint weights (dummy
+                weights serve longer contexts with a warning, recorded in :attr:`settings` as
+                ``positions_beyond_declared``, as the ``hf`` engine does: rotary positions are computed), or when
+                the context ``n_in + n_out - 1`` exceeds the model's sliding window, which this engine does not
+                apply (use ``--engine hf``).
+        """
+        check_positive(n_in=n_in, n_out=n_out)
+        a = self.arch
+        if a.sliding_layers and n_in + n_out - 1 > a.sliding_window:
+            raise ValueError(f"{self.name}: n_in + n_out = {n_in + n_out} tokens reach the sliding window of "
+                             f"{a.sliding_window} tokens, which the lean engine does not apply; use shorter lengths "
+                             "or --engine hf")
+        if n_in + n_out <= self.max_positions:
+            return
+        if self.weights == "dummy":
+            declared = self.settings.get("positions_beyond_declared", [self.max_positions, 0])
+            self.settings["positions_beyond_declared"] = [declared[0], max(declared[1], n_in + n_out)]
+            logger.warning("%s declares %d positions; dummy weights with rotary positions serve %d (recorded in the "
+                           "provenance as positions_beyond_declared)", self.name, self.max_positions, n_in + n_out)
+            return
+        raise ValueError(f"{self.name}: n_in + n_out = {n_in} + {n_out} = {n_in + n_out} tokens exceeds the "
+                         f"{self.max_positions} positions the model serves (its max_position_embeddings); use "
+                         "shorter lengths")
+
+    def edges(self, limit: int) -> list[int]:
+        """Bucket edges covering ``limit`` keys (:func:`bucket_edges` with this engine's widths)."""
+        return bucket_edges(limit, self.bucket_min, self.bucket_max)
+
+    def cache_len(self, n_in: int, n_out: int) -> int:
+        """Preallocated cache length for one wave (tokens): the bucket edge at or above n_in + n_out - 1 keys."""
+        return self.edges(n_in + n_out - 1)[-1]
+
+    def batch_limit(self, n_in: int, n_out: int) -> int:
+        """Largest batch whose KV cache and activations fit in free device memory (requests).
+
+        Memory held by this engine's current wave state counts as free (it is released for a new batch).
+        """
+        check_positive(n_in=n_in, n_out=n_out)
+        if self.device.type != "cuda":
+            return self.max_batch
+        torch = self.torch
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        free += self._wave.nbytes if self._wave is not None else 0
+        a = self.arch
+        size = self.dtype.itemsize
+        cache_len = self.cache_len(n_in, n_out)
+        per_request = a.kv_elements_per_token * size * cache_len + (cache_len + 1) * 8
+        per_request += self.vocab * (2 * size + 8) + (3 * a.intermediate_size + 8 * a.hidden_size) * 4  # decode
+        rows = max(1, min(self.max_batch, self.prefill_tokens // n_in))
+        chunk = rows * n_in
+        fixed = (chunk * (3 * a.intermediate_size + 2 * a.q_width + 2 * a.kv_width + 6 * a.hidden_size) * size
+                 + rows * self.vocab * 4 * size + (1 << 30))
+        usable = free * self.memory_fraction - fixed
+        return max(0, min(self.max_batch, int(usable // per_request)))
+
+    def use_graphs(self, batch: int) -> bool:
+        """Whether decode at this batch runs through CUDA graphs (always on CUDA unless turned off)."""
+        return self._graphs_here and bool(self.cuda_graphs)
+
+    # ----- wave state, buckets, preparation ---------------------------------------------------------------
+    def _state(self, batch: int, cache_len: int) -> _WaveState:
+        """The wave state of this batch, at least ``cache_len`` long; a new one frees the old one first."""
+        w = self._wave
+        if w is not None and w.batch == batch and w.cache_len >= cache_len:
+            return w
+        self.release_wave()
+        torch = self.torch
+        a, dev = self.arch, self.device
+        self._grow_rope(cache_len + 1)
+        cache = torch.zeros(a.num_layers, 2, batch, cache_len, a.num_kv_heads, a.head_dim, dtype=self.dtype,
+                            device=dev)
+        w = _WaveState(batch, cache_len, cache, torch.zeros(batch, dtype=torch.long, device=dev),
+                       torch.zeros(1, dtype=torch.long, device=dev),
+                       torch.full((batch, cache_len + 1), -1, dtype=torch.long, device=dev),
+                       torch.arange(cache_len, device=dev),
+                       used=torch.ones(batch, dtype=torch.int32, device=dev),
+                       cu_q=torch.arange(batch + 1, dtype=torch.int32, device=dev),
+                       cu_k=torch.arange(batch + 1, dtype=torch.int32, device=dev) * cache_len)
+        if dev.type == "cuda":
+            w.pool = torch.cuda.graph_pool_handle()
+        self._wave = w
+        return w
+
+    def release_wave(self) -> None:
+        """Free the wave state: KV cache, graphs and their memory pool."""
+        if self._wave is None:
+            return
+        self._wave.graphs.clear()
+        self._wave = None
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def _buckets(self, n_in: int, n_out: int) -> list[tuple[int, int, int]]:
+        """(lo, hi, steps) for the decode steps of a request: fed positions n_in .. n_in + n_out - 2."""
+        if n_out < 2:
+            return []
+        first, last = n_in, n_in + n_out - 2
+        edges = self.edges(last + 1)
+        out = []
+        j = bisect.bisect_right(edges, first) - 1
+        p = first
+        while p <= last:
+            lo, hi = edges[j], edges[j + 1]
+            steps = min(last + 1, hi) - p
+            out.append((lo, hi, steps))
+            p += steps
+            j += 1
+        return out
+
+    def _path(self, lo: int, hi: int, w: _WaveState, tune: bool) -> str:
+        """The attention way of a bucket: the configured one, or (``"auto"``) the fastest that passed the checks."""
+        if self.decode_attention != "auto":
+            if self.decode_attention not in self.paths_available:
+                raise EngineUnavailable(f"decode_attention={self.decode_attention!r} is not available here "
+                                        f"(available: {', '.join(self.paths_available)})")
+            return self.decode_attention if (lo or self.decode_attention != "split") else "masked"
+        candidates = [p for p in self.paths_available if lo or p != "split"]
+        if not tune or len(candidates) == 1 or self.device.type != "cuda":
+            return candidates[0]
+        return self._tune(w, lo, hi, candidates)
+
+    def _tune(self, w: _WaveState, lo: int, hi: int, candidates: list[str]) -> str:
+        """Time one layer's attention of each candidate in a CUDA graph at this batch and bucket; the fastest."""
+        torch = self.torch
+        a = self.arch
+        q = torch.randn(w.batch, a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_dim, device=self.device,
+                        dtype=self.dtype)
+        kc, vc = w.cache[0, 0], w.cache[0, 1]
+        w.pos.fill_(hi - 1)
+        times = {}
+        for path in candidates:
+            ctx = self._attention_context(w, path, lo, hi)
+            fn = lambda path=path, ctx=ctx: self._attend(path, q, kc, vc, ctx, lo)  # noqa: E731
+            s = self._side_stream()
+            s.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(s):
+                fn()
+            torch.cuda.current_stream(self.device).wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            g.replay()
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            for _ in range(5):
+                g.replay()
+            e1.record()
+            e1.synchronize()
+            times[path] = e0.elapsed_time(e1) / 5
+            del g
+        best = min(times, key=times.get)
+        logger.debug("batch %d bucket [%d, %d): %s -> %s", w.batch, lo, hi,
+                     {k: round(v * 1e3, 1) for k, v in times.items()}, best)
+        return best
+
+    def prepare(self, n_in: int, n_out: int, batch: int, cuda_graphs: bool | None = None) -> Preparation:
+        """Make everything a wave of these lengths uses, before any measured window.
+
+        Allocates the wave state (KV cache, buffers), runs the prefill once at its chunk shapes (kernel selection,
+        allocator growth), compiles the decode blocks (``compile=True``), picks the attention way of every bucket
+        the decode steps touch, and captures and replays one CUDA graph per bucket not captured before. The
+        state and graphs are kept for the next waves of the same batch; a new batch or a longer cache frees them.
+
+        Args:
+            n_in: Prompt tokens per request.
+            n_out: Tokens generated per request.
+            batch: Requests in the wave.
+            cuda_graphs: Override the engine's choice for decode.
+        """
+        t0 = time.perf_counter()
+        check_positive(n_in=n_in, n_out=n_out, batch=batch)
+        if batch > self.max_batch:
+            raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
+        self.check_lengths(n_in, n_out)
+        graphs = self.use_graphs(batch) if cuda_graphs is None else (bool(cuda_graphs) and self._graphs_here)
+        torch = self.torch
+        w = self._state(batch, self.cache_len(n_in, n_out))
+        captured, paths = 0, {}
+        with torch.inference_mode():
+            chunk = max(1, self.prefill_tokens // n_in)
+            for rows in {min(chunk, batch), batch % chunk or min(chunk, batch)}:
+                if (rows, n_in) not in w.prefill_shapes:
+                    self._prefill(torch.zeros(rows, n_in, dtype=torch.long, device=self.device), w, slice(0, rows))
+                    w.prefill_shapes.add((rows, n_in))
+            for lo, hi, _ in self._buckets(n_in, n_out):
+                if lo not in w.paths:
+                    w.paths[lo] = self._path(lo, hi, w, tune=graphs)
+                paths[lo] = w.paths[lo]
+                if graphs and lo not in w.graphs:
+                    w.graphs[lo] = self._capture(w, lo, hi, w.paths[lo], warmups=1 if w.graphs else 2)
+                    captured += 1
+            if graphs and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        self.settings["decode_attention_chosen"][f"batch {batch}"] = _ranges(
+            {lo: (hi, w.paths[lo]) for lo, hi, _ in self._buckets(n_in, n_out)},
+            self.settings["decode_attention_chosen"].get(f"batch {batch}", ""))
+        prep = Preparation(captured, len(w.graphs), paths, time.perf_counter() - t0)
+        if captured:
+            logger.info("%s: prepared (n_in %d, n_out %d, batch %d): %d graphs captured (%d held), %.1f s", self.name,
+                        n_in, n_out, batch, captured, len(w.graphs), prep.seconds)
+        return prep
+
+    def _ready(self, n_in: int, n_out: int, batch: int, graphs: bool) -> bool:
+        w = self._wave
+        if w is None or w.batch != batch or w.cache_len < self.cache_len(n_in, n_out):
+            return False
+        chunk = max(1, self.prefill_tokens // n_in)
+        if not all((r, n_in) in w.prefill_shapes for r in {min(chunk, batch), batch % chunk or min(chunk, batch)}):
+            return False
+        need = [lo for lo, _, _ in self._buckets(n_in, n_out)]
+        return all(lo in w.paths and (not graphs or lo in w.graphs) for lo in need)
+
+    def _side_stream(self):
+        """The side stream of eager warm-ups before a capture (one per engine)."""
+        if getattr(self, "_stream", None) is None:
+            self._stream = self.torch.cuda.Stream(device=self.device)
+        return self._stream
+
+    def _capture(self, w: _WaveState, lo: int, hi: int, path: str, warmups: int):
+        """The CUDA graph of one decode step of bucket [lo, hi), warmed up, captured and replayed once."""
+
+        def body():
+            self._decode_step(w, path, lo, hi)
+
+        return self._graph(body, w.pool, warmups, reset=lambda: w.pos.fill_(lo))
+
+    def _graph(self, body: Callable[[], None], pool, warmups: int, reset: Callable[[], Any]):
+        """Run ``body`` ``warmups`` times eagerly on a side stream, capture it into a CUDA graph in ``pool``, replay
+        the graph once (its first launch uploads it); ``reset`` restores the device position before each run.
+
+        (The tests replace this method with a stand-in whose ``replay`` calls ``body``, to run the graph path's
+        bookkeeping on the CPU.)
+        """
+        torch = self.torch
+        dev = self.device
+        s = self._side_stream()
+        s.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(s):
+            for _ in range(warmups):
+                reset()
+                body()
+        torch.cuda.current_stream(dev).wait_stream(s)
+        reset()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=pool):
+            body()
+        reset()
+        g.replay()
+        return g
+
+    # ----- forward passes ---------------------------------------------------------------------------------
+    def _prefill(self, tokens, w: _WaveState, rows: slice):
+        """Prefill ``tokens`` (b, n) into cache rows ``rows``; returns the raw logits of the last position (b, V)."""
+        import torch.nn.functional as F
+
+        a, c = self.arch, self.config
+        b, n = tokens.shape
+        heads, kv = a.num_heads, a.num_kv_heads
+        x = F.embedding(tokens, self.embed)
+        if c.embedding_multiplier != 1.0:
+            x = x * c.embedding_multiplier
+        cos, sin = self.cos[:n].unsqueeze(1), self.sin[:n].unsqueeze(1)  # (n, 1, h)
+        for n_layer, layer in enumerate(self.layers):
+            q, k, v = _qkv(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv)
+            w.cache[n_layer, 0, rows, :n] = k
+            w.cache[n_layer, 1, rows, :n] = v
+            attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            x = _block_out(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
+                           layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
+                           c.residual_multiplier)
+        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps)
+
+    def _prefill_attention(self, q, k, v):
+        """Causal attention of a prompt over its own keys: q (b, H, n, h), k and v (b, K, n, h)."""
+        import torch.nn.functional as F
+
+        scale = self.config.attention_scale
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1 and self.prefill_gqa == "repeat":
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            groups = 1
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=groups > 1)
+
+    def _attention_context(self, w: _WaveState, path: str, lo: int, hi: int):
+        """Per-step tensors one attention way needs, computed from the device position (so, inside a graph).
+
+        ``exact``: the live key count ``hi``; ``masked`` (and ``split``'s first bucket): an additive mask
+        (1, 1, 1, hi) in the model's dtype over keys [0, hi); ``split``: a float32 bias (hi - lo,) over the
+        bucket's keys [lo, hi); ``varlen``: (cu_seqlens_q, cu_seqlens_k, seqused_k, hi).
+        """
+        torch = self.torch
+        if path == "exact":
+            return hi
+        if path == "varlen":
+            w.used.copy_((w.pos + 1).expand(w.used.shape[0]))
+            return (w.cu_q, w.cu_k, w.used, hi)
+        if path == "masked" or lo == 0:
+            idx = w.key_idx[:hi]
+            return torch.where(idx <= w.pos, 0.0, torch.finfo(self.dtype).min).to(self.dtype).view(1, 1, 1, hi)
+        idx = w.key_idx[lo:hi]
+        return torch.where(idx <= w.pos, 0.0, torch.finfo(torch.float32).min)
+
+    def _attend(self, path: str, q, kc, vc, ctx, lo: int = 0):
+        """Decode attention of folded queries q (B, K, G, h) over one layer's cache kc, vc (B, S, K, h).
+
+        ``path``: ``"exact"``, ``"masked"``, ``"split"`` (bucket [lo, hi)) or ``"varlen"``, with ``ctx`` from
+        :meth:`_attention_context`. Returns (B, K, G, h) in the model's dtype.
+        """
+        import torch.nn.functional as F
+
+        torch = self.torch
+        scale = self.config.attention_scale
+        if path == "exact":
+            return F.scaled_dot_product_attention(q, kc[:, :ctx].transpose(1, 2), vc[:, :ctx].transpose(1, 2),
+                                                  scale=scale)
+        if path == "varlen":
+            cu_q, cu_k, used, hi = ctx
+            b, k_heads, groups, h = q.shape
+            out = torch.ops.aten._flash_attention_forward(
+                q.reshape(b, k_heads * groups, h), kc.view(-1, k_heads, h), vc.view(-1, k_heads, h), cu_q, cu_k, 1,
+                hi, 0.0, False, False, scale=scale, seqused_k=used)[0]
+            return out.view(b, k_heads, groups, h)
+        if path == "split" and lo > 0:
+            hi = lo + ctx.shape[0]
+            o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
+            return self._tail(q, kc[:, lo:hi].transpose(1, 2), vc[:, lo:hi].transpose(1, 2), ctx, o1, lse1, scale)
+        hi = ctx.shape[-1]  # masked: the bucket's whole prefix under an additive mask
+        return F.scaled_dot_product_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2),
+                                              attn_mask=ctx, scale=scale)
+
+    def _decode_step(self, w: _WaveState, path: str, lo: int, hi: int, logits_out: list | None = None):
+        """One decode step of every request from the device state: feeds ``w.tok`` at ``w.pos``, writes K/V,
+        attends, and stores the greedy token at ``w.out[:, pos + 1]`` and in ``w.tok``; advances ``w.pos``.
+
+        ``path`` ``"exact"`` (eager, ``hi`` = live keys) or a graph way over bucket [lo, hi).
+        """
+        import torch.nn.functional as F
+
+        a, c = self.arch, self.config
+        b = w.batch
+        heads, kv = a.num_heads, a.num_kv_heads
+        groups, h = heads // kv, a.head_dim
+        x = F.embedding(w.tok, self.embed)
+        if c.embedding_multiplier != 1.0:
+            x = x * c.embedding_multiplier
+        cos, sin = self.cos.index_select(0, w.pos).unsqueeze(0), self.sin.index_select(0, w.pos).unsqueeze(0)
+        ctx = self._attention_context(w, path, lo, hi)
+        for n_layer, layer in enumerate(self.layers):
+            q, k, v = self._pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv)
+            kc, vc = w.cache[n_layer, 0], w.cache[n_layer, 1]
+            kc.index_copy_(1, w.pos, k.unsqueeze(1))
+            vc.index_copy_(1, w.pos, v.unsqueeze(1))
+            attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
+            x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
+                           layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier)
+        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps)
+        if logits_out is not None:
+            logits_out.append(logits)
+        nxt = logits.argmax(-1)
+        w.out.index_copy_(1, w.pos + 1, nxt.unsqueeze(1))
+        w.tok.copy_(nxt)
+        w.pos.add_(1)
+
+    # ----- generation -------------------------------------------------------------------------------------
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def generate(self, n_in: int, n_out: int, batch: int, checkpoints: list[int] | None = None,
+                 on_checkpoint: Callable[[int, float], None] | None = None, clock: Callable[[], float] | None = None,
+                 cuda_graphs: bool | None = None, return_tokens: bool = False, static: bool | None = None):
+        """Generate one wave: ``batch`` requests of ``n_in`` random prompt tokens, ``n_out`` new tokens each.
+
+        Whatever :meth:`prepare` has not made yet for these shapes is made first, before the start clock, and
+        logged (or refused with ``require_prepared``); no graph is ever captured between ``times.start`` and
+        ``times.end``.
+
+        Args:
+            n_in: Prompt tokens per request.
+            n_out: Tokens generated per request (EOS ignored).
+            batch: Requests in the wave.
+            checkpoints: Output counts (tokens per request) at which to synchronise and read the clock.
+            on_checkpoint: Called with (tokens per request, time) at each checkpoint.
+            clock: Device-synchronised clock (defaults to ``torch.cuda.synchronize`` + ``perf_counter``).
+            cuda_graphs: Override the engine's choice for decode.
+            return_tokens: Keep the generated token ids (``self.last_tokens``, batch x n_out, on the CPU).
+            static: Run the graphs' bucketed step eagerly (the CPU's way to test the graph path); default: as
+                the graphs.
+
+        Returns:
+            A :class:`~energybook.measure.torch_engine.Wave`.
+
+        Raises:
+            ValueError: for non-positive lengths, lengths beyond :meth:`check_lengths`, a batch above
+                ``max_batch`` or checkpoints outside 1..n_out.
+            RuntimeError: when the generated token count differs from the one asked for, or (``require_prepared``)
+                when the shapes were not prepared.
+        """
+        from energybook.measure.torch_engine import Wave, WaveTimes
+
+        check_positive(n_in=n_in, n_out=n_out, batch=batch)
+        if batch > self.max_batch:
+            raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
+        self.check_lengths(n_in, n_out)
+        torch = self.torch
+        clock = clock or self._clock
+        checkpoints = sorted(set(checkpoints or []))
+        if any(c < 1 or c > n_out for c in checkpoints):
+            raise ValueError(f"checkpoints must lie in 1..n_out ({n_out}), got {checkpoints}")
+        marks = set(checkpoints)
+        graphs = self.use_graphs(batch) if cuda_graphs is None else (bool(cuda_graphs) and self._graphs_here)
+        static = graphs if static is None else bool(static)
+        if not self._ready(n_in, n_out, batch, graphs):
+            if self.require_prepared:
+                raise RuntimeError(f"{self.name}: (n_in {n_in}, n_out {n_out}, batch {batch}) was not prepared: call "
+                                   "prepare() before the measured window")
+            logger.info("%s: preparing (n_in %d, n_out %d, batch %d) inside generate, before its start clock",
+                        self.name, n_in, n_out, batch)
+            self.prepare(n_in, n_out, batch, cuda_graphs=graphs)
+        w = self._wave
+        plan = self._buckets(n_in, n_out)
+        dev = self.device
+        gen = torch.Generator(device=dev).manual_seed(self.seed + 7919 * n_in + batch)
+        prompts = torch.randint(0, self.vocab, (batch, n_in), device=dev, generator=gen)
+        w.out[:, n_in:n_in + n_out].fill_(-1)
+        times = WaveTimes(start=0.0, prefill_end=0.0, end=0.0)
+
+        def mark(k: int) -> None:
+            if k in marks:
+                t = clock()
+                times.checkpoints[k] = t
+                if on_checkpoint is not None:
+                    on_checkpoint(k, t)
+
+        with torch.inference_mode():
+            times.start = clock()
+            chunk = max(1, self.prefill_tokens // n_in)
+            for b0 in range(0, batch, chunk):
+                rows = slice(b0, min(batch, b0 + chunk))
+                nxt = self._prefill(prompts[rows], w, rows).argmax(-1)
+                w.tok[rows] = nxt
+                w.out[rows, n_in] = nxt
+            w.pos.fill_(n_in)
+            times.prefill_end = clock()
+            mark(1)
+            i = 1
+            for lo, hi, steps in plan:
+                graph = w.graphs.get(lo) if graphs else None
+                for _ in range(steps):
+                    if graph is not None:
+                        graph.replay()
+                    elif static:
+                        self._decode_step(w, w.paths[lo], lo, hi)
+                    else:
+                        self._decode_step(w, "exact", 0, n_in + i)
+                    i += 1
+                    mark(i)
+            times.end = clock()
+            tokens = w.out[:, n_in:n_in + n_out]
+            missing = int((tokens < 0).sum())
+        if missing:
+            raise RuntimeError(f"token count check failed: {missing} of {batch * n_out} output tokens missing")
+        self.last_tokens = tokens.cpu().clone() if return_tokens else None
+        return Wave(batch, n_in, n_out, times, graphs)
+
+    def greedy_logits(self, prompts, n_out: int, static: bool = False) -> list:
+        """Logits of a greedy generation from given prompts: the prefill's last position, then every decode step.
+
+        For comparisons with other implementations (the tests). Granite's ``logits_scaling`` is applied.
+
+        Args:
+            prompts: Token ids (batch, n_in).
+            n_out: Tokens to generate (the list has n_out entries, each (batch, V), float32 on the CPU).
+            static: Decode through the graphs' bucketed steps (eagerly) rather than exact-length attention.
+        """
+        torch = self.torch
+        batch, n_in = prompts.shape
+        self.check_lengths(n_in, n_out)
+        self.prepare(n_in, n_out, batch, cuda_graphs=False)
+        w = self._wave
+        scale = self.config.logits_scaling
+        out = []
+        with torch.inference_mode():
+            logits = self._prefill(prompts.to(self.device), w, slice(0, batch))
+            out.append(logits)
+            w.tok.copy_(logits.argmax(-1))
+            w.pos.fill_(n_in)
+            i = 1
+            for lo, hi, steps in self._buckets(n_in, n_out):
+                for _ in range(steps):
+                    if static:
+                        self._decode_step(w, w.paths[lo], lo, hi, logits_out=out)
+                    else:
+                        self._decode_step(w, "exact", 0, n_in + i, logits_out=out)
+                    i += 1
+        return [(x.float() / scale).cpu() for x in out]
+
+    def release(self) -> None:
+        """Free the wave state and the weights' device memory."""
+        self.release_wave()
+        self.embed = self.lm_head = self.norm = None
+        self.layers = []
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()

@@ -1,0 +1,423 @@
+"""The lean engine on tiny float32 models (CPU): the same greedy tokens and logits as transformers from the same
+weights for every family it runs, through the eager path and through the graphs' bucketed steps; FLOPs equal to
+``complexity``'s exact counts; refusals by name; the runner drives it unchanged; the GPU benchmark's CPU half."""
+
+import csv
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from energybook.measure import engines as EN  # noqa: E402
+from energybook.measure import lean_engine as LE  # noqa: E402
+from energybook.measure.engines import EngineUnavailable, WaveEngine  # noqa: E402
+from energybook.measure.lean_engine import LeanEngine  # noqa: E402
+from energybook.model import complexity as C  # noqa: E402
+
+from .tiny import _SMALL, tiny_config, tiny_family_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Buckets of 4 tokens below 64 keys, then 8: the tests' requests cross several.
+TINY_BUCKETS = dict(bucket_min=4, bucket_max=8)
+N_IN, N_OUT, BATCH = 6, 14, 2  # fed positions 6..18: buckets [4, 8), [8, 12), [12, 16), [16, 20)
+
+
+def _config(tmp_path, key: str):
+    """The transformers configuration of one tiny model per supported layout."""
+    shipped = {"llama": "Llama-3.2-1B", "llama:bias": "Granite-3B-Code-Base", "qwen2": "Qwen2-1.5B"}
+    if key in shipped:  # llama3 rotary scaling and tied embeddings; all biases (Granite Code's llama); q/k/v biases
+        cfg = json.loads(tiny_config(tmp_path, shipped[key]).read_text())
+    elif key == "mistral":
+        cfg = dict(_SMALL, model_type="mistral", intermediate_size=128, num_key_value_heads=2, sliding_window=None,
+                   tie_word_embeddings=False)
+    else:  # granite with every multiplier away from 1
+        cfg = dict(_SMALL, model_type="granite", intermediate_size=128, num_key_value_heads=2,
+                   embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=4.0)
+    model_type = cfg.pop("model_type")
+    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        cfg.pop(k, None)
+    return transformers.AutoConfig.for_model(model_type, **cfg)
+
+
+def _reference(tmp_path, key: str):
+    """A transformers model with random weights of std 0.1 and norms near 1 (so that attention shapes the greedy
+    tokens and every weight, norms included, is checked), EOS off."""
+    cfg = _config(tmp_path, key)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.1 * noise if p.ndim == 1 and "norm" in name else 0.1 * noise)
+    ref.generation_config.eos_token_id = None  # the engine ignores EOS: generate must neither stop nor ban it
+    return ref
+
+
+@pytest.fixture(scope="module", params=["llama", "llama:bias", "qwen2", "mistral", "granite"])
+def pair(request, tmp_path_factory):
+    """(transformers model, lean engine re-packed from its weights)."""
+    ref = _reference(tmp_path_factory.mktemp("cfg"), request.param)
+    eng = LeanEngine.from_hf_model(ref, device="cpu", max_batch=8, **TINY_BUCKETS)
+    eng.key = request.param
+    return ref, eng
+
+
+def _prompts(eng, n_in=N_IN, batch=BATCH):
+    gen = torch.Generator().manual_seed(eng.seed + 7919 * n_in + batch)
+    return torch.randint(0, eng.vocab, (batch, n_in), generator=gen)
+
+
+def _hf_generate(ref, prompts, n_out):
+    n_in = prompts.shape[1]
+    return ref.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n_out, do_sample=False,
+                        pad_token_id=0)[:, n_in:]
+
+
+def test_it_is_a_wave_engine_and_registered(pair):
+    _, eng = pair
+    assert isinstance(eng, WaveEngine)
+    assert EN.get_engine("lean").load() is LeanEngine and EN.get_engine("lean").kind == "wave"
+    from energybook.measure.torch_engine import TorchEngine
+
+    assert EN.get_engine("hf").load() is TorchEngine and EN.get_engine("torch").load() is TorchEngine
+
+
+@pytest.mark.parametrize("way", ["exact", "masked", "split"])
+def test_same_greedy_tokens_as_transformers(pair, way):
+    """Eager exact-length decode, and the graphs' bucketed steps with each way of attending, cross 4 buckets."""
+    ref, eng = pair
+    eng.decode_attention = "masked" if way == "exact" else way
+    eng.release_wave()  # the ways are chosen per bucket when a wave state is made
+    eng.generate(N_IN, N_OUT, BATCH, return_tokens=True, static=way != "exact")
+    assert len(eng._buckets(N_IN, N_OUT)) == 4
+    assert torch.equal(eng.last_tokens, _hf_generate(ref, _prompts(eng), N_OUT)), (eng.key, way)
+    assert eng.last_tokens.unique().numel() > 1  # attention shapes the tokens
+
+
+class _StandInGraph:
+    """A CUDA graph's stand-in on the CPU: ``replay`` runs the captured body eagerly."""
+
+    def __init__(self, body):
+        self.body, self.replays = body, 0
+
+    def replay(self):
+        self.replays += 1
+        self.body()
+
+
+def test_graph_path_with_stand_in_graphs(pair, monkeypatch):
+    """The graph path's bookkeeping on the CPU: one graph per bucket, warm-ups and the capture-time replay writing
+    into the cache before the wave, the device position, graphs reused by the next waves of the batch."""
+    ref, eng = pair
+    graphs = []
+
+    def graph(body, pool, warmups, reset):
+        for _ in range(warmups):
+            reset()
+            body()
+        reset()
+        g = _StandInGraph(body)
+        g.replay()
+        graphs.append(g)
+        return g
+
+    monkeypatch.setattr(eng, "_graph", graph)
+    monkeypatch.setattr(eng, "_graphs_here", True)
+    eng.decode_attention = "split"
+    eng.release_wave()
+    try:
+        wave = eng.generate(N_IN, N_OUT, BATCH, return_tokens=True)
+        assert wave.cuda_graphs and len(graphs) == 4
+        assert sum(g.replays for g in graphs) == len(graphs) + N_OUT - 1  # one at capture, then one per step
+        assert torch.equal(eng.last_tokens, _hf_generate(ref, _prompts(eng), N_OUT))
+        eng.generate(N_IN + 4, N_OUT - 4, BATCH, return_tokens=True)  # the same cache: no new graph
+        assert len(graphs) == 4
+        assert torch.equal(eng.last_tokens, _hf_generate(ref, _prompts(eng, N_IN + 4), N_OUT - 4))
+        eng.require_prepared = True
+        with pytest.raises(RuntimeError, match="not prepared"):
+            eng.generate(N_IN, N_OUT + 8, BATCH)  # a longer cache
+    finally:
+        eng.require_prepared = False
+        eng.release_wave()
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_prefill_and_decode_logits_match_transformers(pair, static):
+    ref, eng = pair
+    eng.decode_attention = "split"
+    eng.release_wave()
+    prompts = _prompts(eng)
+    ours = eng.greedy_logits(prompts, N_OUT, static=static)
+    tokens = torch.stack([x.argmax(-1) for x in ours], dim=1)
+    with torch.no_grad():
+        theirs = ref(torch.cat([prompts, tokens], dim=1)).logits[:, N_IN - 1:N_IN - 1 + N_OUT]
+    for i, logits in enumerate(ours):  # i = 0: the prefill's last position; then decode steps
+        torch.testing.assert_close(logits, theirs[:, i], rtol=1e-4, atol=1e-4, msg=f"{eng.key}, output {i}")
+
+
+def _cpu_flash_flops(query, key, value, *args, out_shape=None, **kwargs):
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (FlopCounterMode has no formula for it)."""
+    b, heads, s_q, d = query
+    return 2 * b * heads * s_q * key[2] * d + 2 * b * heads * s_q * key[2] * value[3]
+
+
+def _count(fn) -> int:
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_flops_equal_the_exact_counts(pair):
+    """Prefill and one eager decode step equal ``complexity`` exactly; a bucketed step pays exactly its padded keys."""
+    _, eng = pair
+    a = eng.arch.replace(dtype="float32")
+    n_in, batch = 37, 3
+    eng.decode_attention = "masked"
+    eng.release_wave()
+    eng.prepare(n_in, 9, batch)
+    w = eng._wave
+    prompts = torch.randint(0, eng.vocab, (batch, n_in))
+    assert _count(lambda: eng._prefill(prompts, w, slice(0, batch))) == C.prefill(a, n_in, batch).flops
+    w.pos.fill_(n_in)
+    assert _count(lambda: eng._decode_step(w, "exact", 0, n_in + 1)) == C.decode_step(a, n_in, batch).flops
+    for way in ("masked", "split"):  # position 37 lies in bucket [36, 40): 40 keys read, 38 live
+        w.pos.fill_(n_in)
+        assert _count(lambda way=way: eng._decode_step(w, way, 36, 40)) == C.decode_step(a, 39, batch).flops
+
+
+def test_bucket_edges_and_cache_length():
+    assert LE.bucket_edges(100)[:3] == [0, 32, 64] and LE.bucket_edges(100)[-1] == 128
+    edges = LE.bucket_edges(8192)
+    widths = {b - a for a, b in zip(edges, edges[1:])}
+    assert widths == {32, 64, 128, 256} and edges[-1] == 8192
+    assert all((b - a) * 16 <= max(a, 512) for a, b in zip(edges, edges[1:]))  # padding at most 1/16 of the keys
+    assert LE.bucket_edges(1 << 14, 32, 256)[-1] == 1 << 14
+    with pytest.raises(ValueError, match="bucket_max"):
+        LE.bucket_edges(10, 64, 32)
+
+
+def test_engine_from_a_configuration_runs_the_runner_unchanged(tmp_path):
+    """A tiny sweep through ``run_sweep`` with the simulated meter: rows, counts and the settings in the sidecar."""
+    from energybook.measure.meter import SimulatedMeter
+    from energybook.measure.protocol import SweepConfig
+    from energybook.measure.runner import run_sweep
+
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", max_batch=2, **TINY_BUCKETS)
+    assert eng.weights == "dummy" and eng.settings["engine"] == "lean"
+    config = SweepConfig(n_in=[8], n_out=[4, 16], n_req=3, max_batch=2, engine="lean", min_window_s=0.0,
+                         cooldown_s=0.0, warmup_steps=2)
+    res = run_sweep("tiny", config, engine=eng, device="cpu", allow_test_data=True, meter=SimulatedMeter(),
+                    workspace=tmp_path, output=tmp_path / "grid.csv", progress=False)
+    assert res.measured == 2 and res.complete
+    with open(res.path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["n_out"]), int(r["tokens_out"]), r["engine"]) for r in rows] == [(4, 12, "lean"), (16, 48, "lean")]
+    assert all(int(r["batch"]) == 2 and int(r["waves"]) == 2 for r in rows)
+    sidecar = json.loads(res.path.with_suffix(".json").read_text())
+    assert "lean" in json.dumps(sidecar) and "graph_buckets" in json.dumps(sidecar)
+
+
+def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", max_batch=4, **TINY_BUCKETS)
+    calls = []
+
+    def clock():
+        calls.append(eng._wave is not None and eng._ready(5, 9, 2, False))
+        return float(len(calls))
+
+    with caplog.at_level(logging.INFO, logger="energybook.measure.lean_engine"):
+        wave = eng.generate(5, 9, 2, checkpoints=[1, 9], clock=clock)
+    assert all(calls) and "preparing" in caplog.text  # ready at every clock reading, start included
+    assert wave.tokens_out == 18 and sorted(wave.times.checkpoints) == [1, 9]
+    strict = LeanEngine(tiny_config(tmp_path), device="cpu", require_prepared=True)
+    with pytest.raises(RuntimeError, match="not prepared"):
+        strict.generate(5, 9, 2)
+    prep = strict.prepare(5, 9, 2)
+    assert prep.graphs_captured == 0 and set(prep.paths.values()) == {"masked"}  # no graphs on the CPU
+    assert strict.generate(5, 9, 2).tokens_out == 18
+    with pytest.raises(ValueError, match="checkpoints"):
+        strict.generate(5, 9, 2, checkpoints=[10])
+    with pytest.raises(ValueError, match="max_batch"):
+        strict.generate(5, 9, 2000)
+
+
+@pytest.mark.parametrize("key", ["opt", "gemma2", "phi3", "falcon", "gpt_neox", "starcoder2", "gemma"])
+def test_other_families_are_refused_by_name(tmp_path, key):
+    family = key.split(":")[0]
+    with pytest.raises(EngineUnavailable, match=f"does not run the '{family}' family.*--engine hf"):
+        LeanEngine(tiny_family_config(tmp_path, key), device="cpu")
+
+
+def test_unsupported_features_are_refused(tmp_path):
+    path = tiny_config(tmp_path)
+    cfg = json.loads(path.read_text())
+    for change, match in [(dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "'yarn'.*--engine hf"),
+                          (dict(hidden_act="gelu"), "SiLU.*--engine hf"),
+                          (dict(partial_rotary_factor=0.5), "partial rotary.*--engine hf")]:
+        path.write_text(json.dumps(dict(cfg, **change)))
+        with pytest.raises(EngineUnavailable, match=match):
+            LeanEngine(path, device="cpu")
+    with pytest.raises(ValueError, match="decode_attention"):
+        LeanEngine(tiny_config(tmp_path), device="cpu", decode_attention="paged")
+    with pytest.raises(ValueError, match="unknown model"):
+        LeanEngine("No-Such-Model", device="cpu")
+
+
+def test_lengths_beyond_positions_are_refused_like_the_hf_engine(tmp_path, pair, caplog):
+    _, eng = pair
+    assert eng.weights == "hf_model"
+    eng.check_lengths(1024, 1024)
+    with pytest.raises(ValueError, match="exceeds the 2048 positions"):
+        eng.check_lengths(2048, 1)
+    dummy = LeanEngine(tiny_config(tmp_path), device="cpu")
+    with caplog.at_level(logging.WARNING):
+        dummy.check_lengths(2048, 64)
+    assert dummy.settings["positions_beyond_declared"] == [2048, 2112] and "dummy weights" in caplog.text
+    with pytest.raises(ValueError, match="positive integer"):
+        dummy.check_lengths(0, 4)
+
+
+def test_a_sliding_window_is_never_reached(tmp_path):
+    cfg = dict(_SMALL, intermediate_size=128, num_key_value_heads=2, sliding_window=4)
+    path = tmp_path / "mistral.json"
+    path.write_text(json.dumps(transformers.AutoConfig.for_model("mistral", **cfg).to_dict()))
+    eng = LeanEngine(path, device="cpu")
+    eng.check_lengths(2, 3)  # 4 keys at the last step: the window changes nothing
+    with pytest.raises(ValueError, match="sliding window of 4 tokens.*--engine hf"):
+        eng.check_lengths(3, 3)
+
+
+def test_checkpoint_folder_loads_real_weights(tmp_path):
+    ref = _reference(tmp_path, "qwen2")
+    ref.save_pretrained(tmp_path / "ckpt")
+    loaded = LeanEngine(tmp_path / "ckpt", device="cpu", **TINY_BUCKETS)
+    assert loaded.weights == "checkpoint" and loaded.settings["weights"] == "checkpoint"
+    loaded.generate(N_IN, N_OUT, BATCH, return_tokens=True)
+    assert torch.equal(loaded.last_tokens, _hf_generate(ref, _prompts(loaded), N_OUT))
+
+
+def test_compiled_decode_smoke(tmp_path):
+    """``compile=True`` on the CPU (inductor needs a C compiler): the same tokens as the eager engine."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    eager = LeanEngine(tiny_config(tmp_path), device="cpu", decode_attention="split", **TINY_BUCKETS)
+    eager.generate(5, 6, 2, return_tokens=True, static=True)
+    try:
+        compiled = LeanEngine(tiny_config(tmp_path), device="cpu", compile=True, compile_mode="default",
+                              decode_attention="split", **TINY_BUCKETS)
+        compiled.generate(5, 6, 2, return_tokens=True, static=True)
+    except Exception as exc:  # noqa: BLE001 - inductor unavailable here
+        pytest.skip(f"torch.compile unavailable: {exc}")
+    assert compiled.settings["compile"] and torch.equal(compiled.last_tokens, eager.last_tokens)
+
+
+# ----- the GPU benchmark's CPU half ------------------------------------------------------------------------
+def _bench():
+    spec = importlib.util.spec_from_file_location("engine_targets", ROOT / "benchmarks" / "engine_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_arguments_plan_and_table(tmp_path):
+    bench = _bench()
+    args = bench.parse_args(["--quick", "--engines", "lean,hf", "--out", str(tmp_path)])
+    assert args.engines == ["lean", "hf"] and bench.corners_for("lean", args) == [(64, 256)]
+    full = bench.parse_args([])
+    assert full.engines == list(bench.ENGINES) and bench.corners_for("lean", full) == list(bench.CORNERS)
+    assert bench.corners_for("generate", full) == [(64, 256)]
+    assert 4 * 60 < bench.estimate_seconds(full) < 9 * 60 and bench.estimate_seconds(args) < 3 * 60
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--engines", "lean,sglang"])
+    result = bench.empty_result(full)
+    result["engines"]["lean"] = {"tokens_per_j": {"64x256": 150.0, "64x4096": 45.0}, "step_ms_batch1000_ctx128": 6.5}
+    result["engines"]["hf"] = {"tokens_per_j": {"64x256": 110.6}, "error": None}
+    bench.headline(result, "lean")
+    text = bench.table(result)
+    assert "64x256" in text and "150.0" in text and "110.6" in text and ">= 140" in text
+    assert set(result["tokens_per_j"]) == {"64x256", "64x4096", "4096x64", "4096x4096"}
+    assert result["tokens_per_j"]["4096x64"] is None
+    for key in ("gpu", "gpu_uuid", "engine", "commit", "step_ms_batch1000_ctx128", "batch1_bandwidth_fraction",
+                "decode_attention_fraction_ctx2048", "prefill_fraction_of_peak", "grid_gpu_minutes_llama_3_2_1b"):
+        assert key in result
+    json.dumps(result)
+
+
+def test_benchmark_grid_estimate_on_the_cpu(tmp_path):
+    """The grid-time model runs on any engine's batch limits: positive, and longer with slower steps."""
+    bench = _bench()
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", max_batch=1024)
+    fast = bench.grid_minutes(eng, step_s=lambda b, c: 0.005, prefill_flops_per_s=4e14, capture_s=0.03)
+    slow = bench.grid_minutes(eng, step_s=lambda b, c: 0.010, prefill_flops_per_s=4e14, capture_s=0.03)
+    assert 0 < fast["minutes"] < slow["minutes"] and fast["groups"] == 7
+
+
+def test_benchmark_sweeps_on_the_cpu(tmp_path):
+    """The benchmark's corner sweeps (``run_sweep`` with the engine object) and its transformers adapter."""
+    from energybook.measure.meter import SimulatedMeter
+
+    bench = _bench()
+    path = tiny_config(tmp_path)
+    lean = LeanEngine(path, device="cpu", max_batch=64, **TINY_BUCKETS)
+    quick = dict(device="cpu", allow_test_data=True, min_window_s=0.0, cooldown_s=0.0)
+    out = bench.tokens_per_j(lean, "lean", [(8, 6), (8, 12)], SimulatedMeter(), tmp_path / "ws", warmup_steps=2,
+                             n_req=12, **quick)
+    assert set(out) == {"8x6", "8x12"} and all(v["tokens_per_j"] > 0 and v["batch"] == 12 for v in out.values())
+    assert out["8x12"]["decode_ms_per_step"] > 0
+    for static in (False, True):
+        hf = bench.GenerateEngine(path, static=static, device="cpu", dtype="float32", max_batch=64)
+        assert isinstance(hf, WaveEngine)
+        res = bench.tokens_per_j(hf, "generate", [(8, 6)], SimulatedMeter(), tmp_path / f"ws{static}", n_req=4,
+                                 **quick)
+        assert res["8x6"]["tokens_per_j"] > 0 and res["8x6"]["prefill_s"] > 0
+        assert hf.last_tokens.shape == (4, 6)
+    assert bench.main(["--quick"]) == 2 if not torch.cuda.is_available() else True
+
+
+def test_benchmark_step_model():
+    bench = _bench()
+    kv, bw = 32768, 2e12
+    step = bench.step_model({1: 1e-3, 1000: 5e-3}, 64, kv, bw)
+    assert step(1000, 64) == pytest.approx(5e-3) and step(1, 64) == pytest.approx(1e-3)
+    assert step(1000, 2048) - step(1000, 64) == pytest.approx(1000 * 1984 * kv / bw)
+    assert step(1, 64) < step(500, 64) < step(1000, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["Llama-3.2-1B", "Qwen2-1.5B"])
+def test_gpu_real_size_logits_match_transformers_in_bf16(model):
+    """On the GPU: a real-size model (random bf16 weights), logits within bf16 tolerance of transformers', and the
+    CUDA graphs' tokens equal to the same bucketed steps run eagerly, for every way of attending available."""
+    from energybook.model import architecture as A
+
+    cfg = dict(A.hf_config(model))
+    model_type = cfg.pop("model_type")
+    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        cfg.pop(k, None)
+    with torch.device("cuda"):
+        ref = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **cfg),
+                                                            attn_implementation="sdpa", dtype=torch.bfloat16).eval()
+    eng = LeanEngine.from_hf_model(ref, device="cuda", max_batch=64)
+    prompts = torch.randint(0, eng.vocab, (4, 200), device="cuda")
+    ours = eng.greedy_logits(prompts, 40, static=True)
+    tokens = torch.stack([x.argmax(-1) for x in ours], dim=1).cuda()
+    with torch.no_grad():
+        theirs = ref(torch.cat([prompts, tokens], dim=1)).logits[:, 199:239].float().cpu()
+    for i, logits in enumerate(ours):
+        err = float((logits - theirs[:, i]).norm() / theirs[:, i].norm())
+        assert err < 3e-2, (model, i, err)
+    for way in eng.paths_available:
+        eng.decode_attention = way
+        eng.release_wave()
+        eng.generate(64, 300, 8, return_tokens=True)
+        graphed = eng.last_tokens
+        eng.generate(64, 300, 8, return_tokens=True, cuda_graphs=False, static=True)
+        assert torch.equal(graphed, eng.last_tokens), way
