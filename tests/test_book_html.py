@@ -7,6 +7,9 @@ A page fails when
   error in a cell's output, a failed request, a request that leaves localhost, a console error;
 * at 390 px the page scrolls sideways (``document.documentElement.scrollWidth > clientWidth + 1``;
   the message names the widest elements);
+* at 390 px a content image (a figure of the page, not the theme's icons or logos, nor an image
+  under 100 px wide) is shown at less than 0.6 of its natural width: its labels would then be a few
+  pixels tall (a figure 4.6 in wide at 100 dpi is shown at about 0.74 of its size there);
 * any ``<img>`` has no alt text, or an empty one;
 * its HTML holds a local absolute path (``/root/``, ``/home/``, ``/tmp/``, ``/work/``, ``.venv``,
   ``site-packages``): a sign that a cell printed where the build ran.
@@ -129,6 +132,15 @@ OVERFLOW_JS = """() => {
   return out.slice(0, 5);
 }"""
 
+#: The smallest share of its natural width at which a content image may be shown on a phone, and the
+#: natural width (px) under which an image counts as an icon and is not checked.
+MIN_PHONE_SCALE = 0.6
+ICON_PX = 100
+# Content images (inside the article, not the header's launch-button logos): natural and shown width.
+SHRUNK_JS = """() => Array.from(document.querySelectorAll('article.bd-article img'))
+  .map(img => ({src: (img.getAttribute('src') || '').slice(-60), natural: img.naturalWidth,
+                shown: img.getBoundingClientRect().width}))"""
+
 # pydata-sphinx-theme logs this on a first visit, before any theme mode is stored: harmless.
 BENIGN_CONSOLE = re.compile(r"^Got invalid theme mode: \. Resetting to auto\.$")
 ERROR_NAME = re.compile(r"\b\w*(Error|Exception)\b:|Traceback \(most recent call last\)")
@@ -198,6 +210,12 @@ def test_page_renders(site, browser, page, width):
             if scroll > client + 1:
                 widest = tab.evaluate(OVERFLOW_JS)
                 pytest.fail(f"{page}: scrolls sideways at {pixels} px (page {scroll} px wide); widest: {widest}")
+            shown = tab.evaluate(SHRUNK_JS)
+            assert shown or not tab.locator("article img").count(), f"{page}: no article.bd-article around the images"
+            shrunk = [f"{i['src']} ({i['natural']} px shown at {i['shown']:.0f} px, {i['shown'] / i['natural']:.2f})"
+                      for i in shown if i["natural"] >= ICON_PX and i["shown"] < MIN_PHONE_SCALE * i["natural"]]
+            assert not shrunk, (f"{page}: at {pixels} px these images are shown below {MIN_PHONE_SCALE} of their "
+                                f"size, so their labels do not read (draw them narrower): {shrunk}")
 
         assert not failures, f"{page}: failed requests: {failures}"
         assert not external, f"{page}: requests left localhost (no network in CI): {external[:5]}"

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import nbformat
 import pytest
@@ -231,7 +232,8 @@ def test_the_book_extra_has_the_extensions_the_config_loads():
 
 
 def test_the_repository_url_is_one_value():
-    """_config.yml's repository.url is the source; CITATION.cff and pyproject.toml must agree with it."""
+    """_config.yml's repository.url is the source; CITATION.cff and pyproject.toml must agree with it, and
+    no page of the book types it (a page that shows it generates it from _config.yml, as the lab does)."""
     citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     assert citation["repository-code"] == URL
     urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
@@ -239,6 +241,10 @@ def test_the_repository_url_is_one_value():
         assert urls[key] == URL, f"pyproject.toml [project.urls] {key} != _config.yml repository.url"
     assert urls["Issues"] == f"{URL}/issues"
     assert make_notebooks.book_config()["url"] == URL
+    owner_name = urlparse(URL).path.strip("/")  # "owner/name": also catches a second copy of another form
+    typed = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "book").rglob("*.md"))
+             if URL.rstrip("/") in p.read_text() or f"github.com/{owner_name}" in p.read_text()]
+    assert not typed, f"pages that type the repository URL instead of reading _config.yml: {typed}"
 
 
 def test_citation_agrees_with_the_readme_on_the_study():

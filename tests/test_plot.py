@@ -14,6 +14,9 @@ from energybook.model import paper as data  # noqa: E402
 from energybook.report import plot  # noqa: E402
 
 THREE = ["Llama-3.2-1B", "OPT-1.3B", "Qwen2-1.5B"]
+#: The width of the book's text column on a phone 390 px wide (CSS px); tests/test_book_html.py checks
+#: that no figure is shown there below 0.6 of its size.
+PHONE_PX = 340
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ def test_heatmap_rejects_an_unknown_model(surfaces):
         plot.heatmap(surfaces, "GPT-5")
 
 
-def test_heatmaps_share_one_colour_scale_and_wrap_to_two_columns(surfaces):
+def test_heatmaps_share_one_colour_scale_one_panel_per_row(surfaces):
     fig = plot.heatmaps(surfaces, models=THREE)
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["Llama 3.2 1B", "OPT 1.3B", "Qwen2 1.5B"]
@@ -121,10 +124,48 @@ def test_heatmaps_share_one_colour_scale_and_wrap_to_two_columns(surfaces):
     assert vmin == pytest.approx(three.min()) and vmax == pytest.approx(three.max())
     assert isinstance(panels[0].collections[0].norm, LogNorm)
     assert len(fig.axes) == 4  # three panels and one colour bar
-    assert fig.get_figwidth() <= 8
+    assert fig.get_figwidth() <= plot.PANEL_WIDTH_IN  # shown at >= 0.6 of its size on a phone
     columns = {round(ax.get_position().x0, 2) for ax in panels}
-    assert len(columns) == 2
-    assert not any(ax.texts for ax in panels)  # no annotations at phone width
+    assert len(columns) == 1  # one panel per row
+    assert not any(ax.texts for ax in panels)  # small multiples carry no cell labels
+    # The output lengths are labelled once, under the last panel.
+    assert [bool(ax.get_xlabel()) for ax in panels] == [False, False, True]
+    two = plot.heatmaps(surfaces, models=THREE, ncols=2)
+    assert len({round(ax.get_position().x0, 2) for ax in two.axes if ax.get_title()}) == 2
+    assert two.get_figwidth() <= plot.MAX_WIDTH_IN
+
+
+def test_default_figures_fit_a_phone(surfaces):
+    """Every figure the module draws on its own is at most MAX_WIDTH_IN wide (a phone shows the book's
+    text column at about 340 px: a wider figure is scaled below 0.6 and its labels stop reading), and a
+    single heat map's cell labels are no smaller than the axis tick labels."""
+    three = surfaces[surfaces["model"].isin(THREE)]
+    spots = pd.DataFrame({"model": ["Llama-3.2-1B"] * 2, "n_in": [64, 128], "n_out_star": [200.0, 280.0]})
+    figures = [plot.efficiency_curves(surfaces, n_in=64).figure, plot.heatmap(surfaces, "Llama-3.2-1B").figure,
+               plot.heatmaps(three), plot.residuals(three.assign(residual_pct=1.0)),
+               plot.mape_dots(pd.DataFrame({k: [100.0, 2.0] for k in plot.SCHEME_LABELS},
+                                           index=["baseline1_const", "memory_flops_model"])).figure,
+               plot.sweet_spot_curves(spots).figure,
+               plot.efficiency_by_model(three, {m: "GQA" for m in THREE}, models=THREE).figure,
+               plot.correlation_matrix(pd.DataFrame(np.eye(2), index=["theta0", "theta1"],
+                                                    columns=["theta0", "theta1"])).figure]
+    for fig in figures:
+        assert fig.get_figwidth() <= plot.MAX_WIDTH_IN, fig.get_figwidth()
+        # What the page shows: the tight box around everything drawn, legends below the axes included.
+        fig.canvas.draw()
+        drawn = fig.get_tightbbox(fig.canvas.get_renderer()).width
+        assert drawn <= PHONE_PX / 0.6 / 100, (fig.axes[0].get_xlabel(), drawn)
+    ax = plot.heatmap(surfaces, "Llama-3.2-1B")
+    assert ax.figure.get_figwidth() <= plot.PANEL_WIDTH_IN
+    tick = ax.get_xticklabels()[0].get_fontsize()
+    assert min(t.get_fontsize() for t in ax.texts) >= tick
+
+
+def test_a_one_value_grid_still_gets_a_labelled_log_scale(surfaces):
+    one = surfaces[(surfaces["model"] == "Llama-3.2-1B") & (surfaces["n_in"] == 64) & (surfaces["n_out"] == 64)]
+    ax = plot.heatmap(one, "Llama-3.2-1B")
+    norm = ax.collections[0].norm
+    assert norm.vmin < one["tokens_per_j"].iloc[0] < norm.vmax
 
 
 def test_heatmaps_centred_ratio_scale_is_symmetric(surfaces):

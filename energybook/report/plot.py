@@ -3,8 +3,11 @@
 One seaborn theme for every page (:func:`set_theme`) and the book's figure rules in one place:
 
 * heat maps of a value over the (n_in, n_out) grid with n_in increasing upward, everywhere
-  (:func:`heatmap` for one panel, :func:`heatmaps` for small multiples that wrap to at most two
-  columns and share one colour scale, so that panels compare);
+  (:func:`heatmap` for one panel, its cells labelled; :func:`heatmaps` for small multiples, one
+  panel per row on one shared colour scale, so that panels compare);
+* figures at most :data:`MAX_WIDTH_IN` inches wide, so that at a phone's width (about 340 CSS
+  pixels of text column) they are shown at no less than 0.6 of their size and their labels read
+  (the browser test checks it);
 * log colour bars and log axes with labelled ticks in plain numbers (1, 2, 5, 10, ...;
   :func:`log_ticks`), never "10^0";
 * one colour per model family and one marker and line style per member (:func:`model_styles`),
@@ -39,6 +42,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 logger = logging.getLogger(__name__)
+
+#: The widest figure the book draws (inches, at 100 dpi): 4.6 in for a panel with labelled cells,
+#: up to 5.2 in for line plots with their legends.
+MAX_WIDTH_IN = 5.2
+#: Width of one heat-map panel (inches): seven cells with three-digit labels side by side.
+PANEL_WIDTH_IN = 4.6
 
 #: Axis and colour-bar labels shared by every figure (lowercase, with units).
 LABELS = {
@@ -79,7 +88,7 @@ def set_theme(context: str = "notebook") -> None:
     Used in every chapter with figures, e.g. :doc:`/book/sweet_spots`.
     """
     sns.set_theme(context=context, style="whitegrid", palette="colorblind",
-                  rc={"figure.figsize": (7.0, 4.2), "figure.dpi": 100, "savefig.bbox": "tight",
+                  rc={"figure.figsize": (5.0, 3.4), "figure.dpi": 100, "savefig.bbox": "tight",
                       "axes.titlesize": "medium", "legend.fontsize": "small"})
 
 
@@ -284,7 +293,7 @@ def efficiency_curves(table: pd.DataFrame, n_in: int = 64, ax: Axes | None = Non
         raise ValueError(f"no rows with n_in = {n_in}; the table has n_in in {sorted(table['n_in'].unique())}")
     order = models if models is not None else list(dict.fromkeys(rows["model"]))
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.0, 4.6 if len(order) <= 4 else 6.0))
+        _, ax = plt.subplots(figsize=(5.0, 4.0 if len(order) <= 4 else 5.6))
     styles = model_styles(order)
     handles = []
     for model in order:
@@ -325,6 +334,8 @@ def _norm(values: np.ndarray, log: bool, vmin: float | None, vmax: float | None,
         raise ValueError("no finite value to colour")
     lo = float(finite.min()) if vmin is None else vmin
     hi = float(finite.max()) if vmax is None else vmax
+    if hi <= lo:  # one value (a one-point grid): a narrow range around it
+        lo, hi = (lo / 1.1, hi * 1.1) if log and lo > 0 else (lo - 0.5, hi + 0.5)
     if center is not None:
         if log:
             span = max(hi / center, center / lo)
@@ -387,6 +398,9 @@ def heatmap(table: pd.DataFrame, model: str, ax: Axes | None = None, value: str 
             center: float | None = None, fmt: str | None = None, cbar_label: str | None = None) -> Axes:
     """Heat map of one model's value over the (n_in, n_out) grid, n_in increasing upward.
 
+    A new figure is :data:`PANEL_WIDTH_IN` wide with the colour bar, so that the cell labels stay
+    legible on a phone. Also used by the measurement notebook (``energybook measure``).
+
     Args:
         table: Tidy table with ``model``, ``n_in``, ``n_out`` (tokens) and ``value``.
         model: The model to draw (a value of the ``model`` column).
@@ -417,10 +431,11 @@ def heatmap(table: pd.DataFrame, model: str, ax: Axes | None = None, value: str 
         raise ValueError(f"model {model!r} is not in the table; it has {list(dict.fromkeys(table['model']))}")
     grid = _grid(rows, value)
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 5.0))
+        _, ax = plt.subplots(figsize=(PANEL_WIDTH_IN, 4.0))
     log = value in ("tokens_per_j", "j_per_token", "ratio") if log is None else log
     norm = _norm(grid.to_numpy(dtype=float), log, vmin, vmax, center)
-    mesh = _draw(ax, grid, norm, cmap or (_DIVERGING if center is not None else _SEQUENTIAL), annot, fmt)
+    mesh = _draw(ax, grid, norm, cmap or (_DIVERGING if center is not None else _SEQUENTIAL), annot, fmt,
+                 fontsize="small")
     if cbar:
         _colorbar(ax.figure, mesh, ax, cbar_label or LABELS.get(value, value))
     ax.set_xlabel(LABELS["n_out"])
@@ -428,10 +443,12 @@ def heatmap(table: pd.DataFrame, model: str, ax: Axes | None = None, value: str 
     return ax
 
 
-def small_multiples(n: int, ncols: int = 2, panel_width: float = 3.4, panel_height: float = 3.1,
+def small_multiples(n: int, ncols: int = 1, panel_width: float = PANEL_WIDTH_IN, panel_height: float = 2.7,
                     extra_height: float = 0.9, sharey: bool = False) -> tuple[Figure, list[Axes]]:
-    """A figure of ``n`` panels wrapping to at most ``ncols`` columns, at most 8 inches wide.
+    """A figure of ``n`` panels, one per row by default (at most two columns), at most
+    :data:`MAX_WIDTH_IN` inches wide.
 
+    One column keeps every panel as wide as a phone shows it; two columns halve the panels.
     Unused slots of the last row are removed. Returns the figure and the ``n`` Axes in reading order.
 
     Used in :doc:`/book/fitting` (through :func:`heatmaps` and :func:`residuals`).
@@ -440,7 +457,7 @@ def small_multiples(n: int, ncols: int = 2, panel_width: float = 3.4, panel_heig
         raise ValueError("small multiples need at least one panel")
     ncols = max(1, min(ncols, n, 2))
     nrows = math.ceil(n / ncols)
-    width = min(8.0, ncols * panel_width + 0.6)
+    width = min(MAX_WIDTH_IN, ncols * panel_width)
     fig, grid = plt.subplots(nrows, ncols, figsize=(width, nrows * panel_height + extra_height),
                              squeeze=False, layout="constrained", sharey=sharey)
     axes = list(grid.flat)
@@ -450,24 +467,26 @@ def small_multiples(n: int, ncols: int = 2, panel_width: float = 3.4, panel_heig
 
 
 def heatmaps(table: pd.DataFrame, models: Sequence[str] | None = None, value: str = "tokens_per_j",
-             ncols: int = 2, log: bool | None = None, cmap: str | None = None, center: float | None = None,
+             ncols: int = 1, log: bool | None = None, cmap: str | None = None, center: float | None = None,
              annot: bool = False, fmt: str | None = None, vmin: float | None = None,
              vmax: float | None = None, titles: dict[str, str] | None = None,
              cbar_label: str | None = None) -> Figure:
     """Small multiples of :func:`heatmap`, one panel per model, on ONE shared colour scale.
 
-    Panels wrap to at most two columns (legible at phone width), each titled with the model's
-    name; n_in increases upward in every panel; one colour bar, under the panels, serves all.
+    One panel per row by default, each titled with the model's name, the output lengths labelled
+    under the last one only; n_in increases upward in every panel; one colour bar, under the
+    panels, serves all. The figure is :data:`PANEL_WIDTH_IN` wide: legible at phone width.
 
     Args:
         table: Tidy table with ``model``, ``n_in``, ``n_out`` and ``value``.
         models: Panels in reading order; every model of the table when None.
         value: Column to colour by.
-        ncols: Columns of panels (at most 2).
+        ncols: Columns of panels (1, or 2 for panels half as wide).
         log: Log colour scale; by default for ``tokens_per_j``, ``j_per_token`` and ``ratio``.
         cmap: Colour map; viridis, or RdBu when ``center`` is given.
         center: Middle of a diverging scale (1 for a ratio).
-        annot: Write the values in the cells (off by default: at phone width they do not read).
+        annot: Write the values in the cells (off by default: small multiples carry no cell labels;
+            a single :func:`heatmap` does).
         fmt: Format of the cell values.
         vmin, vmax: Ends of the shared scale; the table's range over the drawn models when None.
         titles: Panel titles by model; :func:`model_label` when None or missing.
@@ -496,6 +515,7 @@ def heatmaps(table: pd.DataFrame, models: Sequence[str] | None = None, value: st
         ax.set_ylabel(LABELS["n_in"] if k % n_cols == 0 else "")
         below = k + n_cols < len(order)
         ax.set_xlabel("" if below else LABELS["n_out"])
+        ax.tick_params(axis="x", labelbottom=not below)  # the output lengths once, under each column
     _colorbar(fig, mesh, axes, cbar_label or LABELS.get(value, value), orientation="horizontal")
     return fig
 
@@ -513,7 +533,7 @@ def correlation_matrix(corr: pd.DataFrame, ax: Axes | None = None) -> Axes:
     Used in :doc:`/book/fitting`.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.2, 4.4))
+        _, ax = plt.subplots(figsize=(4.8, 4.2))
     names = [rf"$\theta_{n[-1]}$" if n.startswith("theta") else n for n in corr.index]
     values = corr.to_numpy(dtype=float)[::-1]  # first coefficient at the top, like a table
     grid = pd.DataFrame(values, index=range(len(names)), columns=range(len(names)))
@@ -525,14 +545,14 @@ def correlation_matrix(corr: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def residuals(table: pd.DataFrame, models: Sequence[str] | None = None, value: str = "residual_pct",
-              ncols: int = 2) -> Figure:
+              ncols: int = 1) -> Figure:
     """Small multiples of residuals against the output length, one line per input length.
 
     Args:
         table: Tidy table with ``model``, ``n_in``, ``n_out`` and ``value`` (a residual in %).
         models: Panels in reading order; every model when None.
         value: The residual column.
-        ncols: Columns of panels (at most 2).
+        ncols: Columns of panels (1, one panel per row, or 2).
 
     Returns:
         The Figure (shared vertical axis, one legend of input lengths).
@@ -543,7 +563,7 @@ def residuals(table: pd.DataFrame, models: Sequence[str] | None = None, value: s
     order = list(models) if models is not None else list(dict.fromkeys(table["model"]))
     n_ins = sorted(int(v) for v in table["n_in"].unique())
     colours = dict(zip(n_ins, sns.color_palette(_SEQUENTIAL, n_colors=len(n_ins))))
-    fig, axes = small_multiples(len(order), ncols, panel_height=3.0, extra_height=0.8, sharey=True)
+    fig, axes = small_multiples(len(order), ncols, panel_height=2.4, extra_height=1.0, sharey=True)
     n_cols = max(1, min(ncols, len(order), 2))
     for k, (ax, m) in enumerate(zip(axes, order)):
         t = table[table["model"] == m]
@@ -556,9 +576,11 @@ def residuals(table: pd.DataFrame, models: Sequence[str] | None = None, value: s
         ax.tick_params(axis="x", labelsize="small")
         ax.set_title(model_label(m))
         ax.set_ylabel(LABELS.get(value, value) if k % n_cols == 0 else "")
-        ax.set_xlabel("" if k + n_cols < len(order) else LABELS["n_out"])
+        below = k + n_cols < len(order)
+        ax.set_xlabel("" if below else LABELS["n_out"])
+        ax.tick_params(axis="x", labelbottom=not below)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title=LABELS["n_in"], loc="outside lower center", ncol=min(7, len(n_ins)),
+    fig.legend(handles, labels, title=LABELS["n_in"], loc="outside lower center", ncol=min(4, len(n_ins)),
                frameon=False)
     return fig
 
@@ -574,7 +596,7 @@ def mape_dots(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
     Used in :doc:`/book/fitting`.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.0, 4.6))
+        _, ax = plt.subplots(figsize=(5.0, 4.0))
     rows = list(table.index)
     y = np.arange(len(rows))[::-1]
     palette = sns.color_palette("colorblind", n_colors=len(table.columns))
@@ -589,7 +611,7 @@ def mape_dots(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
     log_axis(ax, "x")
     ax.set_xlabel(LABELS["mape_pct"])
     ax.grid(axis="y", visible=False)
-    _legend(ax, n=len(table.columns) + 3)
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below, within the width
     return ax
 
 
@@ -611,7 +633,7 @@ def sweet_spot_curves(table: pd.DataFrame, ax: Axes | None = None, models: Seque
     _check(table, ("model", "n_in", "n_out_star"))
     order = list(models) if models is not None else list(dict.fromkeys(table["model"]))
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.0, 4.6))
+        _, ax = plt.subplots(figsize=(5.0, 4.2))
     styles = model_styles(order)
     handles = []
     for m in order:
@@ -658,7 +680,7 @@ def efficiency_by_model(table: pd.DataFrame, group: dict[str, str], ax: Axes | N
     palette = dict(zip(kinds, sns.color_palette("colorblind", n_colors=len(kinds))))
     markers = dict(zip(kinds, _MARKERS))
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.2))
+        _, ax = plt.subplots(figsize=(5.0, 3.8))
     rng = np.random.default_rng(seed)
     seen = set()
     for x, m in enumerate(order):

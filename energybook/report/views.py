@@ -243,7 +243,7 @@ def _formatter(fmt):
 
 def grid_heatmap(ax: Axes, table: pd.DataFrame, value: str, norm: Normalize, cmap: str = "viridis",
                  scale: float = 1.0, fmt=short_number, annotate: bool = True, mark: list[tuple[int, int]] | None = None,
-                 fontsize: float = 7.0):
+                 fontsize: float = 9.0):
     """One heat map of a value over the (n_in, n_out) grid, n_in increasing upward.
 
     Args:
@@ -333,12 +333,14 @@ def table_html(table: pd.DataFrame, formats: dict[str, str] | None = None, capti
 
 def heatmap_panels(panels: dict[str, pd.DataFrame], value: str, norm: Normalize, label: str, cmap: str = "viridis",
                    scale: float = 1.0, fmt=short_number, marks: dict[str, list[tuple[int, int]]] | None = None,
-                   fontsize: float = 7.0, panel_size: tuple[float, float] = (3.7, 3.3)):
-    """Small multiples of :func:`grid_heatmap` on one colour scale, at most two columns.
+                   fontsize: float = 9.0, panel_size: tuple[float, float] = (4.6, 3.0)):
+    """Small multiples of :func:`grid_heatmap` on one colour scale, one panel per row.
 
-    Every panel has its title (a single panel has none); the shared axes are labelled once (n_in up the left column,
-    n_out along the bottom of every column). The colour bar goes into the empty slot of an odd
-    number of panels, else below them (beside a single panel). A log norm gets 1-2-5 ticks in plain numbers.
+    One panel per row keeps the figure as wide as one panel (4.6 inches by default), so that on a
+    phone, whose text column is about 340 CSS pixels wide, the figure is shown at no less than 0.6
+    of its size and the cell labels stay legible. Every panel has its title (a single panel has none);
+    every panel labels its input lengths, the output lengths are labelled under the last one, and one
+    horizontal colour bar under the panels serves all. A log norm gets 1-2-5 ticks in plain numbers.
 
     Args:
         panels: Panel title -> tidy table of one model (``n_in``, ``n_out``, ``value``).
@@ -350,7 +352,7 @@ def heatmap_panels(panels: dict[str, pd.DataFrame], value: str, norm: Normalize,
         fmt: Format of the cell annotations (a format string or a function).
         marks: Panel title -> cells to outline.
         fontsize: Annotation size (points).
-        panel_size: Width and height of one panel (inches); two columns stay under 8 inches.
+        panel_size: Width and height of one panel (inches); the width is the figure's.
 
     Returns:
         The matplotlib Figure.
@@ -360,42 +362,24 @@ def heatmap_panels(panels: dict[str, pd.DataFrame], value: str, norm: Normalize,
     if not panels:
         raise ValueError("no panels to draw")
     n = len(panels)
-    cols = 1 if n == 1 else 2
-    rows = math.ceil(n / cols)
-    spare = rows * cols > n
-    extra = 0.0 if spare else 0.9
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_size[0] * cols, panel_size[1] * rows + extra), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(n, 1, figsize=(panel_size[0], panel_size[1] * n + 0.9), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
+    column = list(axes[:, 0])
     image = None
     for k, (title, table) in enumerate(panels.items()):
-        ax = axes.flat[k]
+        ax = column[k]
         image = grid_heatmap(ax, table, value, norm, cmap=cmap, scale=scale, fmt=fmt, fontsize=fontsize,
                              mark=(marks or {}).get(title))
         if n > 1:  # a single panel has no title: the caption says what it shows
             ax.set_title(title, fontsize="medium")
-        ax.tick_params(labelbottom=True)
-        ax.set_xlabel(N_OUT_LABEL if k >= n - cols else "")
-        ax.set_ylabel(N_IN_LABEL if k % cols == 0 else "")
-    if n == 2 or (rows > 1 and not spare):
-        axes.flat[-1].set_xlabel(N_OUT_LABEL)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    if n == 1:
-        fig.tight_layout()
-        orientation, where = "vertical", dict(ax=axes.flat[0], fraction=0.06, pad=0.03)
-    elif spare:
-        fig.tight_layout()
-        host = axes.flat[-1]
-        box = host.get_position()
-        cax = fig.add_axes([box.x0 + 0.05 * box.width, box.y0 + 0.55 * box.height, 0.9 * box.width, 0.07 * box.height])
-        orientation, where = "horizontal", dict(cax=cax)
-    else:
-        fig.tight_layout(rect=(0, 0.12 if rows == 1 else 0.06, 1, 1))
-        cax = fig.add_axes([0.15, 0.035 if rows > 1 else 0.06, 0.7, 0.025 if rows > 1 else 0.035])
-        orientation, where = "horizontal", dict(cax=cax)
+        ax.tick_params(axis="x", labelrotation=0, labelsize="small", labelbottom=k == n - 1)
+        ax.tick_params(axis="y", labelsize="small")
+        ax.set_xlabel(N_OUT_LABEL if k == n - 1 else "")
+        ax.set_ylabel(N_IN_LABEL)
+    where = dict(location="bottom", aspect=30, pad=0.01)
     if isinstance(norm, LogNorm):
-        cbar = log_colorbar(fig, image, None, label, orientation=orientation, **where)
+        log_colorbar(fig, image, column, label, **where)
     else:
-        cbar = fig.colorbar(image, orientation=orientation, **where)
+        cbar = fig.colorbar(image, ax=column, **where)
         cbar.set_label(label)
     return fig
