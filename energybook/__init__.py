@@ -48,6 +48,9 @@ _API = {
     "predict_grid": ("energybook.model.fit", "predict_grid"),
     "GpuSpec": ("energybook.model.roofline", "GpuSpec"),
     "point_bound": ("energybook.model.roofline", "point_bound"),
+    "predict": ("energybook.model.physics", "predict"),
+    "load_calibration": ("energybook.model.physics", "load_calibration"),
+    "Prediction": ("energybook.model.physics", "Prediction"),
     "paper_table2": ("energybook.model.paper", "paper_table2"),
     "paper_table3": ("energybook.model.paper", "paper_table3"),
     "paper_table5": ("energybook.model.paper", "paper_table5"),
@@ -73,6 +76,8 @@ _API = {
     # report
     "measured_table": ("energybook.report.analysis", "measured_table"),
     "energy_views": ("energybook.report.views", "energy_views"),
+    "advise": ("energybook.report.advise", "advise"),
+    "parse_workload": ("energybook.report.advise", "parse_workload"),
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -8,6 +8,10 @@ Sub-commands:
   ``torchrun`` each rank measures its share on its own GPU (:mod:`energybook.measure.launch`), ``--plan``
   prints the shares;
 * ``energybook measure --model M [M ...]``: the same through the papermill notebook, executed copy kept;
+* ``energybook predict --model M --n-in A --n-out B``: the energy of a workload on a calibrated GPU, from the
+  configuration alone (the physical model, :mod:`energybook.model.physics`);
+* ``energybook advise --model M --workload FILE_OR_SPEC``: a workload's energy and the output cap or prompt
+  truncation that minimises joules per output token (:mod:`energybook.report.advise`);
 * ``energybook book``: build the book from the committed data (CPU only, in a checkout).
 
 Errors are printed as one line that names the problem and what to do, with exit status 2; an
@@ -55,6 +59,62 @@ def _counts(args: argparse.Namespace) -> int:
         print(f"  prefill           {pre.flops / 1e12:12.3f} TFLOP {pre.bytes / 1e9:10.3f} GB")
         print(f"  decode step (c={args.n_in}) {step.flops / 1e12:8.3f} TFLOP {step.bytes / 1e9:10.3f} GB")
         print(f"  whole workload    {total.flops / 1e12:12.3f} TFLOP {total.bytes / 1e9:10.3f} GB")
+    return 0
+
+
+def _predict_cmd(args: argparse.Namespace) -> int:
+    from energybook.model import architecture as A
+    from energybook.model import physics as P
+
+    arch = A.load(args.model)
+    cal = P.load_calibration(args.gpu)
+    pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
+                     calibration=cal)
+    if args.json:
+        print(json.dumps(pred.to_dict(), sort_keys=True))
+        return 0
+    d = pred.to_dict()
+    print(f"{arch.name} on {cal.gpu_name} ({cal.engine} engine): {args.n_req} requests of n_in {args.n_in}, "
+          f"n_out {args.n_out}, batch {pred.batch} in {pred.waves} wave(s)")
+    print(f"  joules per output token   {pred.j_per_token:10.4g} J   (95% interval {pred.j_per_token_low:.4g} .. "
+          f"{pred.j_per_token_high:.4g})")
+    print(f"  joules per total token    {pred.j_per_total_token:10.4g} J")
+    print(f"  joules per request        {pred.j_per_request:10.4g} J   (95% interval {d['j_per_request_low']:.4g} .. "
+          f"{d['j_per_request_high']:.4g})")
+    print(f"  output tokens per joule   {pred.tokens_per_j:10.4g}")
+    print(f"  time                      {pred.duration_s:10.4g} s   (prefill {pred.prefill_s:.4g} s, "
+          f"decode {pred.decode_s:.4g} s)")
+    print(f"  mean power                {pred.power_w:10.4g} W")
+    print(f"  energy                    {pred.energy_j:10.4g} J   (prefill {pred.prefill_energy_j:.4g} J, "
+          f"decode {pred.decode_energy_j:.4g} J)")
+    return 0
+
+
+def _advise_cmd(args: argparse.Namespace) -> int:
+    from energybook.model import architecture as A
+    from energybook.model import physics as P
+    from energybook.report import advise as ADV
+
+    arch = A.load(args.model)
+    cal = P.load_calibration(args.gpu)
+    workload = ADV.parse_workload(args.workload)
+    advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch)
+    base, best = advice.baseline, advice.best
+    print(f"{arch.name} on {cal.gpu_name}: workload {workload.source} ({workload.n_req} requests)")
+    print(f"  energy as given: {base.energy_j:.4g} J in total, {base.j_per_request:.4g} J per request, "
+          f"{base.j_per_token:.4g} J per output token")
+    print(f"  {'option':26s} {'J/request':>10s} {'J/out token':>11s} {'saved/request':>13s} {'saved total':>12s}")
+    for o in [base, *advice.options]:
+        print(f"  {o.label:26s} {o.j_per_request:10.4g} {o.j_per_token:11.4g} {o.saving_j_per_request:13.4g} "
+              f"{o.saving_j:12.4g}")
+    if best is base:
+        print("  lowest joules per output token: the workload as given (no cap or truncation lowers it)")
+    else:
+        print(f"  lowest joules per output token: {best.label} ({best.j_per_token:.4g} J per output token, saves "
+              f"{best.saving_j_per_request:.4g} J per request, {best.saving_j:.4g} J in total)")
+    print(f"  note: {advice.warning}")
+    if args.plot:
+        print(f"  plot: {ADV.plot_advice(advice, args.plot)}")
     return 0
 
 
@@ -205,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-out", type=int, default=256, help="output length (tokens)")
     p.add_argument("--batch", type=int, default=1, help="requests decoded together")
     p.set_defaults(func=_counts)
+
+    model_help = "shipped model name, or a config.json / checkpoint directory of any registered family"
+    p = sub.add_parser("predict", help="predict the energy of a workload on a calibrated GPU (no GPU needed)")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--n-in", type=int, required=True, help="prompt length (tokens)")
+    p.add_argument("--n-out", type=int, required=True, help="output length (tokens)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batch", type=int, default=None, help="requests per wave (default: the engine's KV-memory rule)")
+    g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (default 1024)")
+    p.add_argument("--n-req", type=int, default=1000, help="requests (default 1000)")
+    p.add_argument("--gpu", default="h100", help="calibrated GPU (default h100)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_predict_cmd)
+
+    p = sub.add_parser("advise", help="a workload's energy and the length caps that save most (no GPU needed)")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--workload", required=True, help='a CSV with n_in and n_out columns, or a spec such as '
+                   '"n_in=512,n_out<=2048"')
+    p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (default 1024)")
+    p.add_argument("--gpu", default="h100", help="calibrated GPU (default h100)")
+    p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
+    p.set_defaults(func=_advise_cmd)
 
     p = sub.add_parser("book", help="build the book from the committed data (CPU only, in a checkout)")
     p.add_argument("--builder", default=None, help="Sphinx builder (default html)")

@@ -4,7 +4,9 @@ A measurement table is tidy: one row per grid point with the columns ``n_in``, `
 (tokens) and ``j_per_token`` (joules per output token). :func:`fit` fits one of the study's
 formulas (:mod:`energybook.model.formulas`) by least squares with lmfit and returns a
 :class:`FitResult` with each coefficient's estimate, standard error, 95% confidence interval
-and p-value, the MAPE and lmfit's report.
+and p-value, the MAPE and lmfit's report. A formula that needs the batch size
+(``memory_flops_batch_model``) reads it from the table's ``batch`` column.
+:mod:`energybook.model.stats` adds resampling statistics and sweet spots with intervals.
 
 Used in :doc:`/book/fitting` and :doc:`/book/sweet_spots`.
 """
@@ -73,15 +75,17 @@ class FitResult:
     report: str
     residuals: np.ndarray = field(repr=False)
     correlations: pd.DataFrame = field(repr=False)
+    weighting: str = "relative"
 
     @property
     def values(self) -> dict[str, float]:
         """Coefficient values by name."""
         return {k: p.value for k, p in self.params.items()}
 
-    def predict(self, n_in, n_out):
-        """Fitted energy per output token (J) at the given lengths."""
-        return F.get(self.formula)(n_in, n_out, **self.values)
+    def predict(self, n_in, n_out, batch=None):
+        """Fitted energy per output token (J) at the given lengths (tokens) and, for a formula that
+        needs it, batch size (requests decoded together)."""
+        return F.get(self.formula)(n_in, n_out, batch=batch, **self.values)
 
     def to_frame(self) -> pd.DataFrame:
         """The estimates as a table, one row per coefficient."""
@@ -100,6 +104,46 @@ def _columns(table: pd.DataFrame, y: str) -> tuple[np.ndarray, np.ndarray, np.nd
     if not np.isfinite(values).all() or (values <= 0).any():
         raise ValueError(f"{y} must be positive and finite at every point")
     return n_in, n_out, values
+
+
+def batch_column(table: pd.DataFrame) -> np.ndarray:
+    """The ``batch`` column (requests decoded together) as floats, checked positive.
+
+    Raises:
+        ValueError: when the table has no ``batch`` column or a non-positive batch.
+    """
+    if "batch" not in table.columns:
+        raise ValueError("the formula needs the batch size: the table lacks a 'batch' column "
+                         "(requests decoded together at each point)")
+    batch = table["batch"].to_numpy(dtype=float)
+    if not np.isfinite(batch).all() or (batch <= 0).any():
+        raise ValueError("batch must be positive and finite at every point")
+    return batch
+
+
+def design_matrix(table: pd.DataFrame, formula: str = "memory_flops_model") -> np.ndarray:
+    """The formula's basis terms at every point of a table, one column per coefficient.
+
+    Every formula is linear in its coefficients: column j is the formula with theta_j = 1 and the
+    others 0, so that the energy per output token is ``design_matrix(...) @ thetas``.
+
+    Args:
+        table: Tidy table with ``n_in``, ``n_out`` (tokens), and ``batch`` if the formula needs it.
+        formula: Formula key or label.
+
+    Returns:
+        An array of shape (points, coefficients), in :attr:`Formula.param_names` order.
+    """
+    f = F.get(formula)
+    missing = [c for c in ("n_in", "n_out") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}")
+    n_in = table["n_in"].to_numpy(dtype=float)
+    n_out = table["n_out"].to_numpy(dtype=float)
+    batch = batch_column(table) if f.needs_batch else None
+    names = f.param_names
+    return np.column_stack([np.broadcast_to(f(n_in, n_out, batch=batch, **{p: float(p == q) for p in names}),
+                                            n_in.shape) for q in names])
 
 
 def mape(measured, predicted) -> float:
@@ -140,14 +184,17 @@ def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_pe
     if weighting not in ("none", "relative"):
         raise ValueError(f"unknown weighting {weighting!r}; use 'none' or 'relative'")
     weights = 1 / values if weighting == "relative" else np.ones_like(values)
+    independent = dict(n_in=n_in, n_out=n_out)
+    if f.needs_batch:
+        independent["batch"] = batch_column(table)
 
     # Linear start: column j is the formula with theta_j = 1 and the others 0.
-    basis = np.column_stack([f(n_in, n_out, **{p: float(p == q) for p in names}) for q in names])
+    basis = design_matrix(table, f.key)
     start, *_ = np.linalg.lstsq(basis * weights[:, None], values * weights, rcond=None)
 
     model = f.model()
     params = model.make_params(**{p: float(v) for p, v in zip(names, start)})
-    result = model.fit(values, params, n_in=n_in, n_out=n_out, weights=weights)
+    result = model.fit(values, params, weights=weights, **independent)
 
     dof = n - k
     t_crit = stats.t.ppf(0.5 + confidence / 2, dof)
@@ -165,12 +212,22 @@ def fit(table: pd.DataFrame, formula: str = "memory_flops_model", y: str = "j_pe
     fitted = result.best_fit
     return FitResult(formula=f.key, params=estimates, mape_pct=mape(values, fitted), n_points=n,
                      confidence=confidence, report=result.fit_report(), residuals=values - fitted,
-                     correlations=corr)
+                     correlations=corr, weighting=weighting)
 
 
-def fit_all(table: pd.DataFrame, y: str = "j_per_token", weighting: str = "relative") -> dict[str, FitResult]:
-    """Fit every formula to one table; results keyed by formula."""
-    return {key: fit(table, key, y=y, weighting=weighting) for key in F.FORMULAS}
+def fit_all(table: pd.DataFrame, y: str = "j_per_token", weighting: str = "relative",
+            extra: bool = False) -> dict[str, FitResult]:
+    """Fit every formula to one table; results keyed by formula.
+
+    Args:
+        table: Tidy table of one model.
+        y: Energy column (joules per output token).
+        weighting: As in :func:`fit`.
+        extra: Also fit :data:`energybook.model.formulas.EXTRA_FORMULAS` (the batch term needs a
+            ``batch`` column); by default only the study's six.
+    """
+    keys = list(F.FORMULAS) + (list(F.EXTRA_FORMULAS) if extra else [])
+    return {key: fit(table, key, y=y, weighting=weighting) for key in keys}
 
 
 @dataclass(frozen=True)
@@ -212,11 +269,34 @@ class Extremes:
 
 
 def predict_grid(thetas: dict[str, float], formula: str = "memory_flops_model",
-                 n_in=GRID, n_out=GRID) -> pd.DataFrame:
-    """A tidy table of a formula's predictions over a grid (``j_per_token``, ``tokens_per_j``)."""
+                 n_in=GRID, n_out=GRID, batch=None) -> pd.DataFrame:
+    """A tidy table of a formula's predictions over a grid (``j_per_token``, ``tokens_per_j``).
+
+    Args:
+        thetas: Coefficients of the formula.
+        formula: Formula key or label.
+        n_in: Prompt lengths (tokens).
+        n_out: Output lengths (tokens).
+        batch: For a formula that needs it (``memory_flops_batch_model``): a batch size for every
+            point, or a callable ``batch(n_in, n_out)`` (arrays of tokens in, requests decoded together
+            out), e.g. the engine's KV-memory rule. The table then has a ``batch`` column.
+
+    Raises:
+        ValueError: when the formula needs a batch and none is given.
+    """
+    f = F.get(formula)
     ii, oo = np.meshgrid(np.asarray(n_in), np.asarray(n_out), indexing="ij")
-    e = F.get(formula)(ii.ravel(), oo.ravel(), **thetas)
-    return pd.DataFrame({"n_in": ii.ravel(), "n_out": oo.ravel(), "j_per_token": e, "tokens_per_j": 1 / e})
+    ii, oo = ii.ravel(), oo.ravel()
+    if f.needs_batch and batch is None:
+        raise ValueError(f"{f.label} needs the batch size at every point: pass batch= (a number or a callable "
+                         "batch(n_in, n_out))")
+    b = None if not f.needs_batch else np.broadcast_to(
+        np.asarray(batch(ii, oo) if callable(batch) else batch, dtype=float), ii.shape)
+    e = np.broadcast_to(f(ii, oo, batch=b, **thetas), ii.shape).astype(float)
+    out = pd.DataFrame({"n_in": ii, "n_out": oo, "j_per_token": e, "tokens_per_j": 1 / e})
+    if b is not None:
+        out.insert(2, "batch", b)
+    return out
 
 
 def extremes(table: pd.DataFrame, y: str = "j_per_token") -> Extremes:
@@ -242,16 +322,36 @@ class SweetSpot:
     n_out: int
     n_out_exact: float
     j_per_token: float
+    kind: str = F.INTERIOR
 
 
-def estimated_sweet_spot(thetas: dict[str, float], n_in=GRID) -> SweetSpot:
+def estimated_sweet_spot(thetas: dict[str, float], n_in=GRID, n_out_min: float | None = None,
+                         n_out_max: float | None = None) -> SweetSpot:
     """The study's estimated best point: the sweet spot n_out*(n_in) of each input, and the
-    input whose sweet spot costs the least energy per token."""
-    spots = [float(F.sweet_spot(i, thetas["theta1"], thetas["theta3"], thetas["theta4"],
-                                thetas.get("theta5", 0.0))) for i in n_in]
-    energy = [float(F.memory_flops_model(i, o, **thetas)) for i, o in zip(n_in, spots)]
-    best = int(np.argmin(energy))
-    return SweetSpot(int(n_in[best]), int(round(spots[best])), spots[best], energy[best])
+    input whose sweet spot costs the least energy per token.
+
+    A boundary optimum is a result, not a crash: where theta1 n_in^2 + theta3 n_in + theta5 <= 0 the
+    energy per token only rises with n_out and the sweet spot is the shortest output allowed
+    (:func:`energybook.model.formulas.optimum`; ``kind`` says so).
+
+    Args:
+        thetas: Memory+FLOPs coefficients (``theta0`` .. ``theta5``).
+        n_in: Prompt lengths searched (tokens).
+        n_out_min: Shortest output allowed (tokens); None: 1 token, the study's unconstrained formula.
+        n_out_max: Longest output allowed (tokens); None: unbounded in practice (1e9 tokens).
+
+    Raises:
+        ValueError: when ``n_out_max`` is None and the energy per token falls without end (theta4 <= 0).
+    """
+    lo = 1.0 if n_out_min is None else float(n_out_min)
+    hi = 1e9 if n_out_max is None else float(n_out_max)
+    spots = [F.optimum(float(i), thetas, lo, hi) for i in n_in]
+    best = int(np.argmin([s.j_per_token for s in spots]))
+    s = spots[best]
+    if n_out_max is None and s.kind == F.LONGEST:
+        raise ValueError(f"theta4 = {thetas['theta4']:.3g} <= 0: the energy per token falls without end as n_out "
+                         "grows, so there is no sweet spot; pass n_out_max for the best output within a range")
+    return SweetSpot(int(n_in[best]), int(round(s.n_out)), s.n_out, s.j_per_token, s.kind)
 
 
 @dataclass(frozen=True)
@@ -312,6 +412,8 @@ def cross_validate(table: pd.DataFrame, formula: str = "memory_flops_model", sch
     for g in labels:
         held = groups == g
         result = fit(table[~held], formula, y=y, weighting=weighting)
-        predicted[held] = result.predict(table.loc[held, "n_in"].to_numpy(), table.loc[held, "n_out"].to_numpy())
+        batch = batch_column(table[held]) if F.get(formula).needs_batch else None
+        predicted[held] = result.predict(table.loc[held, "n_in"].to_numpy(), table.loc[held, "n_out"].to_numpy(),
+                                         batch)
     out = table.assign(predicted=predicted)
     return CrossValidation(F.get(formula).key, scheme, mape(table[y], predicted), len(labels), out)
