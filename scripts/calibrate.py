@@ -2,7 +2,6 @@
 
 Writes
   energybook/resources/calibration/<gpu>.json   the shipped calibration (what `energybook predict` reads)
-  data/calibration/<gpu>.json                   the same record, beside the evaluation
   data/calibration/evaluation.json, .md         in-sample and leave-one-model-out errors of every variant
 
 Run from the checkout:  .venv/bin/python scripts/calibrate.py [--gpu h100] [--combine max] [--overhead overlap]
@@ -124,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         model_error="model_error_log: rms of log(predicted/measured) total energy over the leave-one-model-out "
                     "predictions of this variant")
     package_file = cal.save(ROOT / "energybook" / "resources" / "calibration" / f"{args.gpu}.json")
-    data_file = ROOT / "data" / "calibration" / f"{args.gpu}.json"
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    data_file.write_text(package_file.read_text())
+    data_file = ROOT / "data" / "calibration" / f"{args.gpu}.json"  # the evaluation goes beside it; the record
+    data_file.parent.mkdir(parents=True, exist_ok=True)             # itself ships in the package only
 
     mha = [m for m in models if not archs[m].is_gqa]
     gqa = [m for m in models if archs[m].is_gqa]
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                          residual_rms_log=v["fit"].residual_rms_log) for v in variants])
     (data_file.parent / "evaluation.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     (data_file.parent / "evaluation.md").write_text(_markdown(report, cal, chosen, archs))
-    print(f"{package_file}\n{data_file}\n{data_file.parent / 'evaluation.md'}")
+    print(f"{package_file}\n{data_file.parent / 'evaluation.md'}")
     return 0
 
 
