@@ -157,7 +157,7 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
     lines = [
         f"# Physical energy model: calibration and evaluation ({report['gpu']})", "",
         "Written by `python scripts/calibrate.py` (regenerate with the same command; it also writes the shipped "
-        f"calibration `energybook/resources/calibration/{cal.gpu}.json` and its copy here).", "",
+        f"calibration `energybook/resources/calibration/{cal.gpu}.json`).", "",
         "- grids: " + ", ".join(f"`{k}` (sha256 {v['sha256'][:12]}...)" for k, v in cal.provenance["grids"].items()),
         f"- energybook commit: {cal.provenance['energybook_commit']}; date {cal.provenance['date']}",
         f"- stored variant: combine = `{cal.combine}`, overhead = `{cal.overhead}`", "",

@@ -27,6 +27,8 @@ if [ "$listed" -ne 13 ]; then
     echo "energybook models listed $listed models, expected the 13 shipped ones" >&2; exit 1
 fi
 "$WORK/venv/bin/energybook" counts Llama-3.2-1B --n-in 64 --n-out 256
+"$WORK/venv/bin/energybook" predict --model Llama-3.2-1B --n-in 64 --n-out 256 --json | tee predict.json
+"$WORK/venv/bin/python" -c "import json; d = json.load(open('predict.json')); assert d['tokens_per_j'] > 0, d"
 "$WORK/venv/bin/python" - <<'PY'
 import energybook as eb
 from energybook.measure.notebook import notebook_source
