@@ -1087,7 +1087,7 @@ class LeanEngine:
             RuntimeError: when the generated token count differs from the one asked for, or (``require_prepared``)
                 when the shapes were not prepared.
         """
-        from energybook.measure.torch_engine import Wave, WaveTimes
+        from energybook.measure.torch_engine import Wave, WaveTimes, checkpoint_marker, random_prompts
 
         check_positive(n_in=n_in, n_out=n_out, batch=batch)
         if batch > self.max_batch:
@@ -1111,17 +1111,10 @@ class LeanEngine:
         w = self._wave
         plan = self._buckets(n_in, n_out)
         dev = self.device
-        gen = torch.Generator(device=dev).manual_seed(self.seed + 7919 * n_in + batch)
-        prompts = torch.randint(0, self.vocab, (batch, n_in), device=dev, generator=gen)
+        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev)
         w.out[:, n_in:n_in + n_out].fill_(-1)
         times = WaveTimes(start=0.0, prefill_end=0.0, end=0.0)
-
-        def mark(k: int) -> None:
-            if k in marks:
-                t = clock()
-                times.checkpoints[k] = t
-                if on_checkpoint is not None:
-                    on_checkpoint(k, t)
+        mark = checkpoint_marker(times, marks, clock, on_checkpoint)
 
         with torch.inference_mode():
             times.start = clock()

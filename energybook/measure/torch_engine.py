@@ -408,6 +408,27 @@ class WaveTimes:
     checkpoints: dict[int, float] = field(default_factory=dict)
 
 
+def random_prompts(torch, vocab: int, seed: int, n_in: int, batch: int, device):
+    """A wave's prompts, ``batch`` x ``n_in`` random token ids seeded by (seed, n_in, batch): every engine
+    generates the same prompts for the same wave."""
+    gen = torch.Generator(device=device).manual_seed(seed + 7919 * n_in + batch)
+    return torch.randint(0, vocab, (batch, n_in), device=device, generator=gen)
+
+
+def checkpoint_marker(times: WaveTimes, checkpoints, clock: Callable[[], float],
+                      on_checkpoint: Callable[[int, float], None] | None = None) -> Callable[[int], None]:
+    """``mark(k)``: at a checkpoint (``k`` output tokens per request), read the clock into ``times``."""
+
+    def mark(k: int) -> None:
+        if k in checkpoints:
+            t = clock()
+            times.checkpoints[k] = t
+            if on_checkpoint is not None:
+                on_checkpoint(k, t)
+
+    return mark
+
+
 @dataclass
 class Wave:
     """Result of :meth:`TorchEngine.generate`.
@@ -680,19 +701,12 @@ class TorchEngine:
         a = self.arch
         max_len = self.cache_len(n_in, n_out)
         dev = self.device
-        gen = torch.Generator(device=dev).manual_seed(self.seed + 7919 * n_in + batch)
-        prompts = torch.randint(0, self.vocab, (batch, n_in), device=dev, generator=gen)
+        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev)
         out = torch.full((batch, n_out), -1, dtype=torch.long, device=dev)
         positions = torch.arange(max_len, device=dev)
         cache = self.WaveCache(a.num_layers, batch, a.num_kv_heads, max_len, a.head_dim, self.dtype, dev)
         times = WaveTimes(start=0.0, prefill_end=0.0, end=0.0)
-
-        def mark(k: int) -> None:
-            if k in checkpoints:
-                t = clock()
-                times.checkpoints[k] = t
-                if on_checkpoint is not None:
-                    on_checkpoint(k, t)
+        mark = checkpoint_marker(times, checkpoints, clock, on_checkpoint)
 
         with torch.inference_mode():
             times.start = clock()
