@@ -144,7 +144,37 @@ def test_sweet_spot_table_matches_the_formula():
     published = D.paper_table5().set_index("model").loc["Llama-3.2-1B", "estimated_best_n_out"]
     assert round(llama.loc[64]) == published
     assert (llama.diff().dropna() > 0).all()
-    assert t[t["model"] == "flat"]["n_out_star"].isna().all()
+    assert (t[t["model"] == "Llama-3.2-1B"]["kind"] == "interior").all()
+    # theta4 = 0: the energy per token only falls with n_out, so the best is the longest output, not NaN.
+    flat = t[t["model"] == "flat"]
+    assert (flat["n_out_star"] == 4096).all() and (flat["kind"] == "boundary: longest n_out").all()
+
+
+def test_sweet_spot_table_boundary_is_a_result_not_nan():
+    th = D.paper_thetas("Llama-3.2-1B")
+    # A <= 0 (theta1 n_in^2 + theta3 n_in + theta5): the energy per token only rises -> shortest n_out.
+    rising = dict(th, theta1=0.0, theta3=0.0, theta5=-1.0)
+    t = AN.sweet_spot_table({"rising": rising}, n_in=[64, 512], n_out_min=32, n_out_max=2048)
+    assert t["n_out_star"].notna().all()
+    assert (t["n_out_star"] == 32).all() and (t["kind"] == "boundary: shortest n_out").all()
+    # An interior optimum outside the range is clipped to it.
+    t = AN.sweet_spot_table({"Llama-3.2-1B": th}, n_in=[4096], n_out_max=256)
+    assert t["n_out_star"].iloc[0] == 256
+
+
+def test_repeat_table_keeps_the_full_run_repeats_apart():
+    reps = AN.repeat_table()
+    if reps.empty:
+        pytest.skip("no committed full-run repeats")
+    assert all(s.rsplit("/", 1)[-1].startswith("full-") for s in reps["source"])
+    # Several repeats of one point, not averaged.
+    counts = reps.groupby(["model", "n_in", "n_out"]).size()
+    assert (counts >= 2).all()
+    assert {"energy_j", "tokens_out", "n_in", "n_out", "model"} <= set(reps.columns)
+
+
+def test_repeat_table_is_empty_without_measurements(tmp_path):
+    assert AN.repeat_table(tmp_path).empty
 
 
 def test_term_shares_sum_to_one():

@@ -247,27 +247,31 @@ def theta_comparison(fitted: dict[str, dict[str, F.FitResult]], study: pd.DataFr
     return pd.DataFrame(rows).set_index(["model", "coefficient"])
 
 
-def sweet_spot_table(thetas: dict[str, dict[str, float]], n_in=GRID) -> pd.DataFrame:
+def sweet_spot_table(thetas: dict[str, dict[str, float]], n_in=GRID, n_out_min: float = min(GRID),
+                     n_out_max: float = max(GRID)) -> pd.DataFrame:
     """The sweet spot n_out*(n_in) of every model's Memory+FLOPs coefficients, tidy.
+
+    Each point is :func:`energybook.model.formulas.optimum`: an interior minimum sqrt(A / theta4) inside
+    the range, or a boundary when there is none (A <= 0: the energy per token only rises, so the shortest
+    output; theta4 <= 0: it only falls, so the longest). A boundary is a result, never NaN.
 
     Args:
         thetas: ``{model: {"theta0": ..., "theta5": ...}}``.
         n_in: Input lengths (tokens).
+        n_out_min: Shortest output length considered (tokens; the grid's by default).
+        n_out_max: Longest output length considered (tokens; the grid's by default).
 
     Returns:
-        Columns ``model``, ``n_in`` and ``n_out_star`` (tokens, real-valued; NaN where theta4 <= 0,
-        for which there is no minimum in n_out).
+        Columns ``model``, ``n_in``, ``n_out_star`` (tokens, real-valued) and ``kind`` (``"interior"``,
+        ``"boundary: shortest n_out"`` or ``"boundary: longest n_out"``).
 
     Used in :doc:`/book/sweet_spots`.
     """
     rows = []
     for m, th in thetas.items():
         for n in n_in:
-            try:
-                star = float(FM.sweet_spot(n, th["theta1"], th["theta3"], th["theta4"], th.get("theta5", 0.0)))
-            except ValueError:
-                star = float("nan")
-            rows.append(dict(model=m, n_in=int(n), n_out_star=star))
+            best = FM.optimum(float(n), th, float(n_out_min), float(n_out_max))
+            rows.append(dict(model=m, n_in=int(n), n_out_star=best.n_out, kind=best.kind))
     return pd.DataFrame(rows)
 
 
@@ -410,3 +414,18 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
     table["j_per_token"] = table["energy_j"] / table["tokens_out"]
     table["tokens_per_j"] = 1 / table["j_per_token"]
     return table
+
+
+def repeat_table(root=None) -> pd.DataFrame:
+    """The repeated full runs of single grid points (``full-<n_in>x<n_out>.csv``), one row per repeat.
+
+    These are the repeat measurements behind the repeat noise of :func:`energybook.model.stats.repeat_noise`
+    and the lack-of-fit test; unlike :func:`measured_table` the repeats are kept apart, not averaged.
+
+    Args:
+        root: Folder of results files (default: the workspace's ``measured/``).
+
+    Returns:
+        The rows of :func:`energybook.store.catalog.measured_table` (with ``source``); empty when none.
+    """
+    return catalog.measured_table([r for r in catalog.measured_runs(root) if r.path.stem.startswith("full-")])
