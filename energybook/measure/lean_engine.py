@@ -1087,17 +1087,11 @@ class LeanEngine:
             RuntimeError: when the generated token count differs from the one asked for, or (``require_prepared``)
                 when the shapes were not prepared.
         """
-        from energybook.measure.torch_engine import Wave, WaveTimes, checkpoint_marker, random_prompts
+        from energybook.measure.torch_engine import Wave, WaveTimes, check_wave, checkpoint_marker, random_prompts
 
-        check_positive(n_in=n_in, n_out=n_out, batch=batch)
-        if batch > self.max_batch:
-            raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
-        self.check_lengths(n_in, n_out)
+        checkpoints = check_wave(self, n_in, n_out, batch, checkpoints)
         torch = self.torch
         clock = clock or self._clock
-        checkpoints = sorted(set(checkpoints or []))
-        if any(c < 1 or c > n_out for c in checkpoints):
-            raise ValueError(f"checkpoints must lie in 1..n_out ({n_out}), got {checkpoints}")
         marks = set(checkpoints)
         graphs = self.use_graphs(batch) if cuda_graphs is None else (bool(cuda_graphs) and self._graphs_here)
         static = graphs if static is None else bool(static)

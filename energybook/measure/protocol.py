@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from energybook.model.complexity import GRID, check_positive
+from energybook.model.complexity import GRID, balanced_batch, check_positive  # noqa: F401 (balanced_batch: API)
 
 MODES = ("prefix", "full")
 SAMPLERS = ("thread", "process")
@@ -188,15 +188,6 @@ class Group:
     waves: int
     oom_retries: int = 0
     repeat_alone: bool = False
-
-
-def balanced_batch(n_req: int, limit: int) -> tuple[int, int]:
-    """(batch, waves) for ``n_req`` requests when at most ``limit`` fit: equal waves, as few as possible."""
-    if limit < 1:
-        raise RuntimeError("not even one request fits in GPU memory at this length; use a shorter grid "
-                           "or a GPU with more memory")
-    waves = math.ceil(n_req / limit)
-    return math.ceil(n_req / waves), waves
 
 
 def plan(points: list[Point], batch_limit: Callable[[int, int], int], n_req: int, max_batch: int,

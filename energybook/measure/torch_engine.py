@@ -408,6 +408,22 @@ class WaveTimes:
     checkpoints: dict[int, float] = field(default_factory=dict)
 
 
+def check_wave(engine, n_in: int, n_out: int, batch: int, checkpoints) -> list[int]:
+    """Check a wave's request against an engine (lengths, batch cap, positions); returns the sorted checkpoints.
+
+    Raises:
+        ValueError: naming the bad value.
+    """
+    check_positive(n_in=n_in, n_out=n_out, batch=batch)
+    if batch > engine.max_batch:
+        raise ValueError(f"batch {batch} exceeds max_batch {engine.max_batch}")
+    engine.check_lengths(n_in, n_out)
+    checkpoints = sorted(set(checkpoints or []))
+    if any(c < 1 or c > n_out for c in checkpoints):
+        raise ValueError(f"checkpoints must lie in 1..n_out ({n_out}), got {checkpoints}")
+    return checkpoints
+
+
 def random_prompts(torch, vocab: int, seed: int, n_in: int, batch: int, device):
     """A wave's prompts, ``batch`` x ``n_in`` random token ids seeded by (seed, n_in, batch): every engine
     generates the same prompts for the same wave."""
@@ -688,15 +704,9 @@ class TorchEngine:
                 ``max_batch``.
             RuntimeError: when the generated token count differs from the one asked for.
         """
-        check_positive(n_in=n_in, n_out=n_out, batch=batch)
-        if batch > self.max_batch:
-            raise ValueError(f"batch {batch} exceeds max_batch {self.max_batch}")
-        self.check_lengths(n_in, n_out)
+        checkpoints = check_wave(self, n_in, n_out, batch, checkpoints)
         torch = self.torch
         clock = clock or self._clock
-        checkpoints = sorted(set(checkpoints or []))
-        if any(c < 1 or c > n_out for c in checkpoints):
-            raise ValueError(f"checkpoints must lie in 1..n_out ({n_out}), got {checkpoints}")
         graphs = self.use_graphs(batch) if cuda_graphs is None else (cuda_graphs and self.device.type == "cuda")
         a = self.arch
         max_len = self.cache_len(n_in, n_out)

@@ -28,6 +28,7 @@ Used in :doc:`/book/counting`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from energybook.model.architecture import Architecture
@@ -72,6 +73,27 @@ def check_positive(**values: int) -> None:
     for key, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+class NoRequestFits(RuntimeError, ValueError):
+    """Not even one request fits in the GPU's memory at these lengths."""
+
+
+def balanced_batch(n_req: int, limit: int) -> tuple[int, int]:
+    """(batch, waves) for ``n_req`` requests when at most ``limit`` fit: equal waves, as few as possible.
+
+    The batch rule of the sweep (:mod:`energybook.measure.protocol`) and of the physical model
+    (:mod:`energybook.model.physics`).
+
+    Raises:
+        NoRequestFits: when ``limit`` < 1.
+    """
+    check_positive(n_req=n_req)
+    if limit < 1:
+        raise NoRequestFits("not even one request fits in GPU memory at this length (the KV cache is too large); "
+                            "use a shorter grid or a GPU with more memory")
+    waves = math.ceil(n_req / limit)
+    return math.ceil(n_req / waves), waves
 
 
 def _nonnegative(**lengths: int) -> None:

@@ -185,20 +185,7 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
 
 
 # ----- the engine's batch rule --------------------------------------------------------------
-def balanced_batch(n_req: int, limit: int) -> tuple[int, int]:
-    """(batch, waves) for ``n_req`` requests when at most ``limit`` fit: equal waves, as few as possible.
-
-    The sweep's rule (``energybook.measure.protocol.balanced_batch``), repeated here because ``model/`` does not
-    import ``measure/``.
-
-    Raises:
-        ValueError: when not even one request fits.
-    """
-    C.check_positive(n_req=n_req)
-    if limit < 1:
-        raise ValueError("not even one request fits in GPU memory at this length (the KV cache is too large)")
-    waves = math.ceil(n_req / limit)
-    return math.ceil(n_req / waves), waves
+balanced_batch = C.balanced_batch  # the sweep's batch rule, one definition in complexity
 
 
 def batch_limit(arch: Architecture, n_in: int, n_out: int, memory_bytes: float, max_batch: int = 1024,
