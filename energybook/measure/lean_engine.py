@@ -29,6 +29,9 @@ Face configuration, with nothing in the measured path that the workload does not
     an explicit masked softmax over the bucket's own keys ``[lo, hi)``, and an exact log-sum-exp merge;
   - ``varlen``: flash attention's variable-length kernel with ``seqused_k`` (CUDA only), which reads exactly
     the live keys;
+  - ``triton``: one Triton kernel (:mod:`energybook.measure.triton_decode`) that reads the live key count on the
+    device and each KV head once for all its query heads, split into chunks when the batch is small (CUDA with
+    Triton only);
 
   ``"auto"`` (the default) checks each against eager attention at construction and, for every bucket, times
   the ones that pass inside a small CUDA graph at the wave's batch, and keeps the fastest (kernel selection
@@ -68,7 +71,7 @@ logger = logging.getLogger(__name__)
 #: The ``model_type`` values this engine runs.
 FAMILIES = ("llama", "mistral", "qwen2", "granite")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
-DECODE_ATTENTION = ("masked", "split", "varlen")
+DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -621,7 +624,12 @@ class LeanEngine:
                            used=torch.empty(b, dtype=torch.int32, device=self.device),
                            cu_q=torch.arange(b + 1, dtype=torch.int32, device=self.device),
                            cu_k=torch.arange(b + 1, dtype=torch.int32, device=self.device) * s)
-        for path in ("split", "varlen"):
+        from energybook.measure import triton_decode
+
+        for path in ("split", "varlen", "triton"):
+            if path == "triton" and not triton_decode.available():
+                logger.info("triton decode attention unavailable here (no Triton): not used")
+                continue
             try:
                 ctx = self._attention_context(state, path, 256, 320)
                 got = self._attend(path, q, kc, vc, ctx, 256)
@@ -981,6 +989,8 @@ class LeanEngine:
         torch = self.torch
         if path == "exact":
             return hi
+        if path == "triton":
+            return (w.pos, hi)
         if path == "varlen":
             w.used.copy_((w.pos + 1).expand(w.used.shape[0]))
             return (w.cu_q, w.cu_k, w.used, hi)
@@ -1010,6 +1020,11 @@ class LeanEngine:
                 q.reshape(b, k_heads * groups, h), kc.view(-1, k_heads, h), vc.view(-1, k_heads, h), cu_q, cu_k, 1,
                 hi, 0.0, False, False, scale=scale, seqused_k=used)[0]
             return out.view(b, k_heads, groups, h)
+        if path == "triton":
+            from energybook.measure import triton_decode
+
+            pos, hi = ctx
+            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi)
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)

@@ -1,0 +1,97 @@
+"""The Triton decode-attention kernel against plain softmax attention, run by Triton's interpreter on the CPU.
+
+Triton comes with PyTorch's CUDA builds; on a CPU-only install (CI) these tests are skipped, and the GPU test of
+the lean engine (``tests/test_lean_engine.py``) checks the kernel in bf16 inside the engine's CUDA graphs.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from energybook.measure import triton_decode as T
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plan_splits_fills_the_gpu_and_covers_the_keys():
+    assert T.plan_splits(8000, 160) == (1, 192)  # enough (request, KV head) pairs: one chunk
+    splits, chunk = T.plan_splits(8, 8192)  # batch 1, 8 KV heads: split the keys
+    assert splits * 8 >= 256 and splits * chunk >= 8192 and chunk % T.BLOCK_N == 0 and chunk >= T.MIN_CHUNK
+    assert T.plan_splits(8, 100) == (1, 128)  # short contexts are never split below MIN_CHUNK keys
+    with pytest.raises(ValueError, match="pairs and max_keys"):
+        T.plan_splits(0, 10)
+
+
+_SCRIPT = textwrap.dedent("""
+    import json, math, sys
+    import torch
+    import triton.runtime.interpreter as I
+
+    _orig = I._patch_lang_tensor
+
+    def _patched(tensor, scope):  # NumPy 2 no longer turns a (1,)-array into an int; Triton 3.6's interpreter does
+        _orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    I._patch_lang_tensor = _patched
+    from energybook.measure import triton_decode as T
+
+    torch.manual_seed(0)
+    out = []
+    for b, k, g, d, s, live, dtype, splits in json.loads(sys.argv[1]):
+        dtype = getattr(torch, dtype)
+        q = torch.randn(b, k, g, d, dtype=dtype)
+        cache = torch.randn(2, b, s, k, d, dtype=dtype)  # the engine's layout: (2, B, S, K, h) of one layer
+        kc, vc = cache[0], cache[1]
+        kk = kc[:, :live].float().permute(0, 2, 1, 3)
+        vv = vc[:, :live].float().permute(0, 2, 1, 3)
+        ref = torch.softmax(q.float() @ kk.transpose(-1, -2) / math.sqrt(d), -1) @ vv
+        got = T.decode_attention(q, kc, vc, torch.tensor([live - 1]), 1 / math.sqrt(d), s,
+                                 splits=tuple(splits) if splits else None)
+        out.append([list(got.shape), float((got.float() - ref).abs().max() / ref.abs().max())])
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not T.available(), reason="Triton is not installed (it comes with PyTorch's CUDA builds)")
+def test_kernel_matches_softmax_attention_in_the_interpreter():
+    """Grouped (G = 4, 3), multi-head (G = 1), a head dim that is not a power of two (80), one live key,
+    live keys ending inside a block, several chunks with empty ones past the live keys, float32 and float16."""
+    cases = [[3, 2, 4, 64, 300, 257, "float32", None],
+             [3, 2, 4, 64, 300, 257, "float32", [5, 64]],  # chunks 4 and 5 hold no live key
+             [2, 1, 1, 80, 130, 1, "float32", None],
+             [2, 3, 1, 80, 130, 100, "float32", [3, 64]],
+             [2, 2, 3, 64, 600, 599, "float16", [3, 256]]]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    for case, (shape, err) in zip(cases, got):
+        b, k, g, d = case[:4]
+        assert shape == [b, k, g, d]
+        assert err < (2e-3 if case[6] == "float16" else 1e-5), (case, err)
+
+
+@pytest.mark.skipif(not T.available(), reason="Triton is not installed")
+def test_chunks_that_do_not_cover_the_keys_are_refused():
+    torch = pytest.importorskip("torch")
+    q = torch.zeros(1, 1, 1, 16)
+    kc = torch.zeros(1, 300, 1, 16)
+    with pytest.raises(ValueError, match="do not cover"):
+        T.decode_attention(q, kc, kc, torch.tensor([10]), 1.0, 300, splits=(2, 64))
+
+
+def test_without_triton_the_kernel_says_what_to_do(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(T, "triton", None)
+    assert not T.available()
+    with pytest.raises(RuntimeError, match="choose another decode_attention"):
+        T.decode_attention(torch.zeros(1, 1, 1, 16), torch.zeros(1, 4, 1, 16), torch.zeros(1, 4, 1, 16),
+                           torch.tensor([0]), 1.0, 4)
