@@ -5,7 +5,6 @@ the lean engine (``tests/test_lean_engine.py``) checks the kernel in bf16 inside
 """
 
 import json
-import math
 import os
 import subprocess
 import sys

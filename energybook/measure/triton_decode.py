@@ -59,7 +59,7 @@ def plan_splits(pairs: int, max_keys: int, target: int = TARGET_PROGRAMS, min_ch
 if triton is not None:
 
     @triton.jit
-    def _decode_kernel(Q, K, V, POS, O, LSE,
+    def _decode_kernel(Q, K, V, POS, OUT, LSE,
                        s_qb, s_qk, s_qg, s_kb, s_ks, s_kk, s_vb, s_vs, s_vk,
                        s_ob, s_ok, s_os, s_og, s_lb, s_lk, s_ls,
                        scale, chunk,
@@ -102,8 +102,8 @@ if triton is not None:
         safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / safe[:, None]
         lse = tl.where(l_i > 0, m_i + tl.log(safe), float("-inf"))
-        tl.store(O + b * s_ob + kh * s_ok + split * s_os + offs_g[:, None] * s_og + offs_d[None, :],
-                 out.to(O.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+        tl.store(OUT + b * s_ob + kh * s_ok + split * s_os + offs_g[:, None] * s_og + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
         tl.store(LSE + b * s_lb + kh * s_lk + split * s_ls + offs_g, lse, mask=mask_g)
 
 
