@@ -6,8 +6,9 @@ For Llama 3.2 1B (dummy bf16 weights) it compares
 * ``static_compile``: transformers' static cache, which ``generate`` compiles itself (``torch.compile``,
   mode ``reduce-overhead``); a failure is caught and recorded;
 * ``hf``: today's engine (:class:`energybook.measure.torch_engine.TorchEngine`);
-* ``lean``: the new engine (:class:`energybook.measure.lean_engine.LeanEngine`); ``lean_compile`` (not in the
-  default run) is the same with ``compile=True``.
+* ``lean``: the new engine (:class:`energybook.measure.lean_engine.LeanEngine`) with its defaults (on CUDA its
+  dense blocks through ``torch.compile``, mode ``--compile-mode``); ``lean_eager`` (not in the default run) is
+  the same with ``compile=False``.
 
 Tokens per joule are measured under the study's protocol by energybook's own runner, exactly as the grids
 are: :func:`energybook.measure.runner.run_sweep` with the engine object, in a temporary workspace, prefix mode,
@@ -56,7 +57,7 @@ from pathlib import Path
 MODEL = "Llama-3.2-1B"
 #: Engines of the default run, in the order they run (the headline first).
 ENGINES = ("lean", "hf", "generate", "static_compile")
-KNOWN = ("lean", "lean_compile", "hf", "generate", "static_compile")
+KNOWN = ("lean", "lean_eager", "hf", "generate", "static_compile")
 CORNERS = ((64, 256), (64, 4096), (4096, 64), (4096, 4096))
 HF_CHEAP = ((64, 256), (4096, 64))
 N_REQ, MAX_BATCH = 1000, 1024
@@ -89,9 +90,9 @@ DEFINITIONS = {
 }
 
 #: Expected seconds on an H100 (for the printed estimate): per engine build and side measurements, per corner.
-_EST_FIXED = {"lean": 30, "lean_compile": 150, "hf": 20, "generate": 10, "static_compile": 120}
+_EST_FIXED = {"lean": 45, "lean_eager": 30, "hf": 20, "generate": 10, "static_compile": 120}
 _EST_CORNER = {(64, 256): 8, (64, 4096): 70, (4096, 64): 25, (4096, 4096): 105}
-_EST_SLOWER = {"lean": 1.0, "lean_compile": 0.9, "hf": 1.3, "generate": 2.5, "static_compile": 1.5}
+_EST_SLOWER = {"lean": 0.9, "lean_eager": 1.0, "hf": 1.3, "generate": 2.5, "static_compile": 1.5}
 
 
 # ----- arguments, plan, estimate ---------------------------------------------------------------------------
@@ -102,14 +103,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="only (64, 256) and the step timings")
     ap.add_argument("--engines", default=",".join(ENGINES),
                     help=f"comma-separated subset of {','.join(KNOWN)} (default {','.join(ENGINES)})")
-    ap.add_argument("--headline", default="lean", choices=("lean", "lean_compile"),
+    ap.add_argument("--headline", default="lean", choices=("lean", "lean_eager"),
                     help="the engine whose figures fill the top-level keys")
     ap.add_argument("--hf-corners", choices=("cheap", "all"), default="cheap",
                     help="hf engine: (64, 256) and (4096, 64), or all four corners")
     ap.add_argument("--models", nargs="*", default=[],
                     help="extra models measured at the corners (lean, or hf where lean refuses): Qwen2-1.5B OPT-1.3B")
-    ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
-                    help="lean_compile: the torch.compile mode of its decode blocks")
+    ap.add_argument("--compile-mode", default="default",
+                    help="lean: the torch.compile mode of its decode blocks")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
@@ -118,7 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown engine(s) {unknown}: choose from {', '.join(KNOWN)}")
     args.engines = [n for n in KNOWN if n in names]
     if args.engines and args.headline not in args.engines:
-        args.headline = next((n for n in ("lean", "lean_compile") if n in args.engines), args.headline)
+        args.headline = next((n for n in ("lean", "lean_eager") if n in args.engines), args.headline)
     return args
 
 
@@ -558,11 +559,11 @@ def measure_engine(name: str, args, meter, peaks: dict, workdir: Path, say) -> d
     t0 = time.perf_counter()
     eng = None
     try:
-        if name in ("lean", "lean_compile"):
+        if name in ("lean", "lean_eager"):
             from energybook.measure.lean_engine import LeanEngine
 
-            eng = LeanEngine(MODEL, device=args.device, max_batch=MAX_BATCH, compile=name == "lean_compile",
-                             compile_mode=args.compile_mode)
+            eng = LeanEngine(MODEL, device=args.device, max_batch=MAX_BATCH,
+                             compile="auto" if name == "lean" else False, compile_mode=args.compile_mode)
         elif name == "hf":
             from energybook.measure.torch_engine import TorchEngine
 
@@ -574,7 +575,7 @@ def measure_engine(name: str, args, meter, peaks: dict, workdir: Path, say) -> d
         say(f"[{name}] built in {rec['build_s']:.1f} s")
         step_s = None
         try:
-            if name in ("lean", "lean_compile"):
+            if name in ("lean", "lean_eager"):
                 step_s = _lean_side(eng, name, rec, peaks, say)
             elif name == "hf":
                 _hf_side(eng, name, rec, peaks, say)
@@ -631,7 +632,7 @@ def _lean_side(eng, name: str, rec: dict, peaks: dict, say):
     rec["capture_s_per_graph"] = capture if math.isfinite(capture) else 0.03
     say(f"[{name}] step: batch 1000 ctx 128 {t1000 * 1e3:.2f} ms; batch 1 ctx 128 {t1 * 1e3:.3f} ms "
         f"({rec['batch1_bandwidth_fraction']:.2f} of copy bandwidth); capture {capture * 1e3:.0f} ms/graph")
-    if name == "lean_compile":  # attention and prefill are not compiled: the lean engine's figures hold
+    if name == "lean_eager":  # attention and prefill do not depend on compilation: the lean engine's figures hold
         eng.release_wave()
         return None
     att = [lean_attention(eng, b, 2048, peaks["copy_Bps"]) for b in (64, 256)]

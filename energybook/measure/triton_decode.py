@@ -27,8 +27,10 @@ except ImportError:  # pragma: no cover - exercised where Triton is absent (CI's
     triton = None
     tl = None
 
-#: Keys per inner block of the kernel.
+#: Keys per inner block of the kernel, and its launch settings (``benchmarks/triton_decode_tune.py`` times others).
 BLOCK_N = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
 #: Programs the split aims for (a few per multiprocessor of an H100, which has 132).
 TARGET_PROGRAMS = 1024
 #: The smallest chunk of keys a split program reads.
@@ -107,7 +109,8 @@ if triton is not None:
         tl.store(LSE + b * s_lb + kh * s_lk + split * s_ls + offs_g, lse, mask=mask_g)
 
 
-def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[int, int] | None = None):
+def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[int, int] | None = None,
+                     block: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
     """Attention of folded decode queries over exactly the live keys of one layer's cache.
 
     Args:
@@ -117,6 +120,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         scale: Softmax scale.
         max_keys: The most live keys this call can meet (the bucket's end): sizes the split, read on the host.
         splits: (splits, chunk) to use instead of :func:`plan_splits`.
+        block, num_warps, num_stages: Kernel settings instead of :data:`BLOCK_N`, :data:`NUM_WARPS`,
+            :data:`NUM_STAGES`.
 
     Returns:
         (B, K, G, h) in q's dtype.
@@ -132,7 +137,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
                          f"{tuple(q.shape)}: expected (B, S, K, h) with h contiguous")
     if q.stride(3) != 1:
         q = q.contiguous()
-    n_split, chunk = splits or plan_splits(b * k_heads, max_keys)
+    block = block or BLOCK_N
+    n_split, chunk = splits or plan_splits(b * k_heads, max_keys, block=block)
     if n_split * chunk < max_keys:
         raise ValueError(f"{n_split} chunks of {chunk} keys do not cover max_keys={max_keys}")
     direct = n_split == 1
@@ -146,8 +152,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=BLOCK_N,
-        num_warps=4, num_stages=2)
+        scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=block,
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES)
     if direct:
         return out[:, :, 0]
     weights = torch.softmax(lse, dim=2).nan_to_num_(0.0)  # empty chunks (lse -inf) weigh nothing
