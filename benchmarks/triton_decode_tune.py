@@ -48,7 +48,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}: copy {copy_bw / 1e12:.2f} TB/s (read + write); defaults: block "
           f"{T.BLOCK_N}, warps {T.NUM_WARPS}, stages {T.NUM_STAGES}")
     for name in a.models:
-        arch = architecture.load_architecture(name)
+        arch = architecture.load(name)
         k, g, h = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
         for batch, live in SHAPES:
             cache = torch.randn(2, batch, live + 64, k, h, device="cuda", dtype=torch.bfloat16)

@@ -822,7 +822,8 @@ class LeanEngine:
                 raise EngineUnavailable(f"decode_attention={self.decode_attention!r} is not available here "
                                         f"(available: {', '.join(self.paths_available)})")
             return self.decode_attention if (lo or self.decode_attention != "split") else "masked"
-        candidates = [p for p in self.paths_available if lo or p != "split"]
+        # ``split`` is timed only uncompiled: compiled, its merge is compiled once per bucket width, seconds each.
+        candidates = [p for p in self.paths_available if p != "split" or (lo and not self.compile)]
         if not tune or len(candidates) == 1 or self.device.type != "cuda":
             return candidates[0]
         return self._tune(w, lo, hi, candidates)
