@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -409,11 +410,19 @@ def test_gpu_real_size_logits_match_transformers_in_bf16(model):
     prompts = torch.randint(0, eng.vocab, (4, 200), device="cuda")
     ours = eng.greedy_logits(prompts, 40, static=True)
     tokens = torch.stack([x.argmax(-1) for x in ours], dim=1).cuda()
+    seq = torch.cat([prompts, tokens], dim=1)
     with torch.no_grad():
-        theirs = ref(torch.cat([prompts, tokens], dim=1)).logits[:, 199:239].float().cpu()
-    for i, logits in enumerate(ours):
-        err = float((logits - theirs[:, i]).norm() / theirs[:, i].norm())
-        assert err < 3e-2, (model, i, err)
+        theirs = ref(seq).logits[:, 199:239].float().cpu()
+        exact = ref.float()(seq).logits[:, 199:239].float().cpu()  # the same weights in float32
+    del ref
+
+    def err(logits, i):
+        return float((logits - exact[:, i]).norm() / exact[:, i].norm())
+
+    # "Within bf16 tolerance": no further from the float32 model than transformers' own bf16 run is.
+    ours_err = statistics.mean(err(x, i) for i, x in enumerate(ours))
+    theirs_err = statistics.mean(err(theirs[:, i], i) for i in range(len(ours)))
+    assert ours_err < 1.5 * theirs_err + 1e-3, (model, ours_err, theirs_err)
     for way in eng.paths_available:
         eng.decode_attention = way
         eng.release_wave()

@@ -31,6 +31,11 @@ except ImportError:  # pragma: no cover - exercised where Triton is absent (CI's
 BLOCK_N = 64
 NUM_WARPS = 4
 NUM_STAGES = 2
+#: From this many keys on (a bucket's end), blocks of 128 keys and 4 stages: 12% faster at 2048 and 8192 keys on
+#: an H200 (``benchmarks/results/h200/triton_decode_tune.txt``), the same at 128 and 320.
+LONG_KEYS = 1024
+LONG_BLOCK_N = 128
+LONG_NUM_STAGES = 4
 #: Programs the split aims for (a few per multiprocessor of an H100, which has 132).
 TARGET_PROGRAMS = 1024
 #: The smallest chunk of keys a split program reads.
@@ -137,7 +142,9 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
                          f"{tuple(q.shape)}: expected (B, S, K, h) with h contiguous")
     if q.stride(3) != 1:
         q = q.contiguous()
-    block = block or BLOCK_N
+    long = max_keys >= LONG_KEYS  # longer contexts: bigger key blocks, deeper pipelining
+    block = block or (LONG_BLOCK_N if long else BLOCK_N)
+    num_stages = num_stages or (LONG_NUM_STAGES if long else NUM_STAGES)
     n_split, chunk = splits or plan_splits(b * k_heads, max_keys, block=block)
     if n_split * chunk < max_keys:
         raise ValueError(f"{n_split} chunks of {chunk} keys do not cover max_keys={max_keys}")
@@ -153,7 +160,7 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
         scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=block,
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES)
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages)
     if direct:
         return out[:, :, 0]
     weights = torch.softmax(lse, dim=2).nan_to_num_(0.0)  # empty chunks (lse -inf) weigh nothing
