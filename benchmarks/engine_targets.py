@@ -212,7 +212,8 @@ def table(result: dict) -> str:
 
 # ----- the grid-time model ------------------------------------------------------------------------------------
 def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, cooldown_s: float = 2.0,
-                 min_window_s: float = 2.0, warmup_steps: int = 32, points: list | None = None) -> dict:
+                 min_window_s: float = 2.0, warmup_steps: int = 32, points: list | None = None,
+                 once_s: float = 0.0) -> dict:
     """GPU-minutes of the 7x7 grid as the runner would measure it (prefix mode, the grids' defaults).
 
     The runner's plan (:func:`energybook.measure.protocol.plan`) with ``engine.batch_limit``; per group: graph
@@ -229,6 +230,7 @@ def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, c
         min_window_s: Shortest energy window (seconds).
         warmup_steps: Decode steps of the warm-up.
         points: (n_in, n_out) pairs; default the 7x7 grid.
+        once_s: Seconds once per distinct batch size (compilation, kernel selection).
     """
     from energybook.measure.protocol import Point, plan
     from energybook.model import complexity as C
@@ -243,7 +245,7 @@ def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, c
     def decode(n_in, n, batch):  # steps at contexts n_in .. n_in + n - 2; step_s is taken as linear in the context
         return 0.0 if n < 2 else (n - 1) * step_s(batch, n_in + (n - 2) / 2)
 
-    total = 0.0
+    total = once_s * len({g.batch for g in groups})
     for g in groups:
         n_max = max(g.n_outs)
         edges = getattr(engine, "edges", None)
@@ -299,31 +301,37 @@ def matmul_peak(n: int = 8192) -> float:
     return 2 * n**3 / _median_time(lambda: a @ b)
 
 
-def lean_step_s(eng, batch: int, context: int) -> tuple[float, float]:
-    """(seconds of one graph-replayed decode step at this batch and context, capture seconds per graph)."""
+def lean_step_s(eng, batch: int, context: int) -> tuple[float, float, float]:
+    """(seconds of one graph-replayed decode step at this batch and context, capture seconds per graph, one-time
+    seconds of this batch).
+
+    The first preparation of a batch also compiles its dense blocks (``compile``) and selects kernels; a second
+    one, two buckets further on, captures graphs only: its seconds per graph are the capture cost, and what the
+    first took beyond that is the batch's one-time cost.
+    """
     torch = _torch()
     prep = eng.prepare(context, 2, batch)
     w = eng._wave
     lo = eng._buckets(context, 2)[0][0]
     g = w.graphs[lo]
-
-    def step():
-        g.replay()
-
     times = []
     for _ in range(3):
         w.pos.fill_(context)
-        step()
+        g.replay()
     for _ in range(20):
         w.pos.fill_(context)
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        step()
+        g.replay()
         e1.record()
         e1.synchronize()
         times.append(e0.elapsed_time(e1) / 1e3)
-    capture = prep.seconds / prep.graphs_captured if prep.graphs_captured else float("nan")
-    return statistics.median(times), capture
+    if not prep.graphs_captured:
+        return statistics.median(times), float("nan"), 0.0
+    nxt = eng.prepare(context, 2 + 2 * (eng._buckets(context, 2)[0][1] - lo), batch)
+    capture = nxt.seconds / nxt.graphs_captured if nxt.graphs_captured else prep.seconds / prep.graphs_captured
+    once = max(0.0, prep.seconds - capture * prep.graphs_captured)
+    return statistics.median(times), capture, once
 
 
 def lean_attention(eng, batch: int, context: int, copy_bw: float) -> dict:
@@ -597,7 +605,8 @@ def measure_engine(name: str, args, meter, peaks: dict, workdir: Path, say) -> d
             for n_in in sorted({a for a, _ in corners}):
                 pts = [(a, b) for a, b in corners if a == n_in]
                 model = grid_minutes(eng, step_s, gm["prefill_flops_per_s"], rec["capture_s_per_graph"],
-                                     cooldown_s=1.0, min_window_s=1.0, points=pts)
+                                     cooldown_s=1.0, min_window_s=1.0, points=pts,
+                                     once_s=rec.get("first_prepare_s_per_batch", 0.0))
                 check[f"n_in {n_in}"] = {"model_s": model["minutes"] * 60,
                                          "measured_s": tj[f"{pts[0][0]}x{pts[0][1]}"]["sweep_wall_s"]}
             gm["check_against_corner_sweeps"] = check
@@ -624,14 +633,16 @@ def _lean_side(eng, name: str, rec: dict, peaks: dict, say):
     from energybook.model import complexity as C
 
     arch = eng.arch
-    t1000, capture = lean_step_s(eng, 1000, 128)
-    t1, _ = lean_step_s(eng, 1, 128)
+    t1000, capture, once = lean_step_s(eng, 1000, 128)
+    t1, _, _ = lean_step_s(eng, 1, 128)
     rec["step_ms_batch1000_ctx128"] = t1000 * 1e3
     rec["batch1_step_ms_ctx128"] = t1 * 1e3
     rec["batch1_bandwidth_fraction"] = C.decode_step(arch, 128, 1).bytes / t1 / peaks["copy_Bps"]
     rec["capture_s_per_graph"] = capture if math.isfinite(capture) else 0.03
+    rec["first_prepare_s_per_batch"] = once  # compilation and kernel selection, once per batch size
     say(f"[{name}] step: batch 1000 ctx 128 {t1000 * 1e3:.2f} ms; batch 1 ctx 128 {t1 * 1e3:.3f} ms "
-        f"({rec['batch1_bandwidth_fraction']:.2f} of copy bandwidth); capture {capture * 1e3:.0f} ms/graph")
+        f"({rec['batch1_bandwidth_fraction']:.2f} of copy bandwidth); capture {capture * 1e3:.0f} ms/graph, "
+        f"{once:.1f} s once per batch size")
     if name == "lean_eager":  # attention and prefill do not depend on compilation: the lean engine's figures hold
         eng.release_wave()
         return None
@@ -651,7 +662,7 @@ def _lean_side(eng, name: str, rec: dict, peaks: dict, say):
     bw = max(x["ways"][x["best"]]["fraction_of_copy"] for x in att) * peaks["copy_Bps"]
     step_s = step_model(samples, 64, arch.kv_bytes_per_token, bw)
     rate = statistics.median(r["tflops"] for r in rec["prefill"]) * 1e12
-    grid = grid_minutes(eng, step_s, rate, rec["capture_s_per_graph"])
+    grid = grid_minutes(eng, step_s, rate, rec["capture_s_per_graph"], once_s=once)
     rec["grid_gpu_minutes_llama_3_2_1b"] = grid["minutes"]
     rec["grid_model"] = dict(grid, step_samples_ms={b: s * 1e3 for b, s in samples.items()},
                              attention_bandwidth_Bps=bw, prefill_flops_per_s=rate)

@@ -359,6 +359,17 @@ def test_benchmark_grid_estimate_on_the_cpu(tmp_path):
     fast = bench.grid_minutes(eng, step_s=lambda b, c: 0.005, prefill_flops_per_s=4e14, capture_s=0.03)
     slow = bench.grid_minutes(eng, step_s=lambda b, c: 0.010, prefill_flops_per_s=4e14, capture_s=0.03)
     assert 0 < fast["minutes"] < slow["minutes"] and fast["groups"] == 7
+    compiled = bench.grid_minutes(eng, step_s=lambda b, c: 0.005, prefill_flops_per_s=4e14, capture_s=0.03,
+                                  once_s=10.0)
+    batches = {g.batch for g in _plan(eng)}
+    assert compiled["minutes"] - fast["minutes"] == pytest.approx(10.0 * len(batches) / 60)
+
+
+def _plan(eng):
+    from energybook.measure.protocol import Point, plan
+
+    points = [Point(a, b) for a in C.GRID for b in C.GRID]
+    return plan(points, eng.batch_limit, 1000, 1024, "prefix")
 
 
 def test_benchmark_sweeps_on_the_cpu(tmp_path):
