@@ -177,7 +177,7 @@ def _write(path, uuid, points, power=100.0):
     with R.ResultsFile(path) as rf:
         rf.start(_prov(uuid))
         for n_in, n_out in points:
-            rf.append(_row(n_in, n_out, uuid, power), {"gpu_uuid": uuid})
+            rf.append(_row(n_in, n_out, uuid, power), {"gpu_uuid": uuid, "measuring_s": 30.0})
 
 
 def test_merge_keeps_every_rows_gpu_and_removes_the_parts(tmp_path):
@@ -196,6 +196,7 @@ def test_merge_keeps_every_rows_gpu_and_removes_the_parts(tmp_path):
     assert log["16x8#0"]["gpu_uuid"] == "gpu-c" and log["16x8#0"]["part"] == "grid.part-2.csv"
     assert log["16x8#0"]["host"] == "host-gpu-c" and log["16x8#0"]["finished_at"]
     assert [r["gpu_uuid"] for r in run.provenance["runs"]] == ["gpu-a", "gpu-b", "gpu-c"]
+    assert run.provenance["measuring_minutes"] == pytest.approx(4 * 0.5)  # every rank's GPU time, summed
     assert L.merge_parts(grid).merged == 0  # nothing left to merge
 
 

@@ -119,6 +119,7 @@ def test_measuring_minutes_and_gpu_count():
                                     "gpu_uuid": "GPU-c"}}}
     # group 1: 10:00 -> 10:03 (3 min, the shorter point is inside it); group 2: 0.5 min; the hour between is not counted
     assert P.measuring_minutes(prov) == pytest.approx(3.5)
+    assert P.measuring_minutes(dict(prov, measuring_minutes=4.25)) == 4.25  # what the sweeps recorded wins
     assert P.gpu_count(prov) == 3
     assert math.isnan(P.measuring_minutes({"points": {"64x64#0": {"started_at": None}}}))
     assert P.gpu_count({}) == 0

@@ -254,3 +254,33 @@ def test_what_the_meter_saw_reaches_the_row(tmp_path):
     assert (df["meter_wraps"] == 1).all() and (df["meter_errors"] == 0).all()
     assert (df["ticks"] == 12).all() and (df["samples"] == 11).all()
     assert set(df["engine"]) == {"torch"} and set(df["window_kind"]) == {"generation"}
+
+
+def test_measuring_minutes_add_up_over_resumed_runs(tmp_path):
+    """Each point's share of the sweep's wall time goes to the point log; the sidecar sums them over every run."""
+    clock = Clock()
+    sweep(tmp_path, FakeEngine(clock), clock, stop_after=2, cooldown_s=0.01)
+    first = R.ResultsFile(tmp_path / "grid.csv").provenance()
+    sweep(tmp_path, FakeEngine(clock), clock, cooldown_s=0.01)
+    prov = R.ResultsFile(tmp_path / "grid.csv").provenance()
+    shares = [p["measuring_s"] for p in prov["points"].values()]
+    assert len(shares) == 6 and min(shares) > 0 and sum(shares) >= 2 * 0.01  # two groups, each cooled down
+    assert prov["measuring_minutes"] == pytest.approx(sum(shares) / 60, abs=1e-3)
+    assert prov["measuring_minutes"] > first["measuring_minutes"] > 0
+
+
+def test_a_sweep_states_its_eta_before_it_starts(tmp_path, capsys):
+    from energybook.measure import estimate
+    from energybook.model import architecture as A
+
+    clock = Clock()
+    engine = FakeEngine(clock)
+    engine.arch = A.load("Llama-3.2-1B")
+    res = sweep(tmp_path, engine, clock, progress=True)
+    eta_lines = [line for line in res.log if line.startswith("ETA")]
+    assert len(eta_lines) == 1 and "6 points in" in eta_lines[0] and "minutes" in eta_lines[0]
+    err = capsys.readouterr().err
+    assert err.index("6 points in") < err.index("fake-model sweep")  # printed before the bar starts
+    groups = P.plan(P.SweepConfig(n_in=[8, 64], n_out=[4, 16, 64]).points, engine.batch_limit, 10, 16, "prefix")
+    e = estimate.eta(engine.arch, groups, P.SweepConfig(n_in=[8, 64], n_out=[4, 16, 64], n_req=10, max_batch=16))
+    assert e.points == 6 and e.low_s == pytest.approx(estimate.ETA_FACTOR[0] * e.roofline_s) and e.high_s > e.low_s

@@ -76,23 +76,16 @@ from typing import Any
 
 from energybook.measure import engines as EN
 from energybook.measure import runner
+from energybook.measure.estimate import NOMINAL_GPU, NOMINAL_MEMORY_BYTES, group_cost_s, nominal_batch_limit  # noqa: F401
 from energybook.measure.meter import SimulatedMeter
-from energybook.measure.protocol import Group, Point, SweepConfig
+from energybook.measure.protocol import Point, SweepConfig
 from energybook.measure.protocol import plan as group_points
 from energybook.model import architecture as A
-from energybook.model import complexity as C
-from energybook.model import roofline as RL
 from energybook.store import results as R
 from energybook.store.workspace import Workspace, slug
 
 logger = logging.getLogger(__name__)
 
-#: The GPU the planner prices work on: the H100 SXM's datasheet limits (bf16 dense tensor FLOP/s, HBM3
-#: bytes/s, watts). Only the ratios between units matter to the plan.
-NOMINAL_GPU = RL.GpuSpec("nominal GPU for planning", 989e12, 3.35e12, 700.0,
-                         "NVIDIA H100 SXM datasheet (dense bf16, HBM3); used only to balance a launch")
-#: The GPU memory the planner assumes (bytes: the H100's 80 GB) to estimate how many requests fit in a wave.
-NOMINAL_MEMORY_BYTES = 80e9
 #: Tests only: ``"RANK:K"`` makes rank RANK kill itself (SIGKILL) after measuring K points in a launch's first
 #: attempt (``TORCHELASTIC_RESTART_COUNT`` 0), to test resuming.
 KILL_ENV = "ENERGYBOOK_LAUNCH_TEST_KILL"
@@ -293,49 +286,6 @@ def shard(config: SweepConfig, points: Sequence[Point]) -> SweepConfig:
 # -- the plan -----------------------------------------------------------------------------------------------
 
 
-def nominal_batch_limit(arch: A.Architecture, n_in: int, n_out: int, max_batch: int,
-                        memory_bytes: float = NOMINAL_MEMORY_BYTES) -> int:
-    """Requests of (n_in, n_out) whose KV cache fits beside the weights in ``memory_bytes`` (at least 1, at most
-    ``max_batch``): the planner's stand-in for the engine's :meth:`batch_limit`, which needs the GPU.
-
-    Args:
-        arch: The model.
-        n_in: Prompt tokens per request.
-        n_out: Output tokens per request.
-        max_batch: The protocol's batch cap.
-        memory_bytes: GPU memory (bytes).
-    """
-    usable = 0.9 * memory_bytes - C.weight_bytes(arch) - (1 << 30)
-    per_request = arch.kv_bytes_per_token * (n_in + n_out) + 16 * arch.vocab_size
-    return max(1, min(max_batch, int(usable // per_request)))
-
-
-def group_cost_s(arch: A.Architecture, g: Group, config: SweepConfig, spec: RL.GpuSpec = NOMINAL_GPU) -> float:
-    """Estimated time of one group (seconds): the roofline of its warm-up and its generation at ``spec``, the
-    minimum window of every point that is too short alone (measured again on its own) and the cool-downs.
-
-    Args:
-        arch: The model.
-        g: The group (:func:`energybook.measure.protocol.plan`).
-        config: The protocol.
-        spec: The GPU the work is priced on.
-    """
-    prefill = RL.prefill_bound(arch, g.n_in, g.batch, spec).time_s
-
-    def wave(n_out: int) -> float:
-        return prefill + RL.decode_bound(arch, g.n_in, n_out, g.batch, spec).time_s
-
-    n_max = max(g.n_outs)
-    warm = wave(min(n_max, config.warmup_steps + 1))
-    if config.mode == "full":
-        return warm + max(config.min_window_s, g.waves * wave(n_max)) + config.cooldown_s
-    cost = warm + wave(n_max) + config.cooldown_s
-    for n in g.n_outs:
-        if wave(n) < config.min_window_s:  # repeated alone, back to back, until the window is long enough
-            cost += warm + max(config.min_window_s, wave(n)) + config.cooldown_s
-    return cost
-
-
 @dataclass(frozen=True)
 class Unit:
     """A piece of work the plan gives to one rank: a whole model, or one prefix group of it.
@@ -508,7 +458,7 @@ class Merge:
     skipped: list[Path] = dataclasses.field(default_factory=list)
 
 
-_BOOKKEEPING = ("points", "runs", "sha256", "size", "rows", "schema")
+_BOOKKEEPING = ("points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes")
 _RUN_KEYS = ("started_at", "command", "gpu_uuid", "host")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook.measure import engines as EN
+from energybook.measure import estimate
 from energybook.measure.meter import MeterError
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
 from energybook.store import results as R
@@ -240,12 +241,20 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
 
 @contextlib.contextmanager
 def _measuring(meter, progress: bool, total: int, desc: str):
-    """The meter's sampler running and a progress bar (or None) for the loop; both closed on any exit."""
+    """The meter's sampler running and a progress bar (or None) for the loop; both closed on any exit.
+
+    The bar names the GPU (its UUID's first characters) and, in a launch, takes the line of its local rank, so
+    the ranks of one machine show one live bar each.
+    """
     bar = None
     if progress:
+        import os
+
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="point", desc=desc)
+        uuid = str(meter.device_info().get("gpu_uuid") or "")
+        gpu = f" [GPU {uuid[4:12]}]" if uuid.startswith("GPU-") else ""
+        bar = tqdm(total=total, unit="point", desc=desc + gpu, position=int(os.environ.get("LOCAL_RANK", 0) or 0))
     meter.start()
     try:
         yield bar
@@ -262,6 +271,14 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
     groups = plan(todo, engine.batch_limit, config.n_req, config.max_batch, config.mode)
     random.Random(config.seed).shuffle(groups)
     measured, log = 0, []
+    arch = getattr(engine, "arch", None)
+    if arch is not None and groups:
+        line = f"{name}: {estimate.eta(arch, groups, config).text()}"
+        if progress:  # before the bar starts, on the terminal the bar uses
+            print(line, file=sys.stderr, flush=True)
+        else:
+            logger.info("%s", line)
+        log.append(f"ETA {line}")
     invalid: set[tuple] = set()
     with _measuring(meter, progress, len(todo), f"{name} sweep") as bar:
         queue = list(groups)
@@ -271,6 +288,7 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
                 log.append(f"stopped at the time limit, {len(queue)} groups left")
                 break
             g = queue.pop(0)
+            t_group = time.perf_counter()
             try:
                 rows, short = measure_group(engine, meter, g, config, name, env)
             except MeterError as exc:
@@ -297,8 +315,10 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
                 log.append(f"OOM at n_in {g.n_in}: batch halved to {g.batch}")
                 queue.insert(0, g)
                 continue
+            # The group's wall time (warm-up, windows, the cool-down to come) shared by its points.
+            share = (time.perf_counter() - t_group + config.cooldown_s) / max(1, len(rows))
             for row in rows:
-                rf.append(row, {"gpu_uuid": env.get("gpu_uuid")})
+                rf.append(row, {"gpu_uuid": env.get("gpu_uuid"), "measuring_s": round(share, 3)})
                 measured += 1
                 if bar is not None:
                     bar.update(1)
@@ -329,13 +349,15 @@ def _sweep_commands(engine, meter, rf: R.ResultsFile, todo: list[Point], config:
                 log.append(f"stopped at the time limit, {len(todo) - measured} points left")
                 break
             started = time.time()
+            t_point = time.perf_counter()
             point = engine.run_point(meter, p.n_in, p.n_out, config.n_req)
             details = point.row()
             row = make_row(name, p.n_in, p.n_out, config.n_req, p.rep, "external", point.reading, env,
                            engine=config.engine, tokens_out=details["tokens_out"],
                            window_kind=details.get("window"), tokens_match=details.get("tokens_match"),
                            started=started, finished=time.time())
-            rf.append(row, {k: v for k, v in details.items() if k not in R.COLUMNS})
+            info = {k: v for k, v in details.items() if k not in R.COLUMNS}
+            rf.append(row, dict(info, measuring_s=round(time.perf_counter() - t_point + config.cooldown_s, 3)))
             measured += 1
             if bar is not None:
                 bar.update(1)

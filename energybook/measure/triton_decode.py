@@ -14,6 +14,8 @@ It reads the engine's cache layout as it is, (B, S, K, h) per layer, with no cop
 CUDA builds, so this is no new binary dependency; where Triton is missing the engine uses its other ways
 (:data:`energybook.measure.lean_engine.DECODE_ATTENTION`). On the CPU the kernel runs only under Triton's
 interpreter (``TRITON_INTERPRET=1``), which the tests use.
+
+Used in :doc:`/book/comparison`.
 """
 
 from __future__ import annotations

@@ -76,9 +76,15 @@ def _time(text: str | None) -> datetime | None:
 
 
 def measuring_minutes(prov: dict[str, Any]) -> float:
-    """GPU time spent measuring a file's points (minutes): the points of one group share a start, so
-    each group counts from its start (warm-up included) to its last point's finish. Model loading and
-    the pauses between calls are left out. NaN when the point log has no times."""
+    """GPU time spent measuring a file's points (minutes).
+
+    The sidecar's own ``measuring_minutes`` where the sweeps recorded it (every group's wall time with its
+    warm-up and cool-down, summed over runs and ranks). For older files, from the point log: the points of one
+    group share a start, so each group counts from its start (warm-up included) to its last point's finish.
+    Model loading and the pauses between calls are left out. NaN when the point log has no times."""
+    recorded = prov.get("measuring_minutes")
+    if isinstance(recorded, (int, float)) and recorded > 0:
+        return float(recorded)
     groups: dict[str, datetime] = {}
     for info in (prov.get("points") or {}).values():
         start, end = _time(info.get("started_at")), _time(info.get("finished_at"))

@@ -817,7 +817,8 @@ class ResultsFile:
 
         The CSV is replaced atomically by its content plus one complete line (a temporary file, fsynced,
         then ``os.replace``), then the sidecar likewise. The point log keeps the row's start and finish
-        times, plus ``point_info`` (e.g. the GPU UUID).
+        times, plus ``point_info`` (e.g. the GPU UUID); its ``measuring_s`` (the point's share of the sweep's
+        wall time) adds up in the sidecar's ``measuring_minutes``.
 
         Args:
             row: A :class:`Row`, or a dict of :data:`COLUMNS` (missing columns are written empty).
@@ -858,6 +859,10 @@ class ResultsFile:
         prov["points"][_point_key(key)] = {"started_at": row.get("started_at"), "finished_at": row.get("finished_at"),
                                            **(point_info or {})}
         prov.update(sha256=_sha(data), size=len(data), rows=len(state.keys) + 1)
+        if point_info and isinstance(point_info.get("measuring_s"), (int, float)):
+            # GPU time the sweeps spent on this file, over every run (warm-ups, windows, cool-downs).
+            prov["measuring_minutes"] = round(float(prov.get("measuring_minutes") or 0.0)
+                                              + point_info["measuring_s"] / 60, 4)
         state.size, state.sha256 = len(data), prov["sha256"]
         state.keys.add(key)
         state.prov = prov
