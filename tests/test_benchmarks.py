@@ -32,3 +32,14 @@ def test_decode_attention_folded_heads_match_unfolded_attention(capsys):
     v = v_cache.transpose(1, 2).repeat_interleave(groups, dim=1)
     want = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), k, v).squeeze(2)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_order_check_judges_agreement_and_dips(capsys):
+    bench = _load("order_check")
+    rows = bench.alone_vs_sweep({(96, 192): 100.0, (64, 256): 91.0}, {(96, 192): 100.5, (64, 256): 100.0})
+    assert {(r["n_in"], r["ok"]) for r in rows} == {(96, True), (64, False)}  # 0.5% agrees, 9% does not
+    dips = bench.scan_dips({64: 100.0, 80: 99.0, 96: 98.0, 112: 90.0, 128: 96.0})
+    assert [(r["n_in"], r["ok"]) for r in dips] == [(80, True), (96, True), (112, False)]
+    assert bench.main(["--out", "unused", "--dry-run", "--points", "96x192"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[alone]") == 1 and "[sweep]" in out and "--n-in 64 80 96" in out
