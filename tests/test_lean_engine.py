@@ -32,7 +32,8 @@ N_IN, N_OUT, BATCH = 6, 14, 2  # fed positions 6..18: buckets [4, 8), [8, 12), [
 
 def _config(tmp_path, key: str):
     """The transformers configuration of one tiny model per supported layout."""
-    shipped = {"llama": "Llama-3.2-1B", "llama:bias": "Granite-3B-Code-Base", "qwen2": "Qwen2-1.5B"}
+    shipped = {"llama": "Llama-3.2-1B", "llama:bias": "Granite-3B-Code-Base", "qwen2": "Qwen2-1.5B",
+               "opt": "OPT-1.3B"}
     if key in shipped:  # llama3 rotary scaling and tied embeddings; all biases (Granite Code's llama); q/k/v biases
         cfg = json.loads(tiny_config(tmp_path, shipped[key]).read_text())
     elif key == "mistral":
@@ -56,12 +57,12 @@ def _reference(tmp_path, key: str):
     with torch.no_grad():
         for name, p in ref.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.1 * noise if p.ndim == 1 and "norm" in name else 0.1 * noise)
+            p.copy_(1 + 0.1 * noise if p.ndim == 1 and "norm" in name and name.endswith("weight") else 0.1 * noise)
     ref.generation_config.eos_token_id = None  # the engine ignores EOS: generate must neither stop nor ban it
     return ref
 
 
-@pytest.fixture(scope="module", params=["llama", "llama:bias", "qwen2", "mistral", "granite"])
+@pytest.fixture(scope="module", params=["llama", "llama:bias", "qwen2", "mistral", "granite", "opt"])
 def pair(request, tmp_path_factory):
     """(transformers model, lean engine re-packed from its weights)."""
     ref = _reference(tmp_path_factory.mktemp("cfg"), request.param)
@@ -250,7 +251,7 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
         strict.generate(5, 9, 2000)
 
 
-@pytest.mark.parametrize("key", ["opt", "gemma2", "phi3", "falcon", "gpt_neox", "starcoder2", "gemma"])
+@pytest.mark.parametrize("key", ["gemma2", "phi3", "falcon", "gpt_neox", "starcoder2", "gemma"])
 def test_other_families_are_refused_by_name(tmp_path, key):
     family = key.split(":")[0]
     with pytest.raises(EngineUnavailable, match=f"does not run the '{family}' family.*--engine hf"):
@@ -266,6 +267,12 @@ def test_unsupported_features_are_refused(tmp_path):
         path.write_text(json.dumps(dict(cfg, **change)))
         with pytest.raises(EngineUnavailable, match=match):
             LeanEngine(path, device="cpu")
+    opt = json.loads(tiny_config(tmp_path, "OPT-1.3B").read_text())
+    for change, match in [(dict(do_layer_norm_before=False), "post-LayerNorm.*--engine hf"),
+                          (dict(activation_function="gelu"), "'gelu'.*--engine hf")]:
+        path.write_text(json.dumps(dict(opt, **change)))
+        with pytest.raises(EngineUnavailable, match=match):
+            LeanEngine(path, device="cpu")
     with pytest.raises(ValueError, match="decode_attention"):
         LeanEngine(tiny_config(tmp_path), device="cpu", decode_attention="paged")
     with pytest.raises(ValueError, match="unknown model"):
@@ -276,7 +283,7 @@ def test_lengths_beyond_positions_are_refused_like_the_hf_engine(tmp_path, pair,
     _, eng = pair
     assert eng.weights == "hf_model"
     eng.check_lengths(1024, 1024)
-    with pytest.raises(ValueError, match="exceeds the 2048 positions"):
+    with pytest.raises(ValueError, match="exceeds the 2048 (learned )?positions"):
         eng.check_lengths(2048, 1)
     dummy = LeanEngine(tiny_config(tmp_path), device="cpu")
     with caplog.at_level(logging.WARNING):
@@ -284,6 +291,10 @@ def test_lengths_beyond_positions_are_refused_like_the_hf_engine(tmp_path, pair,
     assert dummy.settings["positions_beyond_declared"] == [2048, 2112] and "dummy weights" in caplog.text
     with pytest.raises(ValueError, match="positive integer"):
         dummy.check_lengths(0, 4)
+    opt = LeanEngine(tiny_config(tmp_path, "OPT-1.3B"), device="cpu")  # dummy learned positions: the grid's 8192
+    opt.check_lengths(4096, 4096)
+    with pytest.raises(ValueError, match="learned positions"):
+        opt.check_lengths(4096, 4097)
 
 
 def test_a_sliding_window_is_never_reached(tmp_path):

@@ -71,7 +71,7 @@ from energybook.model.complexity import check_positive
 logger = logging.getLogger(__name__)
 
 #: The ``model_type`` values this engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "granite")
+FAMILIES = ("llama", "mistral", "qwen2", "granite", "opt")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
 DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -100,6 +100,11 @@ class LeanConfig:
         residual_multiplier: Granite: each block's output is multiplied by it before the residual add.
         attention_scale: Softmax scale of attention: head_dim ** -0.5, or Granite's attention_multiplier.
         logits_scaling: Granite: the logits are divided by it (greedy tokens do not change).
+        layer_norm: LayerNorm with a bias (OPT) instead of RMSNorm; its epsilon is ``rms_norm_eps``.
+        gated: A SiLU-gated FFN (gate and up products); False: one product and ReLU (OPT).
+        positions: ``"rope"`` (rotary) or ``"learned"`` (OPT: a table of position embeddings added to the token
+            embeddings, read at position + ``position_offset``).
+        position_offset: The learned table's offset (OPT's 2).
     """
 
     rms_norm_eps: float = 1e-6
@@ -110,6 +115,10 @@ class LeanConfig:
     residual_multiplier: float = 1.0
     attention_scale: float = 0.125
     logits_scaling: float = 1.0
+    layer_norm: bool = False
+    gated: bool = True
+    positions: str = "rope"
+    position_offset: int = 0
 
     def to_dict(self) -> dict:
         """Plain values for :attr:`LeanEngine.settings`."""
@@ -134,6 +143,8 @@ def read_config(arch, cfg: dict) -> LeanConfig:
     if arch.model_type not in FAMILIES:
         raise EngineUnavailable(f"the lean engine does not run the {arch.model_type!r} family ({arch.name}): it "
                                 f"runs {', '.join(FAMILIES)}; {_instead(arch)}")
+    if arch.model_type == "opt":
+        return _read_opt(arch, cfg)
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements SiLU-gated FFNs "
@@ -223,7 +234,38 @@ def bucket_edges(limit: int, bucket_min: int = 32, bucket_max: int = 256) -> lis
     return edges
 
 
+def _read_opt(arch, cfg: dict) -> LeanConfig:
+    """OPT: pre-LayerNorm blocks with biases, ReLU FFN, learned positions (offset 2), no projection of the embeddings.
+
+    Raises:
+        EngineUnavailable: for OPT 350M's post-norm blocks or embedding projection, or another activation.
+    """
+    if not cfg.get("do_layer_norm_before", True):
+        raise EngineUnavailable(f"{arch.name}: post-LayerNorm blocks (do_layer_norm_before false, OPT 350M); "
+                                f"{_instead(arch)}")
+    proj = cfg.get("word_embed_proj_dim")
+    if proj not in (None, arch.hidden_size):
+        raise EngineUnavailable(f"{arch.name}: word_embed_proj_dim {proj} differs from hidden_size "
+                                f"{arch.hidden_size}; {_instead(arch)}")
+    act = cfg.get("activation_function", "relu")
+    if act != "relu" or not cfg.get("enable_bias", True) or not cfg.get("layer_norm_elementwise_affine", True):
+        raise EngineUnavailable(f"{arch.name}: activation {act!r}, enable_bias {cfg.get('enable_bias', True)}, "
+                                f"affine norms {cfg.get('layer_norm_elementwise_affine', True)}: the lean engine runs "
+                                f"OPT's ReLU, biased, affine layout only; {_instead(arch)}")
+    return LeanConfig(rms_norm_eps=1e-5, attention_scale=arch.head_dim ** -0.5, layer_norm=True, gated=False,
+                      positions="learned", position_offset=2)
+
+
 # ----- the model's functions (pure: tensors in, tensors out; what torch.compile wraps) ----------------------
+def _norm(x, weight, bias, eps: float, layer_norm: bool):
+    """RMSNorm (:func:`_rms`), or LayerNorm with its bias (computed in float32 inside the kernel, as torch's)."""
+    import torch.nn.functional as F
+
+    if layer_norm:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return _rms(x, weight, eps)
+
+
 def _rms(x, weight, eps: float):
     """transformers' RMSNorm: normalised in float32, cast back, then scaled by the weight."""
     import torch.nn.functional as F
@@ -240,32 +282,43 @@ def _rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
-def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int):
-    """Norm, fused QKV product and rotary embedding: (..., d) -> q (..., H, h), k and v (..., K, h)."""
+def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, norm_b=None,
+         layer_norm: bool = False):
+    """Norm, fused QKV product and rotary embedding (none when ``cos`` is None): (..., d) -> q (..., H, h), k and
+    v (..., K, h)."""
     import torch.nn.functional as F
 
-    qkv = F.linear(_rms(x, norm, eps), wqkv, bqkv)
+    qkv = F.linear(_norm(x, norm, norm_b, eps, layer_norm), wqkv, bqkv)
     qkv = qkv.view(*qkv.shape[:-1], heads + 2 * kv_heads, -1)
+    if cos is None:
+        return qkv[..., :heads, :], qkv[..., heads:heads + kv_heads, :], qkv[..., heads + kv_heads:, :]
     qk = _rope(qkv[..., : heads + kv_heads, :], cos, sin)
     return qk[..., :heads, :], qk[..., heads:, :], qkv[..., heads + kv_heads:, :]
 
 
-def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float):
-    """Output projection and residual, then norm, fused gate/up, SiLU gate, down projection and residual."""
+def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float, norm_b=None,
+               layer_norm: bool = False, gated: bool = True):
+    """Output projection and residual, then norm, fused gate/up, SiLU gate (or one product and ReLU when not
+    ``gated``), down projection and residual."""
     import torch.nn.functional as F
 
     out = F.linear(attn, wo, bo)
     x = x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
-    gate, up = F.linear(_rms(x, norm, eps), w13, b13).chunk(2, dim=-1)
-    out = F.linear(F.silu(gate) * up, w2, b2)
+    hidden = F.linear(_norm(x, norm, norm_b, eps, layer_norm), w13, b13)
+    if gated:
+        gate, up = hidden.chunk(2, dim=-1)
+        hidden = F.silu(gate) * up
+    else:
+        hidden = F.relu(hidden)
+    out = F.linear(hidden, w2, b2)
     return x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
 
 
-def _head(x, norm, lm_head, eps: float):
+def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False):
     """Final norm and LM head on (rows, d): raw logits (rows, V)."""
     import torch.nn.functional as F
 
-    return F.linear(_rms(x, norm, eps), lm_head)
+    return F.linear(_norm(x, norm, norm_b, eps, layer_norm), lm_head)
 
 
 def _tail_attention(q, k, v, bias, scale: float):
@@ -325,7 +378,8 @@ def _ranges(paths: dict, before: str = "") -> str:
 # ----- weights and wave state -------------------------------------------------------------------------------
 @dataclass
 class Layer:
-    """One decoder layer's weights: fused QKV (rows q, k, v) and fused gate/up (rows gate, up)."""
+    """One decoder layer's weights: fused QKV (rows q, k, v) and fused gate/up (rows gate, up; the one FFN
+    product when the FFN is not gated); the norms' biases for LayerNorm."""
 
     attn_norm: Any
     wqkv: Any
@@ -337,6 +391,8 @@ class Layer:
     b13: Any
     w2: Any
     b2: Any
+    attn_norm_b: Any = None
+    ffn_norm_b: Any = None
 
 
 @dataclass
@@ -529,16 +585,25 @@ class LeanEngine:
         """Random weights as the ``hf`` engine draws them: normal, std 0.02; norm weights 1; seeded."""
         a = self.arch
         self._gen = self.torch.Generator(device=self.device).manual_seed(self.seed)
+        c = self.config
         d, qkv, i = a.hidden_size, a.q_width + 2 * a.kv_width, a.intermediate_size
+        i13 = 2 * i if c.gated else i
         self.embed = self._new(a.vocab_size, d)
+        if c.positions == "learned":  # dummy weights: a table long enough for the study's grid
+            self.pos_embed = self._new(max(self.max_positions, 8192) + c.position_offset, d)
+
+        def norm_b():
+            return self._new(d, fill=0.0) if c.layer_norm else None
+
         self.layers = []
         for _ in range(a.num_layers):
             self.layers.append(Layer(
                 attn_norm=self._new(d, fill=1.0), wqkv=self._new(qkv, d), bqkv=self._new(qkv) if a.qkv_bias else None,
                 wo=self._new(d, a.q_width), bo=self._new(d) if a.o_bias else None, ffn_norm=self._new(d, fill=1.0),
-                w13=self._new(2 * i, d), b13=self._new(2 * i) if a.mlp_bias else None, w2=self._new(d, i),
-                b2=self._new(d) if a.mlp_bias else None))
+                w13=self._new(i13, d), b13=self._new(i13) if a.mlp_bias else None, w2=self._new(d, i),
+                b2=self._new(d) if a.mlp_bias else None, attn_norm_b=norm_b(), ffn_norm_b=norm_b()))
         self.norm = self._new(d, fill=1.0)
+        self.norm_b = norm_b()
         self.lm_head = self.embed if a.tie_word_embeddings else self._new(a.vocab_size, d)
         del self._gen
 
@@ -556,6 +621,9 @@ class LeanEngine:
         """Fuse transformers' separate q/k/v and gate/up tensors; move everything to the device."""
         torch = self.torch
         a = self.arch
+        if self.config.positions == "learned":
+            return self._pack_opt(sd)
+        self.norm_b = None
         prefix = "model." if any(k.startswith("model.") for k in sd) else ""
 
         def get(name, required=True):
@@ -588,9 +656,50 @@ class LeanEngine:
         head = sd.get("lm_head.weight")
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
 
+    def _pack_opt(self, sd: dict) -> None:
+        """OPT's weights (``model.decoder.*``): fused q/k/v, fc1 and fc2, LayerNorms with biases, positions."""
+        torch = self.torch
+        a = self.arch
+        prefix = next((p for p in ("model.decoder.", "decoder.", "") if p + "embed_tokens.weight" in sd), None)
+        if prefix is None:
+            raise ValueError(f"{self.name}: the weights lack 'model.decoder.embed_tokens.weight'")
+
+        def get(name):
+            t = sd.get(prefix + name)
+            if t is None:
+                raise ValueError(f"{self.name}: the weights lack {prefix + name!r}")
+            return t.detach()
+
+        def put(*parts):
+            return torch.cat(parts, dim=0).to(device=self.device, dtype=self.dtype).contiguous()
+
+        self.embed = put(get("embed_tokens.weight"))
+        self.pos_embed = put(get("embed_positions.weight"))
+        self.layers = []
+        for n in range(a.num_layers):
+            p = f"layers.{n}."
+            att = p + "self_attn."
+            self.layers.append(Layer(
+                attn_norm=put(get(p + "self_attn_layer_norm.weight")),
+                attn_norm_b=put(get(p + "self_attn_layer_norm.bias")),
+                wqkv=put(*(get(att + f"{x}_proj.weight") for x in "qkv")),
+                bqkv=put(*(get(att + f"{x}_proj.bias") for x in "qkv")),
+                wo=put(get(att + "out_proj.weight")), bo=put(get(att + "out_proj.bias")),
+                ffn_norm=put(get(p + "final_layer_norm.weight")), ffn_norm_b=put(get(p + "final_layer_norm.bias")),
+                w13=put(get(p + "fc1.weight")), b13=put(get(p + "fc1.bias")),
+                w2=put(get(p + "fc2.weight")), b2=put(get(p + "fc2.bias"))))
+        self.norm = put(get("final_layer_norm.weight"))
+        self.norm_b = put(get("final_layer_norm.bias"))
+        head = sd.get("lm_head.weight")
+        self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
+
     def _grow_rope(self, length: int) -> None:
         """Cos/sin tables (positions, h) in the model's dtype, cast from float32 as transformers does."""
         if length <= self._rope_len:
+            return
+        if self.config.positions != "rope":
+            self.cos = self.sin = None
+            self._rope_len = length
             return
         torch = self.torch
         inv = inv_freq(self.arch.head_dim, self.config).to(self.device)
@@ -717,6 +826,11 @@ class LeanEngine:
             raise ValueError(f"{self.name}: n_in + n_out = {n_in + n_out} tokens reach the sliding window of "
                              f"{a.sliding_window} tokens, which the lean engine does not apply; use shorter lengths "
                              "or --engine hf")
+        table = getattr(self, "pos_embed", None)
+        if table is not None and n_in + n_out > table.shape[0] - self.config.position_offset:
+            raise ValueError(f"{self.name}: n_in + n_out = {n_in + n_out} tokens exceeds the "
+                             f"{table.shape[0] - self.config.position_offset} learned positions of its weights; use "
+                             "shorter lengths")
         if n_in + n_out <= self.max_positions:
             return
         if self.weights == "dummy":
@@ -960,24 +1074,37 @@ class LeanEngine:
     # ----- forward passes ---------------------------------------------------------------------------------
     def _prefill(self, tokens, w: _WaveState, rows: slice):
         """Prefill ``tokens`` (b, n) into cache rows ``rows``; returns the raw logits of the last position (b, V)."""
-        import torch.nn.functional as F
 
         a, c = self.arch, self.config
         b, n = tokens.shape
         heads, kv = a.num_heads, a.num_kv_heads
-        x = F.embedding(tokens, self.embed)
-        if c.embedding_multiplier != 1.0:
-            x = x * c.embedding_multiplier
-        cos, sin = self.cos[:n].unsqueeze(1), self.sin[:n].unsqueeze(1)  # (n, 1, h)
+        x = self._embed(tokens, self.torch.arange(n, device=tokens.device))
+        cos = sin = None
+        if self.cos is not None:
+            cos, sin = self.cos[:n].unsqueeze(1), self.sin[:n].unsqueeze(1)  # (n, 1, h)
         for n_layer, layer in enumerate(self.layers):
-            q, k, v = _qkv(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv)
+            q, k, v = _qkv(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
+                           layer.attn_norm_b, c.layer_norm)
             w.cache[n_layer, 0, rows, :n] = k
             w.cache[n_layer, 1, rows, :n] = v
             attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             x = _block_out(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
                            layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
-                           c.residual_multiplier)
-        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps)
+                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated)
+        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
+
+    def _embed(self, tokens, positions):
+        """Token embeddings (Granite's multiplier applied), plus the learned position embeddings where the model has
+        them (``positions`` broadcast against ``tokens``' last axis: (n,) for a prompt, (1,) for a decode step)."""
+        import torch.nn.functional as F
+
+        c = self.config
+        x = F.embedding(tokens, self.embed)
+        if c.embedding_multiplier != 1.0:
+            x = x * c.embedding_multiplier
+        if c.positions == "learned":
+            x = x + F.embedding(positions + c.position_offset, self.pos_embed)
+        return x
 
     def _prefill_attention(self, q, k, v):
         """Causal attention of a prompt over its own keys: q (b, H, n, h), k and v (b, K, n, h)."""
@@ -1050,26 +1177,27 @@ class LeanEngine:
 
         ``path`` ``"exact"`` (eager, ``hi`` = live keys) or a graph way over bucket [lo, hi).
         """
-        import torch.nn.functional as F
 
         a, c = self.arch, self.config
         b = w.batch
         heads, kv = a.num_heads, a.num_kv_heads
         groups, h = heads // kv, a.head_dim
-        x = F.embedding(w.tok, self.embed)
-        if c.embedding_multiplier != 1.0:
-            x = x * c.embedding_multiplier
-        cos, sin = self.cos.index_select(0, w.pos).unsqueeze(0), self.sin.index_select(0, w.pos).unsqueeze(0)
+        x = self._embed(w.tok, w.pos)
+        cos = sin = None
+        if self.cos is not None:
+            cos, sin = self.cos.index_select(0, w.pos).unsqueeze(0), self.sin.index_select(0, w.pos).unsqueeze(0)
         ctx = self._attention_context(w, path, lo, hi)
         for n_layer, layer in enumerate(self.layers):
-            q, k, v = self._pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv)
+            q, k, v = self._pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
+                                layer.attn_norm_b, c.layer_norm)
             kc, vc = w.cache[n_layer, 0], w.cache[n_layer, 1]
             kc.index_copy_(1, w.pos, k.unsqueeze(1))
             vc.index_copy_(1, w.pos, v.unsqueeze(1))
             attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
             x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
-                           layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier)
-        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps)
+                           layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
+                           c.gated)
+        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
         if logits_out is not None:
             logits_out.append(logits)
         nxt = logits.argmax(-1)
@@ -1202,7 +1330,7 @@ class LeanEngine:
     def release(self) -> None:
         """Free the wave state and the weights' device memory."""
         self.release_wave()
-        self.embed = self.lm_head = self.norm = None
+        self.embed = self.lm_head = self.norm = self.norm_b = self.pos_embed = None
         self.layers = []
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
