@@ -71,7 +71,7 @@ def _synthetic(true: P.PhysicsParams, combine: str, overhead: str, noise: float,
 
 def test_synthetic_recovery_within_intervals():
     true = P.PhysicsParams(matmul_flops_s=420e12, attention_flops_s=250e12, weight_bytes_s=2.8e12,
-                           kv_bytes_s=2.2e12, layer_overhead_s=8e-6, busy_power_w=650.0, overhead_power_w=300.0)
+                           kv_bytes_s=2.2e12, pass_overhead_s=2e-3, busy_power_w=650.0, overhead_power_w=300.0)
     fit = P.calibrate(_synthetic(true, "smooth", "add", 0.01), combine="smooth", overhead="add", start=P.START)
     cal = fit.calibration
     assert fit.success and fit.residual_rms_log < 0.02
@@ -166,3 +166,20 @@ def test_prediction_interval_and_derived_values():
     fixed = P.predict(A.load("Qwen2-1.5B"), 256, 128, batch=100, calibration=cal, samples=0)
     assert (fixed.batch, fixed.waves) == (100, 10)
     assert fixed.energy_j > pred.energy_j  # smaller batches read the weights more often
+
+
+def test_fixed_parameters_are_held():
+    true = P.START
+    fit = P.calibrate(_synthetic(true, "smooth", "add", 0.0), combine="smooth", overhead="add",
+                      fixed={"pass_overhead_s": 2 * true.pass_overhead_s})
+    assert fit.calibration.params.pass_overhead_s == pytest.approx(2 * true.pass_overhead_s)
+    assert fit.calibration.stderr["pass_overhead_s"] == 0.0
+
+
+def test_pass_overhead_is_one_per_pass():
+    arch = A.load("Llama-3.2-1B")
+    c = P.pass_counts(arch, 64, 9, n_req=8, batch=8)
+    zero = P.PhysicsParams(**{**P.START.__dict__, "pass_overhead_s": 0.0})
+    one = P.PhysicsParams(**{**P.START.__dict__, "pass_overhead_s": 1e-3})
+    extra = P.phase_energy(c, one, "max", "add").duration_s - P.phase_energy(c, zero, "max", "add").duration_s
+    assert extra == pytest.approx(1e-3 * c.repeat.sum())  # one prefill chunk and 8 decode steps

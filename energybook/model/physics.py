@@ -5,28 +5,37 @@ split here into the parts that run on different hardware paths). Every forward p
 chunk or a decode step of one wave) has
 
 * matmul FLOPs ``F_mm`` (projections, FFN, LM head), attention FLOPs ``F_att`` (QK^T and AV);
-* weight bytes ``W`` (every weight read once per pass), KV-cache bytes ``K`` (reads and writes), and other
-  per-request bytes ``O`` (logits written, embedding rows gathered).
+* weight bytes ``W`` (every weight read once per pass), KV-cache bytes ``K`` (reads of the live context and the
+  new token's write; the engine's flash varlen decode reads exactly the live keys, not the 256-token bucket), and
+  other per-request bytes ``O`` (logits written, embedding rows gathered).
 
 Its time (seconds) is
 
-    t_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att, K / B_kv) + L * t_layer
+    busy_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att, K / B_kv)
+    t_k    = busy_k + t_pass                [overhead "add"]     or   comb(busy_k, t_pass)   [overhead "overlap"]
 
 with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``B_w``, ``B_kv`` effective bandwidths (bytes/s),
-``t_layer`` a launch-and-synchronisation overhead per decoder layer per pass (seconds; ``L`` layers) and
-``comb`` one of
+``t_pass`` a fixed cost of every forward pass (seconds: the graph launch or eager dispatch, the argmax and token
+copy, the many small kernels of an unfused engine whose size the counts above do not follow) and ``comb`` one of
 
 * ``"max"``: ``max(a, b)``, the roofline of each kernel class (a kernel waits on its slower resource);
 * ``"smooth"``: ``(a^p + b^p)^(1/p)`` with p = :data:`SMOOTH_P`, a roofline with a rounded corner (near the ridge
   both resources are partly busy); unlike ``max`` every parameter keeps a gradient, so the covariance exists;
 * ``"sum"``: ``a + b``, no overlap of compute and memory traffic.
 
-The energy (joules) charges the busy part of each pass at ``P_busy`` and the overhead at ``P_oh``:
+``t_pass`` is one constant per pass, not per decoder layer: a per-layer cost ``L * t_layer`` fitted on two models
+mispredicted the third (on the H100 grids the decode step at short context is 0.48-0.99 ms per layer across
+Llama-3.2-1B, OPT-1.3B and Qwen2-1.5B, so no per-layer constant transfers).
 
-    E = sum_k  P_busy * (t_k - L t_layer) + P_oh * L t_layer
+The energy (joules) charges the busy part of each pass at ``P_busy`` and the rest at ``P_oh``:
 
-so the mean power is ``P_oh + (P_busy - P_oh) u`` with ``u`` the busy fraction of the time; ``P_busy`` is bounded
+    E = sum_k  P_busy * busy_k + P_oh * (t_k - busy_k)
+
+so the mean power is ``P_oh + (P_busy - P_oh) u`` with ``u`` the busy fraction of the time; both powers are bounded
 by the GPU's power cap. Most of our H100 grid runs at the 700 W cap, and ``P_busy`` comes out just below it.
+
+:attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products) is counted but not
+in the time: as a term ``A / B_act`` it raised the leave-one-model-out error (data/calibration/evaluation.md).
 
 The engine's batch rule. The torch engine runs ``n_req`` requests in balanced waves (``ceil(n_req / waves)``
 each, as few waves as fit) of at most ``max_batch`` requests, the limit set by the KV cache that fits in the GPU
@@ -69,12 +78,12 @@ SMOOTH_P = 4.0
 #: The parameters, in the order of the covariance matrix, with their units.
 PARAM_UNITS = {
     "matmul_flops_s": "FLOP/s", "attention_flops_s": "FLOP/s", "weight_bytes_s": "bytes/s",
-    "kv_bytes_s": "bytes/s", "layer_overhead_s": "s", "busy_power_w": "W", "overhead_power_w": "W",
+    "kv_bytes_s": "bytes/s", "pass_overhead_s": "s", "busy_power_w": "W", "overhead_power_w": "W",
 }
 PARAM_NAMES = tuple(PARAM_UNITS)
 #: Scale of each parameter inside the fit (lmfit sees values of order 1-1000).
 _SCALE = {"matmul_flops_s": 1e12, "attention_flops_s": 1e12, "weight_bytes_s": 1e12, "kv_bytes_s": 1e12,
-          "layer_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0}
+          "pass_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0}
 #: The torch engine's settings that the schedule depends on.
 ENGINE_MEMORY_FRACTION = 0.92
 ENGINE_PREFILL_TOKENS = 16384
@@ -88,6 +97,14 @@ def attended_keys(arch: Architecture, keys) -> np.ndarray:
     full = arch.num_layers - arch.sliding_layers
     capped = np.minimum(keys, arch.sliding_window) if arch.sliding_window else keys
     return full * keys + arch.sliding_layers * capped
+
+
+def activation_bytes_per_token(arch: Architecture) -> float:
+    """Bytes of the activation tensors one token's pass writes between the products, over all layers: hidden
+    state, FFN intermediate (gate and up for a gated FFN), queries, keys and values, once each."""
+    ffn = arch.intermediate_size * (2 if arch.ffn_kind == "gated" else 1)
+    per_layer = arch.hidden_size + ffn + arch.q_width + 2 * arch.kv_width
+    return float(arch.num_layers * per_layer * arch.bytes_per_element)
 
 
 def _gather_bytes(arch: Architecture, tokens) -> np.ndarray:
@@ -108,6 +125,8 @@ class PassCounts:
         weight_bytes: Weight bytes read (once per pass).
         kv_bytes: KV-cache bytes read and written.
         other_bytes: Logits written and embedding rows gathered (bytes).
+        activation_bytes: Activation tensors written between the layers' products: per token
+            ``L * (d + d_ff + q_width + 2 kv_width)`` elements (bytes; counted, not used by :func:`phase_energy`).
         layers: Decoder layers L of the architecture.
         n_in: Prompt length (tokens).
         n_out: Output length (tokens).
@@ -124,6 +143,7 @@ class PassCounts:
     weight_bytes: np.ndarray
     kv_bytes: np.ndarray
     other_bytes: np.ndarray
+    activation_bytes: np.ndarray
     layers: int
     n_in: int
     n_out: int
@@ -157,12 +177,15 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
     lin, head = C.linear_flops_per_token(arch), C.lm_head_flops(arch)
     att_per_key = 4 * arch.num_heads * arch.head_dim
     logits = arch.vocab_size * bpe
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("phase", "repeat", "batch", "mm", "att", "w", "kv", "o")}
+    act = activation_bytes_per_token(arch)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("phase", "repeat", "batch", "mm", "att", "w", "kv", "o",
+                                                         "act")}
 
-    def add(phase, repeat, b, mm, att, kv, o):
+    def add(phase, repeat, b, mm, att, kv, o, tokens):
         n = len(b)
         for key, value in (("phase", np.full(n, phase)), ("repeat", np.full(n, float(repeat))), ("batch", b),
-                           ("mm", mm), ("att", att), ("w", np.full(n, w)), ("kv", kv), ("o", o)):
+                           ("mm", mm), ("att", att), ("w", np.full(n, w)), ("kv", kv), ("o", o),
+                           ("act", tokens * act)):
             cols[key].append(np.asarray(value, dtype=float))
 
     counts: dict[int, int] = {}
@@ -173,15 +196,16 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
         chunks = np.asarray(chunk_sizes(size, n_in, prefill_tokens), dtype=float)
         add(0, repeat, chunks, chunks * (n_in * lin + head),
             chunks * att_per_key * n_in * attended_keys(arch, n_in),
-            chunks * n_in * arch.kv_bytes_per_token, chunks * (logits + _gather_bytes(arch, n_in)))
+            chunks * n_in * arch.kv_bytes_per_token, chunks * (logits + _gather_bytes(arch, n_in)), chunks * n_in)
         if len(contexts):
             keys = attended_keys(arch, contexts + 1)
             b = np.full(len(contexts), float(size))
             add(1, repeat, b, b * (lin + head), b * att_per_key * keys,
-                b * (keys * 2 * arch.kv_width * bpe + arch.kv_bytes_per_token), b * (logits + _gather_bytes(arch, 1)))
+                b * (keys * 2 * arch.kv_width * bpe + arch.kv_bytes_per_token), b * (logits + _gather_bytes(arch, 1)),
+                b)
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     return PassCounts(cat["phase"].astype(int), cat["repeat"], cat["batch"], cat["mm"], cat["att"], cat["w"],
-                      cat["kv"], cat["o"], arch.num_layers, n_in, n_out, n_req, max(sizes), waves)
+                      cat["kv"], cat["o"], cat["act"], arch.num_layers, n_in, n_out, n_req, max(sizes), waves)
 
 
 # ----- the engine's batch rule --------------------------------------------------------------
@@ -225,7 +249,7 @@ class PhysicsParams:
         attention_flops_s: Effective attention throughput R_att (FLOP/s).
         weight_bytes_s: Effective bandwidth of weight (and logits) traffic B_w (bytes/s).
         kv_bytes_s: Effective bandwidth of KV-cache traffic B_kv (bytes/s).
-        layer_overhead_s: Overhead per decoder layer per forward pass t_layer (seconds).
+        pass_overhead_s: Fixed cost of every forward pass t_pass (seconds).
         busy_power_w: Power while kernels run P_busy (watts).
         overhead_power_w: Power during the per-pass overhead P_oh (watts).
     """
@@ -234,7 +258,7 @@ class PhysicsParams:
     attention_flops_s: float
     weight_bytes_s: float
     kv_bytes_s: float
-    layer_overhead_s: float
+    pass_overhead_s: float
     busy_power_w: float
     overhead_power_w: float
 
@@ -303,14 +327,14 @@ def phase_energy(counts: PassCounts, params: PhysicsParams, combine: str = "smoo
         counts: The passes (:func:`pass_counts`).
         params: The GPU's parameters.
         combine: ``"max"``, ``"smooth"`` or ``"sum"``.
-        overhead: ``"overlap"`` (the launch overhead hides behind running kernels: a pass takes
-            ``comb(busy, L t_layer)``) or ``"add"`` (a pass takes ``busy + L t_layer``).
+        overhead: ``"overlap"`` (the per-pass cost hides behind running kernels: a pass takes
+            ``comb(busy, t_pass)``) or ``"add"`` (a pass takes ``busy + t_pass``).
     """
     p = params
     busy = (_combine(counts.matmul_flops / p.matmul_flops_s, (counts.weight_bytes + counts.other_bytes)
                      / p.weight_bytes_s, combine)
             + _combine(counts.attention_flops / p.attention_flops_s, counts.kv_bytes / p.kv_bytes_s, combine))
-    launch = np.full_like(busy, counts.layers * p.layer_overhead_s)
+    launch = np.full_like(busy, p.pass_overhead_s)
     if overhead == "overlap":
         step = _combine(busy, launch, combine)
     elif overhead == "add":
@@ -469,7 +493,7 @@ def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_
 
 #: Start values of the fit (SI units): a H100-like GPU.
 START = PhysicsParams(matmul_flops_s=400e12, attention_flops_s=200e12, weight_bytes_s=2.5e12, kv_bytes_s=2.5e12,
-                      layer_overhead_s=5e-6, busy_power_w=690.0, overhead_power_w=400.0)
+                      pass_overhead_s=1e-3, busy_power_w=690.0, overhead_power_w=400.0)
 
 
 @dataclass
@@ -491,7 +515,7 @@ class CalibrationFit:
 
 def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "overlap", power_cap_w: float = 700.0,
               start: PhysicsParams = START, gpu: str = "h100", gpu_name: str = "", engine: str = "torch",
-              memory_bytes: float = 85.0e9) -> CalibrationFit:
+              memory_bytes: float = 85.0e9, fixed: dict[str, float] | None = None) -> CalibrationFit:
     """Fit the shared parameters to measured workloads with lmfit (least squares on log ratios).
 
     The residuals are ``log(model / measured)`` of each point's prefill energy, decode energy, prefill time and
@@ -508,6 +532,7 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         gpu_name: The GPU's name.
         engine: The engine measured.
         memory_bytes: Device memory for the batch rule (bytes), stored with the calibration.
+        fixed: Parameters held at the given values (SI units) instead of fitted (stderr 0, covariance 0).
 
     Raises:
         ValueError: for no observations or an unknown combination.
@@ -528,10 +553,12 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         value = getattr(start, k) / _SCALE[k]
         if k.endswith("power_w"):
             params.add(k, value=min(value, power_cap_w * 0.999), min=0.0, max=power_cap_w)
-        elif k == "layer_overhead_s":
-            params.add(k, value=value, min=0.0, max=1e4)
+        elif k == "pass_overhead_s":
+            params.add(k, value=value, min=0.0, max=1e5)
         else:
             params.add(k, value=value, min=value * 1e-3, max=value * 1e3)
+    for k, v in (fixed or {}).items():
+        params[k].set(value=v / _SCALE[k], vary=False, min=-np.inf, max=np.inf)
 
     def unpack(p) -> PhysicsParams:
         return PhysicsParams(**{k: p[k].value * _SCALE[k] for k in PARAM_NAMES})
@@ -553,6 +580,10 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         identified = np.ones(k, dtype=bool)
     else:
         cov, identified = _pinv_covariance(residual, result.params, result.residual, scale)
+    for i, name in enumerate(PARAM_NAMES):
+        if name in (fixed or {}):
+            cov[i, :] = cov[:, i] = 0.0
+            identified[i] = True
     stderr = {name: float(np.sqrt(cov[i, i])) if identified[i] else float("nan")
               for i, name in enumerate(PARAM_NAMES)}
     rms = float(np.sqrt(np.mean(result.residual ** 2)))
@@ -572,6 +603,9 @@ def _pinv_covariance(residual, params, r0: np.ndarray, scale: np.ndarray) -> tup
     base = np.array([params[n].value for n in names])
     cols = []
     for i, n in enumerate(names):
+        if not params[n].vary:
+            cols.append(np.zeros_like(r0))
+            continue
         h = max(abs(base[i]) * 1e-4, 1e-9)
         p = params.copy()
         p[n].set(value=base[i] + h)
