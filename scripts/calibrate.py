@@ -171,7 +171,10 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
         "decode reads the live keys, not the 256-token bucket) and the new token's write. t_pass is one fixed cost "
         "per forward pass, the same for every model (launch, argmax, the small unfused kernels the counts do not "
         "follow); a per-layer cost L*t_layer did not transfer across models, and an activation-traffic term "
-        "A/B_act raised the leave-one-model-out error (`energybook/model/physics.py`, module docstring).", "",
+        "A/B_act raised the leave-one-model-out error (`energybook/model/physics.py`, module docstring). F_mm is the "
+        "unpadded count: padding the products to 128x256 GEMM tiles left the mean LOMO error at 5.20% (5.16% "
+        "unpadded), and charging whole waves of 132 SMs raised it to 6.9-10.7% (cuBLAS picks tiles and split-K or "
+        "stream-K per shape, so a fixed tile and wave count does not describe it).", "",
         "Waves and batch by the torch engine's KV-memory rule; the energy of a workload is the sum over its passes.",
         "", "## Calibrated parameters (stored variant)", "",
         "stderr nan: not identified (a roofline branch that never binds on these grids; any larger value fits alike).",

@@ -181,3 +181,19 @@ def test_table_html_scrolls_and_escapes():
     html = V.table_html(pd.DataFrame({"a": [1.234], "b": ["<x>"]}), {"a": "{:.1f}"}, caption="c & d")
     assert "overflow-x:auto" in html
     assert "<td>1.2</td>" in html and "&lt;x&gt;" in html and "<caption>c &amp; d</caption>" in html
+
+
+def test_predicted_table_is_a_grid_the_views_read():
+    from energybook.model import architecture as A
+    from energybook.model import physics as P
+
+    cal = P.load_calibration()
+    t = V.predicted_table(["Llama-3.2-1B", "Gemma-2-9B"], calibration=cal, n_in=[64, 4096], n_out=[64, 4096])
+    assert len(t) == 8 and set(t["model"]) == {"Llama-3.2-1B", "Gemma-2-9B"}
+    assert (t["energy_low_j"] < t["energy_j"]).all() and (t["energy_j"] < t["energy_high_j"]).all()
+    one = t.query("model == 'Llama-3.2-1B' and n_in == 64 and n_out == 4096").iloc[0]
+    assert one.energy_j == pytest.approx(P.predict(A.load("Llama-3.2-1B"), 64, 4096, calibration=cal).energy_j)
+    views = V.energy_views(t)
+    assert (views["j_per_request"] > 0).all()
+    with pytest.raises(ValueError, match="unknown|not a shipped|Llama"):
+        V.predicted_table(["No-Such-Model"], calibration=cal)

@@ -37,6 +37,15 @@ by the GPU's power cap. Most of our H100 grid runs at the 700 W cap, and ``P_bus
 :attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products) is counted but not
 in the time: as a term ``A / B_act`` it raised the leave-one-model-out error (data/calibration/evaluation.md).
 
+``F_mm`` is the unpadded count. GEMM quantisation was tried on the H100 grids and not kept (smooth/add, mean
+leave-one-model-out MAPE 5.16% with the plain count): padding each product (q, k, v, o, gate, up, down as the
+unfused HF modules run them, and the LM head) to whole 128x256 output tiles, with M the tokens of the pass, gave
+5.20% (128x128: 5.20%, 64x128: 5.24%, 256x128: 5.37%); charging whole waves of 132 SMs
+(``ceil(tiles / 132) * 132`` tiles) gave 10.71% (7.49% with 128x128 tiles), and 6.89% when a grid of fewer than
+132 tiles keeps its tile count (split-K). A wave count charges Qwen2's 8960-wide FFN 41% more than its FLOPs at
+batch 1000 (Llama's 8192-wide one 3%), and the measured steps show no such step; cuBLAS picks its tile and a
+split-K or stream-K schedule per shape on Hopper, so a fixed tile and wave count is the wrong model of it.
+
 The engine's batch rule. The torch engine runs ``n_req`` requests in balanced waves (``ceil(n_req / waves)``
 each, as few waves as fit) of at most ``max_batch`` requests, the limit set by the KV cache that fits in the GPU
 memory left after the weights (:func:`batch_limit`, the same arithmetic as the engine's ``batch_limit``, with the

@@ -268,7 +268,7 @@ def explorer_html(views: pd.DataFrame, element_id: str = "eb-explore") -> str:
         f"<fieldset><legend>colour the grid by energy</legend>{radios}</fieldset>"
         f'<svg role="img" aria-label="Heat map of the chosen energy view over the measured grid of the chosen '
         f'model; click a cell to pick it." xmlns="http://www.w3.org/2000/svg"></svg>'
-        "<details><summary>Every measured value as a table</summary>"
+        "<details><summary>Every value as a table</summary>"
         f'<div class="eb-scroll">{fallback_table(views)}</div></details>'
         f'<script type="application/json" id="{element_id}-data">{payload}</script>'
         f"<script>{script}</script>"

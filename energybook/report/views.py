@@ -78,6 +78,49 @@ def energy_views(table: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["model", "n_in", "n_out"]).reset_index(drop=True)
 
 
+#: Suffixes that tell measured and predicted entries apart where both are shown (the explorer).
+MEASURED, PREDICTED = " (measured)", " (predicted)"
+
+
+def predicted_table(models=None, calibration=None, n_in=None, n_out=None, n_req: int = 1000,
+                    max_batch: int = 1024) -> pd.DataFrame:
+    """The physical model's prediction of a grid for any architectures: a table :func:`energy_views` reads.
+
+    Each point is :func:`energybook.model.physics.predict` at the engine's KV-memory batch rule under
+    ``max_batch``, with the interval of the model error only (no parameter draws: fast enough for a book build).
+
+    Args:
+        models: Architecture names or :class:`~energybook.model.architecture.Architecture` objects (default: the
+            study's 13, in its order).
+        calibration: A :class:`~energybook.model.physics.Calibration` (default: the shipped H100 one).
+        n_in: Prompt lengths (default the study's grid, 64-4096).
+        n_out: Output lengths (default the same).
+        n_req: Requests per point.
+        max_batch: The engine's batch cap (requests).
+
+    Returns:
+        One row per point: ``model``, ``n_in``, ``n_out``, ``n_req``, ``batch``, ``energy_j``, ``energy_low_j``,
+        ``energy_high_j`` (joules, all requests) and ``duration_s``.
+
+    Used in :doc:`/book/explore`.
+    """
+    from energybook.model import architecture as A
+    from energybook.model import complexity as C
+    from energybook.model import physics as P
+
+    cal = calibration if calibration is not None else P.load_calibration()
+    archs = [m if isinstance(m, A.Architecture) else A.load(m) for m in (models or A.STUDY_ORDER)]
+    rows = []
+    for arch in archs:
+        for a in n_in or C.GRID:
+            for b in n_out or C.GRID:
+                p = P.predict(arch, a, b, max_batch=max_batch, n_req=n_req, calibration=cal, samples=0)
+                rows.append(dict(model=arch.name, n_in=a, n_out=b, n_req=n_req, batch=p.batch, energy_j=p.energy_j,
+                                 energy_low_j=p.energy_low_j, energy_high_j=p.energy_high_j,
+                                 duration_s=p.duration_s))
+    return pd.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class ViewPoint:
     """One measured point seen three ways.
