@@ -155,7 +155,7 @@ def _config(args: argparse.Namespace):
     return SweepConfig(n_in=args.n_in, n_out=args.n_out, n_req=args.n_req, max_batch=args.max_batch,
                        repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
                        cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, meter_sampler=args.meter_sampler,
-                       engine=args.engine, note=args.note)
+                       weight_init=args.weight_init, prompts=args.prompts, engine=args.engine, note=args.note)
 
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
@@ -221,7 +221,7 @@ def _measure_cmd(args: argparse.Namespace) -> int:
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     from energybook.measure import engines as EN
-    from energybook.measure.protocol import MODES, SAMPLERS
+    from energybook.measure.protocol import MODES, PROMPTS, SAMPLERS
 
     p.add_argument("--n-in", type=int, nargs="+", default=list(GRID), help="prompt lengths (tokens)")
     p.add_argument("--n-out", type=int, nargs="+", default=list(GRID), help="output lengths (tokens)")
@@ -239,6 +239,9 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
     p.add_argument("--meter-sampler", choices=SAMPLERS, default="thread",
                    help="sample NVML in a thread of this process or in a child process")
+    p.add_argument("--weight-init", default="normal:0.02",
+                   help="dummy weights: normal:STD, zeros or student_t:DF:STD (weight sensitivity)")
+    p.add_argument("--prompts", choices=PROMPTS, default="random", help="random prompt tokens or one repeated token")
     p.add_argument("--allow-test-data", action="store_true", help="permit the CPU / simulated meter (tests only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "

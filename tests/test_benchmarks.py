@@ -43,3 +43,19 @@ def test_order_check_judges_agreement_and_dips(capsys):
     assert bench.main(["--out", "unused", "--dry-run", "--points", "96x192"]) == 0
     out = capsys.readouterr().out
     assert out.count("[alone]") == 1 and "[sweep]" in out and "--n-in 64 80 96" in out
+
+
+def test_study_experiments_are_ordinary_sweeps_inside_the_data_folder(tmp_path, capsys):
+    from energybook import cli
+
+    bench = _load("study_experiments")
+    cmds = bench.commands("lean", "gpu-x", str(tmp_path))
+    assert [len(cmds[e]) for e in bench.EXPERIMENTS] == [12, 10, 60, 5]
+    parser = cli.build_parser()
+    for exp, entries in cmds.items():
+        for _name, argv in entries:
+            args = parser.parse_args(argv[1:])  # every command is one the CLI accepts
+            assert args.output.startswith(str(tmp_path / "experiments" / "gpu-x" / exp)) and args.engine == "lean"
+    weights = {a.weight_init for a in (parser.parse_args(v[1:]) for _, v in cmds["weights"])}
+    assert weights == {"zeros", "normal:0.02", "normal:0.006", "student_t:3:0.02"}
+    assert bench.main(["--data", str(tmp_path)]) == 0 and capsys.readouterr().out.count("energybook sweep") == 87

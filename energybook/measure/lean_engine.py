@@ -465,6 +465,9 @@ class LeanEngine:
         require_prepared: Raise in :meth:`generate` when its shapes were not prepared (rather than preparing
             them before the start clock).
         seed: Seed of the random weights and prompts.
+        weight_init: Distribution of the dummy weights' matrices
+            (:func:`energybook.measure.protocol.parse_weight_init`; default normal, std 0.02).
+        prompts: ``"random"`` token ids, or one id ``"repeated"``.
         state_dict: Weights in transformers' names (``model.layers.0.self_attn.q_proj.weight``...), re-packed
             into fused tensors; sets ``weights="hf_model"``.
 
@@ -479,7 +482,8 @@ class LeanEngine:
                  decode_attention: str = "auto", bucket_min: int = 32, bucket_max: int = 256,
                  compile: bool | str = "auto", compile_mode: str = "default",
                  memory_fraction: float = 0.92, prefill_tokens: int = 16384, min_positions: int | None = None,
-                 require_prepared: bool = False, seed: int = 0, state_dict: dict | None = None):
+                 require_prepared: bool = False, seed: int = 0, state_dict: dict | None = None,
+                 weight_init: str = "normal:0.02", prompts: str = "random"):
         torch = _torch()
         from energybook.model import architecture as A
 
@@ -540,6 +544,12 @@ class LeanEngine:
         self.prefill_tokens = prefill_tokens
         self.require_prepared = require_prepared
         self.seed = seed
+        from energybook.measure.protocol import PROMPTS, parse_weight_init
+
+        parse_weight_init(weight_init)
+        if prompts not in PROMPTS:
+            raise ValueError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
+        self.weight_init, self.prompts = weight_init, prompts
         self.vocab = self.arch.vocab_size
         self.max_positions = self.arch.max_position_embeddings
         self.last_tokens = None
@@ -578,7 +588,9 @@ class LeanEngine:
         torch = self.torch
         t = torch.empty(*shape, dtype=self.dtype, device=self.device)
         if fill is None:
-            return t.normal_(0.0, 0.02, generator=self._gen)
+            from energybook.measure.torch_engine import init_dummy_
+
+            return init_dummy_(t, self.weight_init, self._gen)
         return t.fill_(fill)
 
     def _init_dummy(self) -> None:
@@ -801,6 +813,7 @@ class LeanEngine:
             + ("; argmax of raw logits (logits_scaling is monotone)" if self.config.logits_scaling != 1.0 else ""),
             "config": self.config.to_dict(), "family": a.model_type, "max_positions": self.max_positions,
             "dtype": str(self.dtype).replace("torch.", ""), "weights": self.weights, "seed": self.seed,
+            "weight_init": self.weight_init if self.weights == "dummy" else None, "prompts": self.prompts,
             "max_batch": self.max_batch, "memory_fraction": self.memory_fraction,
             "prefill_tokens": self.prefill_tokens, "device": str(self.device), "build_s": round(build_s, 2),
         }
@@ -1259,7 +1272,7 @@ class LeanEngine:
         w = self._wave
         plan = self._buckets(n_in, n_out)
         dev = self.device
-        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev)
+        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev, self.prompts)
         w.out[:, n_in:n_in + n_out].fill_(-1)
         times = WaveTimes(start=0.0, prefill_end=0.0, end=0.0)
         mark = checkpoint_marker(times, marks, clock, on_checkpoint)

@@ -31,6 +31,34 @@ from energybook.model.complexity import GRID, balanced_batch, check_positive  # 
 
 MODES = ("prefix", "full")
 SAMPLERS = ("thread", "process")
+#: Prompt tokens of a wave: seeded random ids, or one id repeated (to bound how much the data moves the power).
+PROMPTS = ("random", "repeated")
+#: Kinds of random ("dummy") weights; ``normal:STD`` and ``student_t:DF:STD`` take their numbers.
+WEIGHT_INITS = ("normal", "zeros", "student_t")
+
+
+def parse_weight_init(spec: str) -> tuple[str, tuple[float, ...]]:
+    """``"normal:0.02"`` -> ("normal", (0.02,)); ``"zeros"``; ``"student_t:3:0.02"`` (degrees of freedom, std).
+
+    The dummy weights of the engines' matrices (norm weights stay at 1): normal with that standard deviation,
+    all zeros, or Student's t with ``DF`` > 2 degrees of freedom scaled to that standard deviation (heavy tails).
+
+    Raises:
+        ValueError: naming the accepted forms.
+    """
+    forms = "normal:STD, zeros or student_t:DF:STD (e.g. normal:0.02, student_t:3:0.02)"
+    if not isinstance(spec, str):
+        raise ValueError(f"weight_init must be a string: {forms}; got {spec!r}")
+    kind, *nums = spec.split(":")
+    try:
+        values = tuple(float(x) for x in nums)
+    except ValueError:
+        raise ValueError(f"weight_init {spec!r}: numbers expected after the kind; use {forms}") from None
+    want = {"normal": 1, "zeros": 0, "student_t": 2}.get(kind)
+    if want is None or len(values) != want or any(not (v > 0 and v < float("inf")) for v in values) \
+            or (kind == "student_t" and values[0] <= 2):
+        raise ValueError(f"weight_init {spec!r} is not one of {forms} (positive numbers, DF > 2)")
+    return kind, values
 #: Most measurements of one point a sweep may ask for.
 MAX_REPEATS = 100
 #: Shortest counter polling period (seconds): below it the sampler would only burn a core.
@@ -81,6 +109,8 @@ class SweepConfig:
         meter_poll_s: Counter polling period of the meter's sampler (seconds).
         meter_sampler: Where the meter samples NVML: ``"thread"`` (a thread of the measuring process) or
             ``"process"`` (a child process, so the measuring process gets no extra thread).
+        weight_init: The dummy weights' distribution (:func:`parse_weight_init`); ignored for checkpoints.
+        prompts: ``"random"`` token ids or one id ``"repeated"`` (:data:`PROMPTS`).
         engine: Engine name in the registry (:mod:`energybook.measure.engines`).
         note: Free text: why the protocol differs from the study's, say.
     """
@@ -97,6 +127,8 @@ class SweepConfig:
     cooldown_s: float = 2.0
     meter_poll_s: float = 0.002
     meter_sampler: str = "thread"
+    weight_init: str = "normal:0.02"
+    prompts: str = "random"
     engine: str = "torch"
     note: str = ""
 
@@ -117,6 +149,9 @@ class SweepConfig:
         set_(self, "meter_poll_s", _finite("meter_poll_s", self.meter_poll_s, low=MIN_POLL_S, high=1.0))
         if self.meter_sampler not in SAMPLERS:
             raise ValueError(f"meter_sampler must be one of {SAMPLERS}, got {self.meter_sampler!r}")
+        parse_weight_init(self.weight_init)
+        if self.prompts not in PROMPTS:
+            raise ValueError(f"prompts must be one of {PROMPTS}, got {self.prompts!r}")
         allowed = (*MODES, "external")
         if self.mode not in allowed:
             raise ValueError(f"mode must be one of {allowed}, got {self.mode!r}")
@@ -142,6 +177,9 @@ class SweepConfig:
     def to_record(self) -> dict[str, Any]:
         """The protocol as the sidecar records it (plain JSON types)."""
         rec = dataclasses.asdict(self)
+        for key in ("weight_init", "prompts"):  # recorded when not the default, so older files still resume
+            if rec[key] == _DEFAULTS[key]:
+                del rec[key]
         rec["n_in"], rec["n_out"] = list(self.n_in), list(self.n_out)
         rec["wave_counting"] = rec["prefix_checkpoints"] = self.mode == "prefix"
         return rec
@@ -151,6 +189,9 @@ class SweepConfig:
         """The config a sidecar's ``protocol`` describes (derived keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SweepConfig)}
 
 
 @dataclass(frozen=True)

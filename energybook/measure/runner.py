@@ -206,6 +206,8 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         kwargs = dict(engine_kwargs or {})
         if spec.kind == "wave":
             kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
+            if (config.weight_init, config.prompts) != ("normal:0.02", "random"):  # engines of others need not know
+                kwargs.update(weight_init=config.weight_init, prompts=config.prompts)
         engine = EN.make_engine(config.engine, model, ws.engine_dir(config.engine), **kwargs)
     external = EN.is_command_engine(engine)
     if external and config.mode != "external":

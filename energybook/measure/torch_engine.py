@@ -424,11 +424,41 @@ def check_wave(engine, n_in: int, n_out: int, batch: int, checkpoints) -> list[i
     return checkpoints
 
 
-def random_prompts(torch, vocab: int, seed: int, n_in: int, batch: int, device):
-    """A wave's prompts, ``batch`` x ``n_in`` random token ids seeded by (seed, n_in, batch): every engine
-    generates the same prompts for the same wave."""
+def random_prompts(torch, vocab: int, seed: int, n_in: int, batch: int, device, kind: str = "random"):
+    """A wave's prompts, ``batch`` x ``n_in`` token ids seeded by (seed, n_in, batch): every engine generates the
+    same prompts for the same wave. ``kind`` ``"random"``: independent random ids; ``"repeated"``: one random id
+    (seeded the same way) in every position of every prompt."""
     gen = torch.Generator(device=device).manual_seed(seed + 7919 * n_in + batch)
+    if kind == "repeated":
+        token = torch.randint(0, vocab, (1, 1), device=device, generator=gen)
+        return token.expand(batch, n_in).contiguous()
+    if kind != "random":
+        raise ValueError(f"prompts must be 'random' or 'repeated', got {kind!r}")
     return torch.randint(0, vocab, (batch, n_in), device=device, generator=gen)
+
+
+def init_dummy_(tensor, spec: str, generator):
+    """Fill a weight matrix in place with the dummy distribution ``spec``
+    (:func:`energybook.measure.protocol.parse_weight_init`): normal, zeros or scaled Student's t."""
+    from energybook.measure.protocol import parse_weight_init
+
+    kind, values = parse_weight_init(spec)
+    if kind == "zeros":
+        return tensor.zero_()
+    if kind == "normal":
+        return tensor.normal_(0.0, values[0], generator=generator)
+    df, std = values  # Student's t: a normal over the root of an independent chi-square / df, scaled to std
+    import torch
+
+    z = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device).normal_(generator=generator)
+    chi2 = torch.zeros_like(z)
+    for _ in range(int(df)):
+        chi2 += torch.empty_like(z).normal_(generator=generator) ** 2
+    frac = df - int(df)
+    if frac:  # a fractional part of the degrees of freedom: gamma through torch's own sampler (not seeded here)
+        chi2 += torch.distributions.Gamma(frac / 2, 0.5).sample(z.shape).to(z.device)
+    t = z / torch.sqrt(chi2 / df)
+    return tensor.copy_(t * (std / (df / (df - 2)) ** 0.5))
 
 
 def checkpoint_marker(times: WaveTimes, checkpoints, clock: Callable[[], float],
@@ -499,6 +529,9 @@ class TorchEngine:
             ``max_position_embeddings`` to at least this (tokens); logged as a warning and recorded in
             :attr:`settings` (``max_position_embeddings_extended``).
         seed: Seed of the random weights and prompts.
+        weight_init: Distribution of the dummy weights' matrices
+            (:func:`energybook.measure.protocol.parse_weight_init`; default normal, std 0.02).
+        prompts: ``"random"`` token ids, or one id ``"repeated"``.
 
     Raises:
         EngineUnavailable: for a family outside :data:`FAMILIES` (naming it and the engines to use
@@ -510,7 +543,8 @@ class TorchEngine:
     def __init__(self, model: str | Path, device: str | None = None, weights: str | None = None,
                  dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = True,
                  graph_max_batch: int = 128, memory_fraction: float = 0.92, prefill_tokens: int = 16384,
-                 min_positions: int = 8192, seed: int = 0):
+                 min_positions: int = 8192, seed: int = 0, weight_init: str = "normal:0.02",
+                 prompts: str = "random"):
         torch = _torch()
         from energybook.model import architecture as A
 
@@ -542,6 +576,12 @@ class TorchEngine:
         self.memory_fraction = memory_fraction
         self.prefill_tokens = prefill_tokens
         self.seed = seed
+        from energybook.measure.protocol import PROMPTS, parse_weight_init
+
+        parse_weight_init(weight_init)
+        if prompts not in PROMPTS:
+            raise ValueError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
+        self.weight_init, self.prompts = weight_init, prompts
         self.settings: dict = {}
         self._build(cfg_dict, path if self.weights == "checkpoint" else None, min_positions)
 
@@ -578,7 +618,7 @@ class TorchEngine:
                     if p.ndim == 1 and (id(p) in norms or ("norm" in name and name.endswith("weight"))):
                         p.fill_(1.0)
                     else:
-                        p.normal_(0.0, 0.02, generator=gen)
+                        init_dummy_(p, self.weight_init, gen)
         model.eval()
         model.requires_grad_(False)
         self.model = model
@@ -602,6 +642,7 @@ class TorchEngine:
             "graph_max_batch": self.graph_max_batch, "graph_attention": self.graph_attention,
             "graph_bucket": BUCKET, "greedy": "argmax on device, EOS ignored",
             "dtype": str(self.dtype).replace("torch.", ""), "weights": self.weights, "seed": self.seed,
+            "weight_init": self.weight_init if self.weights == "dummy" else None, "prompts": self.prompts,
             "max_batch": self.max_batch, "memory_fraction": self.memory_fraction,
             "prefill_tokens": self.prefill_tokens, "device": str(self.device),
             "max_position_embeddings_extended": positions_extended,
@@ -711,7 +752,7 @@ class TorchEngine:
         a = self.arch
         max_len = self.cache_len(n_in, n_out)
         dev = self.device
-        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev)
+        prompts = random_prompts(torch, self.vocab, self.seed, n_in, batch, dev, self.prompts)
         out = torch.full((batch, n_out), -1, dtype=torch.long, device=dev)
         positions = torch.arange(max_len, device=dev)
         cache = self.WaveCache(a.num_layers, batch, a.num_kv_heads, max_len, a.head_dim, self.dtype, dev)
