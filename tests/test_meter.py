@@ -157,7 +157,7 @@ def test_for_device_reads_the_engines_gpu_not_nvml_index_0(monkeypatch):
     assert info["gpu_uuid"] == UUID_B and info["cuda_uuid"] == UUID_B.removeprefix("GPU-")
     assert info["gpu"] == "Second GPU"
     r = measure(m)
-    assert r.power_w == pytest.approx(500, rel=0.1)
+    assert r.power_w == pytest.approx(500, rel=0.3)  # GPU B's 500 W, not GPU A's 100 W (wall-clock timing: loose)
     m.now()
     assert torch.synced and set(torch.synced) == {0}  # torch.cuda.synchronize(that device)
 
