@@ -13,7 +13,6 @@ import argparse
 import functools
 import itertools
 import math
-import statistics
 
 import torch
 
@@ -24,27 +23,27 @@ SHAPES = ((1000, 128), (1000, 320), (256, 2048), (64, 2048), (8, 4096), (1, 4096
 CONFIGS = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4)))
 
 
+@functools.lru_cache(maxsize=1)
+def _targets():
+    """``engine_targets.py`` beside this file: its CUDA-event timer and copy-bandwidth measurement."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("engine_targets", Path(__file__).with_name("engine_targets.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _median_ms(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1))
-    return statistics.median(times)
+    return _targets()._median_time(fn, repeats=repeats, warmup=3) * 1e3
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=["Llama-3.2-1B", "Qwen2-1.5B"])
     a = ap.parse_args()
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    copy_bw = 2 * src.numel() / (_median_ms(functools.partial(torch.empty_like(src).copy_, src)) / 1e3)
-    del src
+    copy_bw = _targets().copy_bandwidth(1 << 30)
     print(f"{torch.cuda.get_device_name()}: copy {copy_bw / 1e12:.2f} TB/s (read + write); defaults: block "
           f"{T.BLOCK_N}, warps {T.NUM_WARPS}, stages {T.NUM_STAGES}")
     for name in a.models:
