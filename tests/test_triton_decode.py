@@ -43,16 +43,21 @@ _SCRIPT = textwrap.dedent("""
 
     torch.manual_seed(0)
     out = []
-    for b, k, g, d, s, live, dtype, splits in json.loads(sys.argv[1]):
+    for b, k, g, d, s, live, dtype, splits, *alibi in json.loads(sys.argv[1]):
         dtype = getattr(torch, dtype)
         q = torch.randn(b, k, g, d, dtype=dtype)
         cache = torch.randn(2, b, s, k, d, dtype=dtype)  # the engine's layout: (2, B, S, K, h) of one layer
         kc, vc = cache[0], cache[1]
         kk = kc[:, :live].float().permute(0, 2, 1, 3)
         vv = vc[:, :live].float().permute(0, 2, 1, 3)
-        ref = torch.softmax(q.float() @ kk.transpose(-1, -2) / math.sqrt(d), -1) @ vv
+        logits = q.float() @ kk.transpose(-1, -2) / math.sqrt(d)
+        slopes = None
+        if alibi:  # ALiBi: per query head (KV head major) a slope times the key's position, scaled like the logits
+            slopes = torch.rand(k * g) / math.sqrt(d)
+            logits = logits + slopes.view(1, k, g, 1) * torch.arange(live).float()
+        ref = torch.softmax(logits, -1) @ vv
         got = T.decode_attention(q, kc, vc, torch.tensor([live - 1]), 1 / math.sqrt(d), s,
-                                 splits=tuple(splits) if splits else None)
+                                 splits=tuple(splits) if splits else None, alibi=slopes)
         out.append([list(got.shape), float((got.float() - ref).abs().max() / ref.abs().max())])
     print(json.dumps(out))
 """)
@@ -61,12 +66,15 @@ _SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not T.available(), reason="Triton is not installed (it comes with PyTorch's CUDA builds)")
 def test_kernel_matches_softmax_attention_in_the_interpreter():
     """Grouped (G = 4, 3), multi-head (G = 1), a head dim that is not a power of two (80), one live key,
-    live keys ending inside a block, several chunks with empty ones past the live keys, float32 and float16."""
+    live keys ending inside a block, several chunks with empty ones past the live keys, float32 and float16, and ALiBi
+    biases."""
     cases = [[3, 2, 4, 64, 300, 257, "float32", None],
              [3, 2, 4, 64, 300, 257, "float32", [5, 64]],  # chunks 4 and 5 hold no live key
              [2, 1, 1, 80, 130, 1, "float32", None],
              [2, 3, 1, 80, 130, 100, "float32", [3, 64]],
-             [2, 2, 3, 64, 600, 599, "float16", [3, 256]]]
+             [2, 2, 3, 64, 600, 599, "float16", [3, 256]],
+             [2, 3, 1, 64, 300, 257, "float32", [3, 128], "alibi"],  # multi-head with ALiBi, split
+             [2, 2, 4, 64, 100, 77, "float32", None, "alibi"]]
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], capture_output=True, text=True,
                          env=env, timeout=600)

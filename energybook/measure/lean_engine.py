@@ -1,4 +1,4 @@
-"""The ``lean`` engine: a decoder written for inference, after PyTorch's gpt-fast, for the llama family.
+"""The ``lean`` engine: a decoder written for inference after PyTorch's gpt-fast (llama, qwen2, OPT, Falcon-RW...).
 
 The ``hf`` engine (:mod:`energybook.measure.torch_engine`) runs stock transformers modules. This one is a
 short model of its own, built from the :class:`~energybook.model.architecture.Architecture` and the Hugging
@@ -45,7 +45,13 @@ Face configuration, with nothing in the measured path that the workload does not
   compilation per batch (and, for the merge, per bucket width) serves every bucket.
 
 Families: llama (with Llama 3.x's ``llama3`` rotary scaling, ``linear`` scaling, biases), mistral, qwen2
-(q/k/v biases) and granite (its embedding, residual, attention and logits multipliers). A sliding window is
+(q/k/v biases), granite (its embedding, residual, attention and logits multipliers), OPT (pre-LayerNorm with
+biases, ReLU, learned positions at offset 2) and Falcon-RW (ALiBi, multi-head, sequential attention and MLP with
+two LayerNorms, GELU; its fused per-head QKV re-packed as q, k, v). With ALiBi the bias of every key position is
+built once per wave state as transformers builds it (the slope in bfloat16 times the position, divided by
+sqrt(h)); decode attends through ``masked`` (SDPA with the bias as its mask) or ``triton`` (the slope in the
+kernel), as flash's prefix and varlen kernels take no bias; prefill uses SDPA with a (1, H, n, n) causal mask
+holding the bias (2 GiB in bf16 at n = 4096 and 64 heads). A sliding window is
 honoured by refusing lengths that reach it (:meth:`LeanEngine.check_lengths`). Every other family is
 refused by name in the constructor with :class:`~energybook.measure.engines.EngineUnavailable`: measure it
 with ``--engine hf``.
@@ -71,7 +77,7 @@ from energybook.model.complexity import check_positive
 logger = logging.getLogger(__name__)
 
 #: The ``model_type`` values this engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "granite", "opt")
+FAMILIES = ("llama", "mistral", "qwen2", "granite", "opt", "falcon")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
 DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -101,9 +107,11 @@ class LeanConfig:
         attention_scale: Softmax scale of attention: head_dim ** -0.5, or Granite's attention_multiplier.
         logits_scaling: Granite: the logits are divided by it (greedy tokens do not change).
         layer_norm: LayerNorm with a bias (OPT) instead of RMSNorm; its epsilon is ``rms_norm_eps``.
-        gated: A SiLU-gated FFN (gate and up products); False: one product and ReLU (OPT).
-        positions: ``"rope"`` (rotary) or ``"learned"`` (OPT: a table of position embeddings added to the token
-            embeddings, read at position + ``position_offset``).
+        gated: A SiLU-gated FFN (gate and up products); False: one product and ``act``.
+        act: The activation of an FFN that is not gated: ``"relu"`` (OPT) or ``"gelu"`` (Falcon).
+        positions: ``"rope"`` (rotary), ``"learned"`` (OPT: a table of position embeddings added to the token
+            embeddings, read at position + ``position_offset``) or ``"alibi"`` (Falcon-RW: a bias of each query head's
+            slope times the key's position, added to the attention logits).
         position_offset: The learned table's offset (OPT's 2).
     """
 
@@ -117,6 +125,7 @@ class LeanConfig:
     logits_scaling: float = 1.0
     layer_norm: bool = False
     gated: bool = True
+    act: str = "silu"
     positions: str = "rope"
     position_offset: int = 0
 
@@ -145,6 +154,8 @@ def read_config(arch, cfg: dict) -> LeanConfig:
                                 f"runs {', '.join(FAMILIES)}; {_instead(arch)}")
     if arch.model_type == "opt":
         return _read_opt(arch, cfg)
+    if arch.model_type == "falcon":
+        return _read_falcon(arch, cfg)
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements SiLU-gated FFNs "
@@ -253,7 +264,42 @@ def _read_opt(arch, cfg: dict) -> LeanConfig:
                                 f"affine norms {cfg.get('layer_norm_elementwise_affine', True)}: the lean engine runs "
                                 f"OPT's ReLU, biased, affine layout only; {_instead(arch)}")
     return LeanConfig(rms_norm_eps=1e-5, attention_scale=arch.head_dim ** -0.5, layer_norm=True, gated=False,
-                      positions="learned", position_offset=2)
+                      act="relu", positions="learned", position_offset=2)
+
+
+def _read_falcon(arch, cfg: dict) -> LeanConfig:
+    """Falcon-RW's layout: sequential attention and MLP with two LayerNorms, all heads their own K/V, ALiBi, GELU.
+
+    Raises:
+        EngineUnavailable: for Falcon's rotary, multi-query, parallel-attention or new-decoder layouts.
+    """
+    other = [name for name, bad in (("rotary positions (alibi false)", not cfg.get("alibi", False)),
+                                    ("parallel attention", cfg.get("parallel_attn", True)),
+                                    ("the new decoder architecture", cfg.get("new_decoder_architecture", False)),
+                                    ("multi-query attention", cfg.get("multi_query", True))) if bad]
+    if other:
+        raise EngineUnavailable(f"{arch.name}: Falcon with {', '.join(other)}; the lean engine runs Falcon-RW's "
+                                f"layout (ALiBi, sequential, multi-head) only; {_instead(arch)}")
+    act = cfg.get("activation", "gelu")
+    if act != "gelu":
+        raise EngineUnavailable(f"{arch.name}: activation {act!r}; {_instead(arch)}")
+    return LeanConfig(rms_norm_eps=float(cfg.get("layer_norm_epsilon") or 1e-5), attention_scale=arch.head_dim ** -0.5,
+                      layer_norm=True, gated=False, act="gelu", positions="alibi")
+
+
+def alibi_slopes(heads: int):
+    """ALiBi's slope of each head, as transformers' ``build_alibi_tensor`` computes them (float32, (heads,))."""
+    import torch
+
+    closest = 2 ** math.floor(math.log2(heads))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = torch.pow(torch.tensor(base, dtype=torch.float32), torch.arange(1, 1 + closest, dtype=torch.int32))
+    if closest != heads:
+        extra = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        n = min(closest, heads - closest)
+        slopes = torch.cat([slopes, torch.pow(torch.tensor(extra, dtype=torch.float32),
+                                              torch.arange(1, 1 + 2 * n, 2, dtype=torch.int32))])
+    return slopes
 
 
 # ----- the model's functions (pure: tensors in, tensors out; what torch.compile wraps) ----------------------
@@ -297,9 +343,9 @@ def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, n
 
 
 def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float, norm_b=None,
-               layer_norm: bool = False, gated: bool = True):
-    """Output projection and residual, then norm, fused gate/up, SiLU gate (or one product and ReLU when not
-    ``gated``), down projection and residual."""
+               layer_norm: bool = False, gated: bool = True, act: str = "silu"):
+    """Output projection and residual, then norm, fused gate/up, SiLU gate (or one product and ``act``, ReLU or
+    exact GELU, when not ``gated``), down projection and residual."""
     import torch.nn.functional as F
 
     out = F.linear(attn, wo, bo)
@@ -309,7 +355,7 @@ def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_mul
         gate, up = hidden.chunk(2, dim=-1)
         hidden = F.silu(gate) * up
     else:
-        hidden = F.relu(hidden)
+        hidden = F.gelu(hidden) if act == "gelu" else F.relu(hidden)
     out = F.linear(hidden, w2, b2)
     return x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
 
@@ -400,8 +446,8 @@ class _WaveState:
     """Device buffers of one batch size, reused by every wave of that batch until a longer one is needed.
 
     ``cache`` (L, 2, B, S, K, h); ``tok`` (B,) the token fed next; ``pos`` (1,) its position; ``out`` (B, S + 1)
-    the token of every position; ``graphs`` bucket start -> CUDA graph; ``paths`` bucket start -> the way
-    attention runs in it.
+    the token of every position; ``alibi`` (1, K, G, S) the ALiBi bias of every key position (ALiBi models);
+    ``graphs`` bucket start -> CUDA graph; ``paths`` bucket start -> the way attention runs in it.
     """
 
     batch: int
@@ -415,6 +461,7 @@ class _WaveState:
     cu_q: Any = None
     cu_k: Any = None
     pool: Any = None
+    alibi: Any = None
     graphs: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
     prefill_shapes: set = field(default_factory=set)
@@ -442,7 +489,7 @@ class Preparation:
 
 
 class LeanEngine:
-    """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite).
+    """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite, OPT, Falcon-RW).
 
     Args:
         model: Shipped architecture name (``"Llama-3.2-1B"``), a ``config.json`` path, a local checkpoint
@@ -563,6 +610,7 @@ class LeanEngine:
         else:
             self._init_dummy()
         self._grow_rope(min(self.max_positions, 8192) + 1)
+        self.alibi = alibi_slopes(self.arch.num_heads).to(self.device) if self.config.positions == "alibi" else None
         self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
         if self.compile:
             self._compile()
@@ -635,6 +683,8 @@ class LeanEngine:
         a = self.arch
         if self.config.positions == "learned":
             return self._pack_opt(sd)
+        if self.config.positions == "alibi":
+            return self._pack_falcon(sd)
         self.norm_b = None
         prefix = "model." if any(k.startswith("model.") for k in sd) else ""
 
@@ -667,6 +717,47 @@ class LeanEngine:
         self.norm = put(get("norm.weight"))
         head = sd.get("lm_head.weight")
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
+
+    def _pack_falcon(self, sd: dict) -> None:
+        """Falcon-RW's weights (``transformer.*``): its fused QKV is per head (q, k, v of head 0, then head 1, ...);
+        re-packed as all queries, then all keys, then all values."""
+        torch = self.torch
+        a = self.arch
+        prefix = next((p for p in ("transformer.", "") if p + "word_embeddings.weight" in sd), None)
+        if prefix is None:
+            raise ValueError(f"{self.name}: the weights lack 'transformer.word_embeddings.weight'")
+
+        def get(name, required=True):
+            t = sd.get(prefix + name)
+            if t is None and required:
+                raise ValueError(f"{self.name}: the weights lack {prefix + name!r}")
+            return None if t is None else t.detach()
+
+        def put(t):
+            return None if t is None else t.to(device=self.device, dtype=self.dtype).contiguous()
+
+        def per_kind(t):  # (H * 3 * h, ...) in head-major order -> (3 * H * h, ...) as q, k, v
+            if t is None:
+                return None
+            return t.reshape(a.num_heads, 3, a.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+        self.embed = put(get("word_embeddings.weight"))
+        self.layers = []
+        for n in range(a.num_layers):
+            p = f"h.{n}."
+            self.layers.append(Layer(
+                attn_norm=put(get(p + "input_layernorm.weight")), attn_norm_b=put(get(p + "input_layernorm.bias")),
+                wqkv=put(per_kind(get(p + "self_attention.query_key_value.weight"))),
+                bqkv=put(per_kind(get(p + "self_attention.query_key_value.bias", a.qkv_bias))),
+                wo=put(get(p + "self_attention.dense.weight")), bo=put(get(p + "self_attention.dense.bias", a.o_bias)),
+                ffn_norm=put(get(p + "post_attention_layernorm.weight")),
+                ffn_norm_b=put(get(p + "post_attention_layernorm.bias")),
+                w13=put(get(p + "mlp.dense_h_to_4h.weight")), b13=put(get(p + "mlp.dense_h_to_4h.bias", a.mlp_bias)),
+                w2=put(get(p + "mlp.dense_4h_to_h.weight")), b2=put(get(p + "mlp.dense_4h_to_h.bias", a.mlp_bias))))
+        self.norm, self.norm_b = put(get("ln_f.weight")), put(get("ln_f.bias"))
+        head = sd.get("lm_head.weight")
+        self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
+        del torch
 
     def _pack_opt(self, sd: dict) -> None:
         """OPT's weights (``model.decoder.*``): fused q/k/v, fc1 and fc2, LayerNorms with biases, positions."""
@@ -734,12 +825,15 @@ class LeanEngine:
 
     def _check_paths(self) -> tuple[str, ...]:
         """The decode attention ways that match eager attention here (CUDA: checked on random tensors)."""
+        alibi = self.config.positions == "alibi"  # flash's prefix and varlen kernels take no bias
         if self.device.type != "cuda":
-            return ("masked", "split")
+            return ("masked",) if alibi else ("masked", "split")
         torch = self.torch
         ok = ["masked"]
         g = torch.Generator(device=self.device).manual_seed(0)
         b, k, groups, h, s, live = 3, 2, 4, self.arch.head_dim, 512, 300
+        if alibi:
+            k, groups = self.arch.num_kv_heads, self.arch.num_heads // self.arch.num_kv_heads
 
         def r(*shape):
             return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=g)
@@ -748,16 +842,18 @@ class LeanEngine:
         q = r(b, k * groups + k, h)[:, : k * groups].reshape(b, k, groups, h)
         kc, vc = r(b, s, k, h), r(b, s, k, h)
         scale = self.config.attention_scale
+        bias = self._alibi_bias(torch.arange(s, device=self.device)) if alibi else None
         ref = torch.nn.functional.scaled_dot_product_attention(
-            q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(), scale=scale)
+            q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(), scale=scale,
+            attn_mask=None if bias is None else bias[..., :live].float())
         pos = torch.full((1,), live - 1, dtype=torch.long, device=self.device)
         state = _WaveState(b, s, None, None, pos, torch.zeros(1), torch.arange(s, device=self.device),
                            used=torch.empty(b, dtype=torch.int32, device=self.device),
                            cu_q=torch.arange(b + 1, dtype=torch.int32, device=self.device),
-                           cu_k=torch.arange(b + 1, dtype=torch.int32, device=self.device) * s)
+                           cu_k=torch.arange(b + 1, dtype=torch.int32, device=self.device) * s, alibi=bias)
         from energybook.measure import triton_decode
 
-        for path in ("split", "varlen", "triton"):
+        for path in (("triton",) if alibi else ("split", "varlen", "triton")):
             if path == "triton" and not triton_decode.available():
                 logger.info("triton decode attention unavailable here (no Triton): not used")
                 continue
@@ -911,10 +1007,22 @@ class LeanEngine:
                        used=torch.ones(batch, dtype=torch.int32, device=dev),
                        cu_q=torch.arange(batch + 1, dtype=torch.int32, device=dev),
                        cu_k=torch.arange(batch + 1, dtype=torch.int32, device=dev) * cache_len)
+        if self.config.positions == "alibi":
+            w.alibi = self._alibi_bias(w.key_idx)
         if dev.type == "cuda":
             w.pool = torch.cuda.graph_pool_handle()
         self._wave = w
         return w
+
+    def _alibi_bias(self, keys):
+        """The ALiBi bias (1, K, G, n) in the model's dtype of keys at positions ``keys`` (n,), as transformers
+        makes it: the slope (rounded to bfloat16) times the position, in bfloat16, then divided by sqrt(h), so that
+        the attention's scale applies to it as to the logits."""
+        torch = self.torch
+        a = self.arch
+        slopes = self.alibi.to(keys.device).to(torch.bfloat16)
+        bias = (slopes[:, None] * keys[None, :]).to(self.dtype) / math.sqrt(a.head_dim)
+        return bias.view(1, a.num_kv_heads, a.num_heads // a.num_kv_heads, -1)
 
     def release_wave(self) -> None:
         """Free the wave state: KV cache, graphs and their memory pool."""
@@ -1103,7 +1211,7 @@ class LeanEngine:
             attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             x = _block_out(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
                            layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
-                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated)
+                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act)
         return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
 
     def _embed(self, tokens, positions):
@@ -1124,6 +1232,17 @@ class LeanEngine:
         import torch.nn.functional as F
 
         scale = self.config.attention_scale
+        if self.alibi is not None:  # causal mask with the ALiBi bias: (1, H, n, n), one chunk's prompts share it
+            torch = self.torch
+            n = q.shape[2]
+            keys = torch.arange(n, device=q.device)
+            bias = self._alibi_bias(keys).reshape(1, -1, 1, n)
+            causal = (keys[None, :] <= keys[:, None]).view(1, 1, n, n)
+            mask = torch.where(causal, bias, torch.finfo(self.dtype).min)
+            groups = q.shape[1] // k.shape[1]
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         groups = q.shape[1] // k.shape[1]
         if groups > 1 and self.prefill_gqa == "repeat":
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -1139,7 +1258,7 @@ class LeanEngine:
         """
         torch = self.torch
         if path == "exact":
-            return hi
+            return hi if w.alibi is None else (hi, w.alibi[..., :hi])
         if path == "triton":
             return (w.pos, hi)
         if path == "varlen":
@@ -1147,6 +1266,8 @@ class LeanEngine:
             return (w.cu_q, w.cu_k, w.used, hi)
         if path == "masked" or lo == 0:
             idx = w.key_idx[:hi]
+            if w.alibi is not None:
+                return torch.where((idx <= w.pos).view(1, 1, 1, hi), w.alibi[..., :hi], torch.finfo(self.dtype).min)
             return torch.where(idx <= w.pos, 0.0, torch.finfo(self.dtype).min).to(self.dtype).view(1, 1, 1, hi)
         idx = w.key_idx[lo:hi]
         return torch.where(idx <= w.pos, 0.0, torch.finfo(torch.float32).min)
@@ -1162,8 +1283,9 @@ class LeanEngine:
         torch = self.torch
         scale = self.config.attention_scale
         if path == "exact":
-            return F.scaled_dot_product_attention(q, kc[:, :ctx].transpose(1, 2), vc[:, :ctx].transpose(1, 2),
-                                                  scale=scale)
+            live, bias = ctx if isinstance(ctx, tuple) else (ctx, None)
+            return F.scaled_dot_product_attention(q, kc[:, :live].transpose(1, 2), vc[:, :live].transpose(1, 2),
+                                                  scale=scale, attn_mask=bias)
         if path == "varlen":
             cu_q, cu_k, used, hi = ctx
             b, k_heads, groups, h = q.shape
@@ -1175,7 +1297,8 @@ class LeanEngine:
             from energybook.measure import triton_decode
 
             pos, hi = ctx
-            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi)
+            slopes = None if self.alibi is None else self.alibi * scale  # (H,): the bias is slope * scale * key
+            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes)
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
@@ -1209,7 +1332,7 @@ class LeanEngine:
             attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
             x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
                            layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
-                           c.gated)
+                           c.gated, c.act)
         logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
         if logits_out is not None:
             logits_out.append(logits)

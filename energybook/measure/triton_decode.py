@@ -68,12 +68,12 @@ def plan_splits(pairs: int, max_keys: int, target: int = TARGET_PROGRAMS, min_ch
 if triton is not None:
 
     @triton.jit
-    def _decode_kernel(Q, K, V, POS, OUT, LSE,
+    def _decode_kernel(Q, K, V, POS, OUT, LSE, ALIBI,
                        s_qb, s_qk, s_qg, s_kb, s_ks, s_kk, s_vb, s_vs, s_vk,
                        s_ob, s_ok, s_os, s_og, s_lb, s_lk, s_ls,
                        scale, chunk,
                        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                       DP: tl.constexpr, BLOCK: tl.constexpr):
+                       DP: tl.constexpr, BLOCK: tl.constexpr, HAS_ALIBI: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
         b = pair // KV_HEADS
@@ -88,6 +88,8 @@ if triton is not None:
         mask_d = offs_d < D
         q = tl.load(Q + b * s_qb + kh * s_qk + offs_g[:, None] * s_qg + offs_d[None, :],
                     mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+        if HAS_ALIBI:  # each query head's slope (times the scale), added per key position
+            slope = tl.load(ALIBI + kh * G + offs_g, mask=mask_g, other=0.0)
         m_i = tl.full([GP], float("-inf"), tl.float32)
         l_i = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, DP], tl.float32)
@@ -99,6 +101,8 @@ if triton is not None:
             k = tl.load(k_base + n[:, None] * s_ks + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
                         other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale
+            if HAS_ALIBI:
+                s += slope[:, None] * n[None, :].to(tl.float32)
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
@@ -117,7 +121,8 @@ if triton is not None:
 
 
 def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[int, int] | None = None,
-                     block: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
+                     block: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                     alibi=None):
     """Attention of folded decode queries over exactly the live keys of one layer's cache.
 
     Args:
@@ -129,6 +134,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         splits: (splits, chunk) to use instead of :func:`plan_splits`.
         block, num_warps, num_stages: Kernel settings instead of :data:`BLOCK_N`, :data:`NUM_WARPS`,
             :data:`NUM_STAGES`.
+        alibi: (K * G,) float32 per query head (KV head major): ``slope * scale``, added to the scaled logit of the
+            key at position ``n`` times ``n`` (ALiBi); None: no bias.
 
     Returns:
         (B, K, G, h) in q's dtype.
@@ -156,12 +163,16 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
     lse = torch.empty((b, k_heads, n_split, groups), device=q.device, dtype=torch.float32)
     gp = max(16, triton.next_power_of_2(groups))
     dp = max(16, triton.next_power_of_2(d))
+    if alibi is not None:
+        alibi = alibi.to(device=q.device, dtype=torch.float32).contiguous()
+        if alibi.numel() != k_heads * groups:
+            raise ValueError(f"alibi has {alibi.numel()} slopes for {k_heads * groups} query heads")
     _decode_kernel[(b * k_heads, n_split)](
-        q, kc, vc, pos, out, lse,
+        q, kc, vc, pos, out, lse, alibi if alibi is not None else lse,
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=block,
+        scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=block, HAS_ALIBI=alibi is not None,
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages)
     if direct:
         return out[:, :, 0]
