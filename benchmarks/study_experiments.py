@@ -9,7 +9,10 @@
 * ``weights``: Llama 3.2 1B at (64, 256), (64, 2048) and (2048, 64) with zero, N(0, 0.02) (the default), N(0, 0.006)
   and Student-t (3 degrees of freedom, std 0.02) weights, and with one repeated prompt token. Issue 13 also asks for
   "a scale matched to published per-layer statistics of real checkpoints": no such statistics are in this
-  repository's references, so that variant waits for a cited source.
+  repository's references, so that variant waits for a cited source;
+* ``offgrid`` (issue 14): the 12 seeded off-grid pairs of :func:`energybook.measure.protocol.offgrid_points` for
+  Llama 3.2 1B and Qwen2 1.5B, into ``<data>/measured/<gpu>/<model>/offgrid.csv``, which ``scripts/calibrate.py``
+  evaluates every model on.
 
 Each command is an ordinary ``energybook sweep`` into ``<data>/experiments/<gpu>/<experiment>/<name>.csv``
 (``<data>``: ``--data``, default the checkout's ``data/``)
@@ -32,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-EXPERIMENTS = ("request_count", "batch_size", "batch_axis", "weights")
+EXPERIMENTS = ("request_count", "batch_size", "batch_axis", "weights", "offgrid")
 GRID = ("64", "128", "256", "512", "1024", "2048", "4096")
 
 
@@ -68,6 +71,15 @@ def commands(engine: str, folder: str, data: str | None) -> dict[str, list[tuple
                                     [64, 2048], [64, 256, 2048], "--weight-init", init))
     out["weights"].append(sweep("llama-3.2-1b-repeated-prompt", "weights", "Llama-3.2-1B", [64, 2048],
                                 [64, 256, 2048], "--prompts", "repeated"))
+    from energybook.measure.protocol import offgrid_points
+
+    pairs = [f"{a}x{b}" for a, b in offgrid_points()]
+    for model in ("Llama-3.2-1B", "Qwen2-1.5B"):
+        root = Path(data) if data else ROOT / "data"
+        csv = root / "measured" / folder / model / "offgrid.csv"
+        out["offgrid"].append((f"{model.lower()}-offgrid", [
+            "energybook", "sweep", "--model", model, "--engine", engine, "--pairs", *pairs, "--data", str(root),
+            "--output", str(csv), "--note", "issue 14: off-grid check"]))
     return out
 
 

@@ -155,7 +155,19 @@ def _config(args: argparse.Namespace):
     return SweepConfig(n_in=args.n_in, n_out=args.n_out, n_req=args.n_req, max_batch=args.max_batch,
                        repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
                        cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, meter_sampler=args.meter_sampler,
-                       weight_init=args.weight_init, prompts=args.prompts, engine=args.engine, note=args.note)
+                       weight_init=args.weight_init, prompts=args.prompts, pairs=_pairs(args.pairs),
+                       engine=args.engine, note=args.note)
+
+
+def _pairs(specs) -> tuple[tuple[int, int], ...]:
+    """``["96x300", ...]`` -> ((96, 300), ...); a clear error for anything else."""
+    out = []
+    for spec in specs or ():
+        a, sep, b = str(spec).lower().partition("x")
+        if not (sep and a.isdigit() and b.isdigit()):
+            raise ValueError(f"--pairs takes N_INxN_OUT (e.g. 96x300), got {spec!r}")
+        out.append((int(a), int(b)))
+    return tuple(out)
 
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
@@ -225,6 +237,8 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--n-in", type=int, nargs="+", default=list(GRID), help="prompt lengths (tokens)")
     p.add_argument("--n-out", type=int, nargs="+", default=list(GRID), help="output lengths (tokens)")
+    p.add_argument("--pairs", nargs="+", default=None, metavar="N_INxN_OUT",
+                   help="explicit (n_in, n_out) points instead of the grid, e.g. 96x300 1500x700")
     p.add_argument("--n-req", type=int, default=1000, help="requests per point (study: 1000)")
     p.add_argument("--max-batch", type=int, default=1024, help="largest batch (study: 1024)")
     p.add_argument("--repeats", type=int, default=1, help="measurements per point (at most 100)")

@@ -202,3 +202,26 @@ def test_scroll_table_wraps_in_a_scrollable_box():
 
 def test_study_text_figures():
     assert AN.STUDY_TEXT.best_worst_ratio == 33.41 and AN.STUDY_TEXT.n_req == 1000
+
+
+def test_offgrid_errors_reproduce_in_sample_errors_on_grid_points():
+    """Off-grid points that happen to lie on the grid: the per-model fits' errors there are their in-sample
+    residuals, and the physical model's are those of a direct prediction."""
+    import energybook as eb
+    from energybook.model import physics
+
+    table = eb.measured_table()
+    llama = table[table["model"] == "Llama-3.2-1B"]
+    some = llama[(llama["n_in"] == 512) & llama["n_out"].isin([128, 1024])]
+    points, summary = AN.offgrid_errors(table, some)
+    assert list(summary.index) == ["Llama-3.2-1B"] and len(points) == 2
+    fit = F.fit(llama, "memory_flops_model")
+    want = fit.predict(512, 128) / float(some[some["n_out"] == 128]["j_per_token"].iloc[0]) - 1
+    assert points.set_index("n_out").loc[128, "eq5_error"] == pytest.approx(want)
+    r = some.iloc[0]
+    direct = physics.predict(AN.A.load("Llama-3.2-1B"), 512, int(r.n_out), batch=int(r.batch), n_req=int(r.n_req),
+                             samples=0).j_per_token
+    assert points.iloc[0]["physical"] == pytest.approx(direct)
+    assert (summary.to_numpy() < 15).all()  # on grid points all three are within their in-sample errors' range
+    with pytest.raises(ValueError, match="no grid"):
+        AN.offgrid_errors(table[table["model"] != "Llama-3.2-1B"], some)

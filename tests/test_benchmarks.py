@@ -50,12 +50,15 @@ def test_study_experiments_are_ordinary_sweeps_inside_the_data_folder(tmp_path, 
 
     bench = _load("study_experiments")
     cmds = bench.commands("lean", "gpu-x", str(tmp_path))
-    assert [len(cmds[e]) for e in bench.EXPERIMENTS] == [12, 10, 60, 5]
+    assert [len(cmds[e]) for e in bench.EXPERIMENTS] == [12, 10, 60, 5, 2]
     parser = cli.build_parser()
     for exp, entries in cmds.items():
         for _name, argv in entries:
             args = parser.parse_args(argv[1:])  # every command is one the CLI accepts
-            assert args.output.startswith(str(tmp_path / "experiments" / "gpu-x" / exp)) and args.engine == "lean"
+            folder = "measured" if exp == "offgrid" else f"experiments/gpu-x/{exp}"
+            assert args.output.startswith(str(tmp_path / folder)) and args.engine == "lean"
     weights = {a.weight_init for a in (parser.parse_args(v[1:]) for _, v in cmds["weights"])}
     assert weights == {"zeros", "normal:0.02", "normal:0.006", "student_t:3:0.02"}
-    assert bench.main(["--data", str(tmp_path)]) == 0 and capsys.readouterr().out.count("energybook sweep") == 87
+    assert bench.main(["--data", str(tmp_path)]) == 0 and capsys.readouterr().out.count("energybook sweep") == 89
+    offgrid = parser.parse_args(cmds["offgrid"][0][1][1:])
+    assert len(offgrid.pairs) == 12 and offgrid.output.endswith("Llama-3.2-1B/offgrid.csv")

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from energybook.measure import protocol as P
 from energybook.measure.protocol import MAX_REPEATS, SweepConfig
 from energybook.model.complexity import GRID
 
@@ -72,3 +73,23 @@ def test_the_cli_refuses_bad_values_before_measuring(args, match):
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1  # one line
+
+
+def test_explicit_pairs_replace_the_grid_and_resume_from_their_record():
+    c = P.SweepConfig(pairs=[(96, 300), (1500, 700), (96, 300)])
+    assert c.pairs == ((96, 300), (1500, 700)) and c.n_in == (96, 1500) and c.n_out == (300, 700)
+    assert [p.key for p in c.points] == [(96, 300, 0), (1500, 700, 0)]
+    assert P.SweepConfig.from_record(c.to_record()) == c and "pairs" not in P.SweepConfig().to_record()
+    with pytest.raises(ValueError, match="n_in"):
+        P.SweepConfig(pairs=[(0, 5)])
+    with pytest.raises(ValueError, match="pairs"):
+        P.SweepConfig(pairs=[(1, 2, 3)])
+
+
+def test_offgrid_points_are_seeded_off_the_powers_of_two():
+    pts = P.offgrid_points()
+    assert pts == P.offgrid_points() and len(set(pts)) == 12
+    assert all(64 <= v <= 4096 and v & (v - 1) for p in pts for v in p)
+    assert P.offgrid_points(seed=1) != pts
+    with pytest.raises(ValueError, match="could not draw"):
+        P.offgrid_points(n=5, low=64, high=65)

@@ -37,6 +37,27 @@ PROMPTS = ("random", "repeated")
 WEIGHT_INITS = ("normal", "zeros", "student_t")
 
 
+def offgrid_points(n: int = 12, seed: int = 0, low: int = 64, high: int = 4096) -> list[tuple[int, int]]:
+    """``n`` distinct (n_in, n_out) pairs drawn log-uniformly in [low, high], none of whose lengths is a power of two:
+    the off-grid check of the physical model (issue 14). Seeded, so every machine draws the same pairs.
+
+    Raises:
+        ValueError: for a range too narrow to hold ``n`` such pairs.
+    """
+    import numpy as np
+
+    check_positive(n=n, low=low, high=high)
+    rng = np.random.default_rng(seed)
+    out: list[tuple[int, int]] = []
+    for _ in range(1000 * n):
+        a, b = (int(round(float(x))) for x in np.exp(rng.uniform(np.log(low), np.log(high), 2)))
+        if all(v & (v - 1) and low <= v <= high for v in (a, b)) and (a, b) not in out:
+            out.append((a, b))
+            if len(out) == n:
+                return sorted(out)
+    raise ValueError(f"could not draw {n} off-grid pairs in [{low}, {high}]")
+
+
 def parse_weight_init(spec: str) -> tuple[str, tuple[float, ...]]:
     """``"normal:0.02"`` -> ("normal", (0.02,)); ``"zeros"``; ``"student_t:3:0.02"`` (degrees of freedom, std).
 
@@ -111,6 +132,8 @@ class SweepConfig:
             ``"process"`` (a child process, so the measuring process gets no extra thread).
         weight_init: The dummy weights' distribution (:func:`parse_weight_init`); ignored for checkpoints.
         prompts: ``"random"`` token ids or one id ``"repeated"`` (:data:`PROMPTS`).
+        pairs: Explicit (n_in, n_out) points instead of the grid ``n_in`` x ``n_out`` (off-grid checks, a
+            workload's lengths); ``n_in`` and ``n_out`` then become the lengths the pairs use.
         engine: Engine name in the registry (:mod:`energybook.measure.engines`).
         note: Free text: why the protocol differs from the study's, say.
     """
@@ -129,11 +152,22 @@ class SweepConfig:
     meter_sampler: str = "thread"
     weight_init: str = "normal:0.02"
     prompts: str = "random"
+    pairs: tuple[tuple[int, int], ...] = ()
     engine: str = "torch"
     note: str = ""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.pairs:
+            try:
+                pairs = tuple(sorted({(int(a), int(b)) for a, b in self.pairs}))
+            except (TypeError, ValueError):
+                raise ValueError(f"pairs must be (n_in, n_out) pairs of integers, got {self.pairs!r}") from None
+            for a, b in pairs:
+                check_positive(n_in=a, n_out=b)
+            set_(self, "pairs", pairs)
+            set_(self, "n_in", tuple(sorted({a for a, _ in pairs})))
+            set_(self, "n_out", tuple(sorted({b for _, b in pairs})))
         set_(self, "n_in", _lengths("n_in", self.n_in))
         set_(self, "n_out", _lengths("n_out", self.n_out))
         check_positive(n_req=self.n_req, max_batch=self.max_batch, repeats=self.repeats)
@@ -162,7 +196,9 @@ class SweepConfig:
 
     @property
     def points(self) -> list[Point]:
-        """Every (n_in, n_out, rep) of the grid."""
+        """Every (n_in, n_out, rep) of the grid, or of the explicit ``pairs``."""
+        if self.pairs:
+            return [Point(a, b, r) for r in range(self.repeats) for a, b in self.pairs]
         return [Point(a, b, r) for r in range(self.repeats) for a in self.n_in for b in self.n_out]
 
     @property
@@ -177,10 +213,12 @@ class SweepConfig:
     def to_record(self) -> dict[str, Any]:
         """The protocol as the sidecar records it (plain JSON types)."""
         rec = dataclasses.asdict(self)
-        for key in ("weight_init", "prompts"):  # recorded when not the default, so older files still resume
+        for key in ("weight_init", "prompts", "pairs"):  # recorded when not the default: older files still resume
             if rec[key] == _DEFAULTS[key]:
                 del rec[key]
         rec["n_in"], rec["n_out"] = list(self.n_in), list(self.n_out)
+        if "pairs" in rec:
+            rec["pairs"] = [list(p) for p in self.pairs]
         rec["wave_counting"] = rec["prefix_checkpoints"] = self.mode == "prefix"
         return rec
 
@@ -188,7 +226,10 @@ class SweepConfig:
     def from_record(cls, record: dict[str, Any]) -> SweepConfig:
         """The config a sidecar's ``protocol`` describes (derived keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in names})
+        kw = {k: v for k, v in record.items() if k in names}
+        if "pairs" in kw:
+            kw["pairs"] = tuple(tuple(p) for p in kw["pairs"])
+        return cls(**kw)
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SweepConfig)}

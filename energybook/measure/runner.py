@@ -215,7 +215,8 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     if not external:
         check = getattr(engine, "check_lengths", None)
         if check is not None:
-            check(max(config.n_in), max(config.n_out))
+            longest = max(config.points, key=lambda p: p.n_in + p.n_out)  # the grid's or the pairs' longest
+            check(longest.n_in, longest.n_out)
     if meter is None:
         meter = _default_meter(device, config, external)
     simulated = getattr(meter, "method", "") == "simulated"

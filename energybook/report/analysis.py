@@ -429,3 +429,53 @@ def repeat_table(root=None) -> pd.DataFrame:
         The rows of :func:`energybook.store.catalog.measured_table` (with ``source``); empty when none.
     """
     return catalog.measured_table([r for r in catalog.measured_runs(root) if r.path.stem.startswith("full-")])
+
+
+def offgrid_errors(grid: pd.DataFrame, offgrid: pd.DataFrame, calibration=None,
+                   weighting: str = "relative") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Errors at off-grid points of three models fitted or calibrated on the grids (issue 14's off-grid check).
+
+    For each model of ``offgrid``, with its grid in ``grid``: the per-model Memory+FLOPs fit (Eq. 5), the same
+    with the batch term, both fitted to that model's grid, and the physical model (its calibration, the batch
+    and requests each off-grid point ran with). Each predicts energy per output token at the off-grid lengths.
+
+    Args:
+        grid: Measured grids (``measured_table()``): model, n_in, n_out, j_per_token, batch.
+        offgrid: Measured off-grid points, the same columns plus ``n_req`` (``measured_table(name="offgrid")``).
+        calibration: The physical model's calibration (default: the shipped H100 one).
+        weighting: Weighting of the per-model fits.
+
+    Returns:
+        (points, summary): one row per off-grid point with the measured value, each model's prediction and
+        its relative error; one row per model with each method's MAPE (%).
+
+    Raises:
+        ValueError: when a model of ``offgrid`` has no grid.
+    """
+    from energybook.model import physics as P
+
+    cal = calibration if calibration is not None else P.load_calibration()
+    rows = []
+    for model, pts in offgrid.groupby("model", sort=False):
+        g = grid[grid["model"] == model]
+        if g.empty:
+            raise ValueError(f"{model}: off-grid points but no grid to fit; measure its grid first")
+        eq5 = F.fit(g, "memory_flops_model", weighting=weighting)
+        eq5b = F.fit(g, "memory_flops_batch_model", weighting=weighting)
+        arch = A.load(model)
+        for r in pts.itertuples(index=False):
+            phys = P.predict(arch, int(r.n_in), int(r.n_out), batch=int(r.batch), n_req=int(r.n_req),
+                             calibration=cal, samples=0)
+            preds = {"eq5": float(eq5.predict(r.n_in, r.n_out)),
+                     "eq5_batch": float(eq5b.predict(r.n_in, r.n_out, batch=float(r.batch))),
+                     "physical": phys.j_per_token}
+            row = dict(model=model, n_in=int(r.n_in), n_out=int(r.n_out), batch=int(r.batch),
+                       measured=float(r.j_per_token))
+            for k, v in preds.items():
+                row[k], row[f"{k}_error"] = v, v / float(r.j_per_token) - 1
+            rows.append(row)
+    points = pd.DataFrame(rows)
+    summary = (points.groupby("model", sort=False)[["eq5_error", "eq5_batch_error", "physical_error"]]
+               .agg(lambda e: float(np.mean(np.abs(e)) * 100))
+               .rename(columns=lambda c: c.replace("_error", "_mape_pct")))
+    return points, summary
