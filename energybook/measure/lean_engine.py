@@ -591,11 +591,9 @@ class LeanEngine:
         self.prefill_tokens = prefill_tokens
         self.require_prepared = require_prepared
         self.seed = seed
-        from energybook.measure.protocol import PROMPTS, parse_weight_init
+        from energybook.measure.protocol import check_dummy_data
 
-        parse_weight_init(weight_init)
-        if prompts not in PROMPTS:
-            raise ValueError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
+        check_dummy_data(weight_init, prompts)
         self.weight_init, self.prompts = weight_init, prompts
         self.vocab = self.arch.vocab_size
         self.max_positions = self.arch.max_position_embeddings
@@ -721,7 +719,6 @@ class LeanEngine:
     def _pack_falcon(self, sd: dict) -> None:
         """Falcon-RW's weights (``transformer.*``): its fused QKV is per head (q, k, v of head 0, then head 1, ...);
         re-packed as all queries, then all keys, then all values."""
-        torch = self.torch
         a = self.arch
         prefix = next((p for p in ("transformer.", "") if p + "word_embeddings.weight" in sd), None)
         if prefix is None:
@@ -757,7 +754,6 @@ class LeanEngine:
         self.norm, self.norm_b = put(get("ln_f.weight")), put(get("ln_f.bias"))
         head = sd.get("lm_head.weight")
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
-        del torch
 
     def _pack_opt(self, sd: dict) -> None:
         """OPT's weights (``model.decoder.*``): fused q/k/v, fc1 and fc2, LayerNorms with biases, positions."""

@@ -58,6 +58,14 @@ def offgrid_points(n: int = 12, seed: int = 0, low: int = 64, high: int = 4096) 
     raise ValueError(f"could not draw {n} off-grid pairs in [{low}, {high}]")
 
 
+def check_dummy_data(weight_init: str, prompts: str) -> None:
+    """Refuse a dummy-weight distribution (:func:`parse_weight_init`) or a prompt kind (:data:`PROMPTS`) by name:
+    the one check of the protocol and of both engines."""
+    parse_weight_init(weight_init)
+    if prompts not in PROMPTS:
+        raise ValueError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
+
+
 def parse_weight_init(spec: str) -> tuple[str, tuple[float, ...]]:
     """``"normal:0.02"`` -> ("normal", (0.02,)); ``"zeros"``; ``"student_t:3:0.02"`` (degrees of freedom, std).
 
@@ -183,9 +191,7 @@ class SweepConfig:
         set_(self, "meter_poll_s", _finite("meter_poll_s", self.meter_poll_s, low=MIN_POLL_S, high=1.0))
         if self.meter_sampler not in SAMPLERS:
             raise ValueError(f"meter_sampler must be one of {SAMPLERS}, got {self.meter_sampler!r}")
-        parse_weight_init(self.weight_init)
-        if self.prompts not in PROMPTS:
-            raise ValueError(f"prompts must be one of {PROMPTS}, got {self.prompts!r}")
+        check_dummy_data(self.weight_init, self.prompts)
         allowed = (*MODES, "external")
         if self.mode not in allowed:
             raise ValueError(f"mode must be one of {allowed}, got {self.mode!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import platform
 import random
 import shlex
@@ -206,7 +207,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         kwargs = dict(engine_kwargs or {})
         if spec.kind == "wave":
             kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
-            if (config.weight_init, config.prompts) != ("normal:0.02", "random"):  # engines of others need not know
+            if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
                 kwargs.update(weight_init=config.weight_init, prompts=config.prompts)
         engine = EN.make_engine(config.engine, model, ws.engine_dir(config.engine), **kwargs)
     external = EN.is_command_engine(engine)
@@ -251,8 +252,6 @@ def _measuring(meter, progress: bool, total: int, desc: str):
     """
     bar = None
     if progress:
-        import os
-
         from tqdm.auto import tqdm
 
         uuid = str(meter.device_info().get("gpu_uuid") or "")

@@ -576,11 +576,9 @@ class TorchEngine:
         self.memory_fraction = memory_fraction
         self.prefill_tokens = prefill_tokens
         self.seed = seed
-        from energybook.measure.protocol import PROMPTS, parse_weight_init
+        from energybook.measure.protocol import check_dummy_data
 
-        parse_weight_init(weight_init)
-        if prompts not in PROMPTS:
-            raise ValueError(f"prompts must be one of {PROMPTS}, got {prompts!r}")
+        check_dummy_data(weight_init, prompts)
         self.weight_init, self.prompts = weight_init, prompts
         self.settings: dict = {}
         self._build(cfg_dict, path if self.weights == "checkpoint" else None, min_positions)
