@@ -43,7 +43,8 @@ _SCRIPT = textwrap.dedent("""
 
     torch.manual_seed(0)
     out = []
-    for b, k, g, d, s, live, dtype, splits, *alibi in json.loads(sys.argv[1]):
+    for b, k, g, d, s, live, dtype, splits, *extra in json.loads(sys.argv[1]):
+        opts = extra[0] if extra else {}
         dtype = getattr(torch, dtype)
         q = torch.randn(b, k, g, d, dtype=dtype)
         cache = torch.randn(2, b, s, k, d, dtype=dtype)  # the engine's layout: (2, B, S, K, h) of one layer
@@ -51,13 +52,18 @@ _SCRIPT = textwrap.dedent("""
         kk = kc[:, :live].float().permute(0, 2, 1, 3)
         vv = vc[:, :live].float().permute(0, 2, 1, 3)
         logits = q.float() @ kk.transpose(-1, -2) / math.sqrt(d)
-        slopes = None
-        if alibi:  # ALiBi: per query head (KV head major) a slope times the key's position, scaled like the logits
+        slopes, cap, window = None, opts.get("softcap"), opts.get("window")
+        if cap:  # Gemma 2's soft-capping of the scaled logits
+            logits = torch.tanh(logits / cap) * cap
+        if window:  # a sliding window: the last `window` live keys
+            logits[..., : max(0, live - window)] = float("-inf")
+        if opts.get("alibi"):  # ALiBi: per query head (KV head major) a slope times the key's position, scaled
             slopes = torch.rand(k * g) / math.sqrt(d)
             logits = logits + slopes.view(1, k, g, 1) * torch.arange(live).float()
         ref = torch.softmax(logits, -1) @ vv
         got = T.decode_attention(q, kc, vc, torch.tensor([live - 1]), 1 / math.sqrt(d), s,
-                                 splits=tuple(splits) if splits else None, alibi=slopes)
+                                 splits=tuple(splits) if splits else None, alibi=slopes, softcap=cap,
+                                 window=window)
         out.append([list(got.shape), float((got.float() - ref).abs().max() / ref.abs().max())])
     print(json.dumps(out))
 """)
@@ -66,15 +72,18 @@ _SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not T.available(), reason="Triton is not installed (it comes with PyTorch's CUDA builds)")
 def test_kernel_matches_softmax_attention_in_the_interpreter():
     """Grouped (G = 4, 3), multi-head (G = 1), a head dim that is not a power of two (80), one live key,
-    live keys ending inside a block, several chunks with empty ones past the live keys, float32 and float16, and ALiBi
-    biases."""
+    live keys ending inside a block, several chunks with empty ones past the live keys, float32 and float16, ALiBi
+    biases, soft-capped logits and sliding windows (split, with chunks wholly before the window)."""
     cases = [[3, 2, 4, 64, 300, 257, "float32", None],
              [3, 2, 4, 64, 300, 257, "float32", [5, 64]],  # chunks 4 and 5 hold no live key
              [2, 1, 1, 80, 130, 1, "float32", None],
              [2, 3, 1, 80, 130, 100, "float32", [3, 64]],
              [2, 2, 3, 64, 600, 599, "float16", [3, 256]],
-             [2, 3, 1, 64, 300, 257, "float32", [3, 128], "alibi"],  # multi-head with ALiBi, split
-             [2, 2, 4, 64, 100, 77, "float32", None, "alibi"]]
+             [2, 3, 1, 64, 300, 257, "float32", [3, 128], {"alibi": True}],  # multi-head with ALiBi, split
+             [2, 2, 4, 64, 100, 77, "float32", None, {"alibi": True}],
+             [2, 2, 2, 64, 300, 257, "float32", None, {"softcap": 0.5}],  # Gemma 2: soft-capped logits
+             [2, 2, 2, 64, 300, 257, "float32", [5, 64], {"window": 100}],  # a window starting inside a block
+             [2, 2, 2, 64, 300, 90, "float32", [5, 64], {"window": 100, "softcap": 2.0}]]  # the window not reached
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     res = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(cases)], capture_output=True, text=True,
                          env=env, timeout=600)

@@ -51,8 +51,18 @@ two LayerNorms, GELU; its fused per-head QKV re-packed as q, k, v). With ALiBi t
 built once per wave state as transformers builds it (the slope in bfloat16 times the position, divided by
 sqrt(h)); decode attends through ``masked`` (SDPA with the bias as its mask) or ``triton`` (the slope in the
 kernel), as flash's prefix and varlen kernels take no bias; prefill uses SDPA with a (1, H, n, n) causal mask
-holding the bias (2 GiB in bf16 at n = 4096 and 64 heads). A sliding window is
-honoured by refusing lengths that reach it (:meth:`LeanEngine.check_lengths`). Every other family is
+holding the bias (2 GiB in bf16 at n = 4096 and 64 heads).
+
+Gemma and Gemma 2: GeGLU FFNs (tanh GELU), norms that scale by ``1 + weight`` in float32, embeddings times
+sqrt(d); Gemma 2 adds a norm after each branch (four per layer), logit soft-capping in attention and on the
+final logits, its own attention scale (``query_pre_attn_scalar``) and a sliding window on every other layer.
+
+Sliding windows (Gemma 2, Mistral, Qwen2 with ``use_sliding_window``) are applied per layer
+(:func:`layer_windows`): decode attends to the window's keys only (``exact`` and ``triton`` read only those,
+``masked`` masks the others; the ways chosen wherever a window binds), and a prompt longer than its window, or
+any prompt with soft-capped logits, attends through FlexAttention with a causal, windowed block mask and the cap
+as its score modification. The KV cache keeps every position of every layer (no ring buffer for the windowed
+layers), so batches are no larger than without a window. Every other family is
 refused by name in the constructor with :class:`~energybook.measure.engines.EngineUnavailable`: measure it
 with ``--engine hf``.
 
@@ -77,10 +87,14 @@ from energybook.model.complexity import check_positive
 logger = logging.getLogger(__name__)
 
 #: The ``model_type`` values this engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "granite", "opt", "falcon")
+FAMILIES = ("llama", "mistral", "qwen2", "granite", "gemma", "gemma2", "opt", "falcon")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
 DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
+#: The ways that apply a sliding window and Gemma 2's logit soft-capping (flash's kernels here take neither).
+WINDOWED = ("masked", "triton")
 ROPE_TYPES = ("default", "linear", "llama3")
+#: Activations of a gated FFN: the configuration's name -> the engine's (SiLU; Gemma's tanh-approximated GELU).
+GATED_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 def _torch():
@@ -113,6 +127,16 @@ class LeanConfig:
             embeddings, read at position + ``position_offset``) or ``"alibi"`` (Falcon-RW: a bias of each query head's
             slope times the key's position, added to the attention logits).
         position_offset: The learned table's offset (OPT's 2).
+        embedding_in_dtype: Gemma: the embedding multiplier (sqrt(d)) is rounded to the model's dtype before the
+            product, as transformers does.
+        norm_offset: Gemma: RMSNorm scales by ``1 + weight``; the engine stores ``1 + weight`` in float32 and
+            multiplies in float32 before the cast, as transformers' Gemma norms do.
+        sandwich: Gemma 2: a norm after attention and after the FFN, before each residual add (four per layer).
+        attn_softcap: Gemma 2: each scaled attention logit ``s`` becomes ``attn_softcap * tanh(s / attn_softcap)``.
+        final_softcap: Gemma 2: the logits become ``final_softcap * tanh(logits / final_softcap)`` (computed in the
+            measured step, as the model does; greedy tokens do not change).
+        windows: The sliding window of each layer (tokens; None for a full-attention layer), or () when no layer
+            slides.
     """
 
     rms_norm_eps: float = 1e-6
@@ -128,10 +152,18 @@ class LeanConfig:
     act: str = "silu"
     positions: str = "rope"
     position_offset: int = 0
+    embedding_in_dtype: bool = False
+    norm_offset: bool = False
+    sandwich: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    windows: tuple = ()
 
     def to_dict(self) -> dict:
         """Plain values for :attr:`LeanEngine.settings`."""
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        out["windows"] = list(self.windows)
+        return out
 
 
 def _instead(arch) -> str:
@@ -145,7 +177,7 @@ def read_config(arch, cfg: dict) -> LeanConfig:
     transformers 4) and ``rope_parameters`` (transformers 5's ``to_dict``).
 
     Raises:
-        EngineUnavailable: for a family outside :data:`FAMILIES`, an activation other than SiLU, a rotary
+        EngineUnavailable: for a family outside :data:`FAMILIES`, an activation outside :data:`GATED_ACTS`, a rotary
             scaling other than :data:`ROPE_TYPES`, partial rotary embeddings, or bidirectional attention;
             the message says to use ``--engine hf``.
     """
@@ -156,10 +188,17 @@ def read_config(arch, cfg: dict) -> LeanConfig:
         return _read_opt(arch, cfg)
     if arch.model_type == "falcon":
         return _read_falcon(arch, cfg)
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements SiLU-gated FFNs "
-                                f"only; {_instead(arch)}")
+    gemma = arch.model_type in ("gemma", "gemma2")
+    if arch.model_type == "gemma2":
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    elif gemma:  # Gemma 1's legacy "gelu" means the tanh approximation (transformers rewrites it too)
+        act = cfg.get("hidden_act") or "gelu_pytorch_tanh"
+        act = "gelu_pytorch_tanh" if act == "gelu" else act
+    else:
+        act = cfg.get("hidden_act", "silu")
+    if act not in GATED_ACTS:
+        raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements gated FFNs with "
+                                f"{', '.join(GATED_ACTS)} only; {_instead(arch)}")
     if cfg.get("use_bidirectional_attention"):
         raise EngineUnavailable(f"{arch.name}: use_bidirectional_attention is set; the lean engine runs causal "
                                 f"decoders only; {_instead(arch)}")
@@ -192,13 +231,54 @@ def read_config(arch, cfg: dict) -> LeanConfig:
     logits_scaling = float(cfg.get("logits_scaling", 1.0)) if granite else 1.0
     if logits_scaling <= 0:
         raise ValueError(f"{arch.name}: logits_scaling must be positive, got {logits_scaling}")
+    extra = {}
+    if gemma:
+        gemma2 = arch.model_type == "gemma2"
+        if gemma2 and cfg.get("query_pre_attn_scalar"):
+            scale = float(cfg["query_pre_attn_scalar"]) ** -0.5
+        extra = dict(embedding_in_dtype=True, norm_offset=True, sandwich=gemma2,
+                     attn_softcap=_softcap(arch, cfg, "attn_logit_softcapping") if gemma2 else None,
+                     final_softcap=_softcap(arch, cfg, "final_logit_softcapping") if gemma2 else None)
+    multiplier = arch.hidden_size ** 0.5 if gemma else float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0
     return LeanConfig(
         rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6), rope_theta=float(theta), rope_type=rope_type,
         rope_params={k: v for k, v in params.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
                                                                "original_max_position_embeddings")},
-        embedding_multiplier=float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0,
+        embedding_multiplier=multiplier, act=GATED_ACTS[act], windows=layer_windows(arch, cfg),
         residual_multiplier=float(cfg.get("residual_multiplier", 1.0)) if granite else 1.0,
-        attention_scale=float(scale), logits_scaling=logits_scaling)
+        attention_scale=float(scale), logits_scaling=logits_scaling, **extra)
+
+
+def _softcap(arch, cfg: dict, key: str) -> float | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if float(value) <= 0:
+        raise ValueError(f"{arch.name}: {key} must be positive or null, got {value}")
+    return float(value)
+
+
+def layer_windows(arch, cfg: dict) -> tuple:
+    """The sliding window of each layer (None: full attention), or () when no layer slides.
+
+    ``layer_types`` decides where a configuration has it; otherwise Gemma 2 slides on its even layers (0, 2, ...;
+    transformers' default) and every other family on its top ``sliding_layers`` layers (all of them for Mistral
+    and StarCoder2; those from ``max_window_layers`` on for Qwen2).
+    """
+    if not arch.sliding_layers:
+        return ()
+    n = arch.num_layers
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == n:
+        slides = [t == "sliding_attention" for t in types]
+    elif arch.model_type == "gemma2":
+        slides = [i % 2 == 0 for i in range(n)]
+    else:
+        slides = [i >= n - arch.sliding_layers for i in range(n)]
+    if sum(slides) != arch.sliding_layers:
+        raise ValueError(f"{arch.name}: {sum(slides)} layers slide by layer_types, the architecture counts "
+                         f"{arch.sliding_layers}")
+    return tuple(arch.sliding_window if s else None for s in slides)
 
 
 def inv_freq(head_dim: int, config: LeanConfig):
@@ -313,10 +393,15 @@ def _norm(x, weight, bias, eps: float, layer_norm: bool):
 
 
 def _rms(x, weight, eps: float):
-    """transformers' RMSNorm: normalised in float32, cast back, then scaled by the weight."""
+    """transformers' RMSNorm: normalised in float32, cast back, then scaled by the weight; with a float32 weight in a
+    lower-precision model (Gemma's ``1 + weight``), scaled in float32 and then cast, as Gemma's norms do."""
+    import torch
     import torch.nn.functional as F
 
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * weight
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    if weight.dtype == torch.float32 and x.dtype != torch.float32:
+        return (normed * weight).to(x.dtype)
+    return normed.to(x.dtype) * weight
 
 
 def _rope(x, cos, sin):
@@ -343,28 +428,52 @@ def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, n
 
 
 def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float, norm_b=None,
-               layer_norm: bool = False, gated: bool = True, act: str = "silu"):
-    """Output projection and residual, then norm, fused gate/up, SiLU gate (or one product and ``act``, ReLU or
-    exact GELU, when not ``gated``), down projection and residual."""
+               layer_norm: bool = False, gated: bool = True, act: str = "silu", post_attn_norm=None,
+               post_ffn_norm=None):
+    """Output projection and residual, then norm, fused gate/up, the gate's activation (SiLU, or Gemma's tanh
+    GELU) times up (or one product and ``act``, ReLU or exact GELU, when not ``gated``), down projection and
+    residual. Gemma 2's sandwich norms (``post_attn_norm``, ``post_ffn_norm``) normalise each branch before its
+    residual add."""
     import torch.nn.functional as F
 
     out = F.linear(attn, wo, bo)
+    if post_attn_norm is not None:
+        out = _rms(out, post_attn_norm, eps)
     x = x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
     hidden = F.linear(_norm(x, norm, norm_b, eps, layer_norm), w13, b13)
     if gated:
         gate, up = hidden.chunk(2, dim=-1)
-        hidden = F.silu(gate) * up
+        hidden = (F.gelu(gate, approximate="tanh") if act == "gelu_tanh" else F.silu(gate)) * up
     else:
         hidden = F.gelu(hidden) if act == "gelu" else F.relu(hidden)
     out = F.linear(hidden, w2, b2)
+    if post_ffn_norm is not None:
+        out = _rms(out, post_ffn_norm, eps)
     return x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
 
 
-def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False):
-    """Final norm and LM head on (rows, d): raw logits (rows, V)."""
+def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False, softcap: float | None = None):
+    """Final norm and LM head on (rows, d): raw logits (rows, V), soft-capped (Gemma 2) when ``softcap`` is set."""
+    import torch
     import torch.nn.functional as F
 
-    return F.linear(_norm(x, norm, norm_b, eps, layer_norm), lm_head)
+    logits = F.linear(_norm(x, norm, norm_b, eps, layer_norm), lm_head)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _capped_attention(q, k, v, scale: float, softcap: float | None, mask=None):
+    """Attention by explicit products, with Gemma 2's logit soft-capping before the additive ``mask``: q (..., Q, h),
+    k and v (..., S, h) with matching leading axes; the softmax in float32, as transformers' eager attention."""
+    import torch
+
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores + mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def _tail_attention(q, k, v, bias, scale: float):
@@ -439,6 +548,8 @@ class Layer:
     b2: Any
     attn_norm_b: Any = None
     ffn_norm_b: Any = None
+    post_attn_norm: Any = None
+    post_ffn_norm: Any = None
 
 
 @dataclass
@@ -489,7 +600,8 @@ class Preparation:
 
 
 class LeanEngine:
-    """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite, OPT, Falcon-RW).
+    """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite, Gemma, Gemma 2,
+    OPT, Falcon-RW).
 
     Args:
         model: Shipped architecture name (``"Llama-3.2-1B"``), a ``config.json`` path, a local checkpoint
@@ -609,6 +721,8 @@ class LeanEngine:
             self._init_dummy()
         self._grow_rope(min(self.max_positions, 8192) + 1)
         self.alibi = alibi_slopes(self.arch.num_heads).to(self.device) if self.config.positions == "alibi" else None
+        self.windows = self.config.windows
+        self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
         self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
         if self.compile:
             self._compile()
@@ -622,7 +736,7 @@ class LeanEngine:
         """The engine with the weights of a transformers ``*ForCausalLM`` model, re-packed into fused tensors.
 
         Args:
-            model: A llama, mistral, qwen2 or granite model of transformers.
+            model: A transformers model of a family in :data:`FAMILIES`.
             **kwargs: Other constructor arguments (``device``, ``bucket_min``...); ``dtype`` defaults to the
                 model's.
         """
@@ -653,17 +767,27 @@ class LeanEngine:
         def norm_b():
             return self._new(d, fill=0.0) if c.layer_norm else None
 
+        def norm_w():  # Gemma's (1 + weight) in float32, with weight 0
+            return self._norm_weight(self.torch.zeros(d)) if c.norm_offset else self._new(d, fill=1.0)
+
         self.layers = []
         for _ in range(a.num_layers):
             self.layers.append(Layer(
-                attn_norm=self._new(d, fill=1.0), wqkv=self._new(qkv, d), bqkv=self._new(qkv) if a.qkv_bias else None,
-                wo=self._new(d, a.q_width), bo=self._new(d) if a.o_bias else None, ffn_norm=self._new(d, fill=1.0),
+                attn_norm=norm_w(), wqkv=self._new(qkv, d), bqkv=self._new(qkv) if a.qkv_bias else None,
+                wo=self._new(d, a.q_width), bo=self._new(d) if a.o_bias else None, ffn_norm=norm_w(),
                 w13=self._new(i13, d), b13=self._new(i13) if a.mlp_bias else None, w2=self._new(d, i),
-                b2=self._new(d) if a.mlp_bias else None, attn_norm_b=norm_b(), ffn_norm_b=norm_b()))
-        self.norm = self._new(d, fill=1.0)
+                b2=self._new(d) if a.mlp_bias else None, attn_norm_b=norm_b(), ffn_norm_b=norm_b(),
+                post_attn_norm=norm_w() if c.sandwich else None, post_ffn_norm=norm_w() if c.sandwich else None))
+        self.norm = norm_w()
         self.norm_b = norm_b()
         self.lm_head = self.embed if a.tie_word_embeddings else self._new(a.vocab_size, d)
         del self._gen
+
+    def _norm_weight(self, w):
+        """A norm's weight as the engine stores it: Gemma's ``1 + weight`` in float32 on the device; else as is."""
+        if self.config.norm_offset:
+            return (1.0 + w.detach().float()).to(self.device).contiguous()
+        return w.detach().to(device=self.device, dtype=self.dtype).contiguous()
 
     def _load_checkpoint(self, path: Path) -> None:
         """Real weights: transformers reads the checkpoint on the CPU; the engine re-packs and moves them."""
@@ -697,6 +821,11 @@ class LeanEngine:
                 return None
             return torch.cat(parts, dim=0).to(device=self.device, dtype=self.dtype).contiguous()
 
+        sandwich = self.config.sandwich  # Gemma 2: post_attention_layernorm is the attention branch's own norm
+
+        def norm(name):
+            return self._norm_weight(get(name))
+
         self.embed = put(get("embed_tokens.weight"))
         self.layers = []
         for n in range(a.num_layers):
@@ -705,14 +834,17 @@ class LeanEngine:
             bias = [get(p + f"self_attn.{x}_proj.bias", a.qkv_bias) for x in "qkv"]
             gate, up = get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")
             self.layers.append(Layer(
-                attn_norm=put(get(p + "input_layernorm.weight")), wqkv=put(q, k, v),
+                attn_norm=norm(p + "input_layernorm.weight"), wqkv=put(q, k, v),
                 bqkv=put(*bias) if a.qkv_bias else None, wo=put(get(p + "self_attn.o_proj.weight")),
                 bo=put(get(p + "self_attn.o_proj.bias")) if a.o_bias else None,
-                ffn_norm=put(get(p + "post_attention_layernorm.weight")), w13=put(gate, up),
+                ffn_norm=norm(p + ("pre_feedforward_layernorm.weight" if sandwich else
+                                   "post_attention_layernorm.weight")), w13=put(gate, up),
                 b13=put(get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")) if a.mlp_bias else None,
                 w2=put(get(p + "mlp.down_proj.weight")),
-                b2=put(get(p + "mlp.down_proj.bias")) if a.mlp_bias else None))
-        self.norm = put(get("norm.weight"))
+                b2=put(get(p + "mlp.down_proj.bias")) if a.mlp_bias else None,
+                post_attn_norm=norm(p + "post_attention_layernorm.weight") if sandwich else None,
+                post_ffn_norm=norm(p + "post_feedforward_layernorm.weight") if sandwich else None))
+        self.norm = norm("norm.weight")
         head = sd.get("lm_head.weight")
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
 
@@ -822,8 +954,9 @@ class LeanEngine:
     def _check_paths(self) -> tuple[str, ...]:
         """The decode attention ways that match eager attention here (CUDA: checked on random tensors)."""
         alibi = self.config.positions == "alibi"  # flash's prefix and varlen kernels take no bias
+        cap = self.config.attn_softcap  # ... and no soft-capping
         if self.device.type != "cuda":
-            return ("masked",) if alibi else ("masked", "split")
+            return ("masked",) if alibi or cap else ("masked", "split")
         torch = self.torch
         ok = ["masked"]
         g = torch.Generator(device=self.device).manual_seed(0)
@@ -839,9 +972,8 @@ class LeanEngine:
         kc, vc = r(b, s, k, h), r(b, s, k, h)
         scale = self.config.attention_scale
         bias = self._alibi_bias(torch.arange(s, device=self.device)) if alibi else None
-        ref = torch.nn.functional.scaled_dot_product_attention(
-            q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(), scale=scale,
-            attn_mask=None if bias is None else bias[..., :live].float())
+        ref = _capped_attention(q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(),
+                                scale, cap, None if bias is None else bias[..., :live].float())
         pos = torch.full((1,), live - 1, dtype=torch.long, device=self.device)
         state = _WaveState(b, s, None, None, pos, torch.zeros(1), torch.arange(s, device=self.device),
                            used=torch.empty(b, dtype=torch.int32, device=self.device),
@@ -849,7 +981,7 @@ class LeanEngine:
                            cu_k=torch.arange(b + 1, dtype=torch.int32, device=self.device) * s, alibi=bias)
         from energybook.measure import triton_decode
 
-        for path in (("triton",) if alibi else ("split", "varlen", "triton")):
+        for path in (("triton",) if alibi or cap else ("split", "varlen", "triton")):
             if path == "triton" and not triton_decode.available():
                 logger.info("triton decode attention unavailable here (no Triton): not used")
                 continue
@@ -912,7 +1044,7 @@ class LeanEngine:
 
     # ----- lengths and sizes ------------------------------------------------------------------------------
     def check_lengths(self, n_in: int, n_out: int) -> None:
-        """Refuse a request longer than the positions the model serves, or one that reaches a sliding window.
+        """Refuse a request longer than the positions the model serves (sliding windows are applied, not refused).
 
         Args:
             n_in: Prompt tokens per request.
@@ -921,16 +1053,10 @@ class LeanEngine:
         Raises:
             ValueError: when ``n_in + n_out`` exceeds ``max_position_embeddings`` with checkpoint weights (dummy
                 weights serve longer contexts with a warning, recorded in :attr:`settings` as
-                ``positions_beyond_declared``, as the ``hf`` engine does: rotary positions are computed), or when
-                the context ``n_in + n_out - 1`` exceeds the model's sliding window, which this engine does not
-                apply (use ``--engine hf``).
+                ``positions_beyond_declared``, as the ``hf`` engine does: rotary positions are computed), or
+                beyond the learned positions of OPT's weights.
         """
         check_positive(n_in=n_in, n_out=n_out)
-        a = self.arch
-        if a.sliding_layers and n_in + n_out - 1 > a.sliding_window:
-            raise ValueError(f"{self.name}: n_in + n_out = {n_in + n_out} tokens reach the sliding window of "
-                             f"{a.sliding_window} tokens, which the lean engine does not apply; use shorter lengths "
-                             "or --engine hf")
         table = getattr(self, "pos_embed", None)
         if table is not None and n_in + n_out > table.shape[0] - self.config.position_offset:
             raise ValueError(f"{self.name}: n_in + n_out = {n_in + n_out} tokens exceeds the "
@@ -1048,13 +1174,17 @@ class LeanEngine:
 
     def _path(self, lo: int, hi: int, w: _WaveState, tune: bool) -> str:
         """The attention way of a bucket: the configured one, or (``"auto"``) the fastest that passed the checks."""
+        windowed = self._binding(hi) != {None}  # a sliding window binds somewhere in this bucket
         if self.decode_attention != "auto":
             if self.decode_attention not in self.paths_available:
                 raise EngineUnavailable(f"decode_attention={self.decode_attention!r} is not available here "
                                         f"(available: {', '.join(self.paths_available)})")
+            if windowed and self.decode_attention not in WINDOWED:  # recorded in decode_attention_chosen
+                return "triton" if "triton" in self.paths_available else "masked"
             return self.decode_attention if (lo or self.decode_attention != "split") else "masked"
         # ``split`` is timed only uncompiled: compiled, its merge is compiled once per bucket width, seconds each.
-        candidates = [p for p in self.paths_available if p != "split" or (lo and not self.compile)]
+        candidates = [p for p in self.paths_available if (p != "split" or (lo and not self.compile))
+                      and (p in WINDOWED or not windowed)]
         if not tune or len(candidates) == 1 or self.device.type != "cuda":
             return candidates[0]
         return self._tune(w, lo, hi, candidates)
@@ -1204,11 +1334,14 @@ class LeanEngine:
                            layer.attn_norm_b, c.layer_norm)
             w.cache[n_layer, 0, rows, :n] = k
             w.cache[n_layer, 1, rows, :n] = v
-            attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           self.windows[n_layer] if self.windows else None)
             x = _block_out(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
                            layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
-                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act)
-        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
+                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act,
+                           layer.post_attn_norm, layer.post_ffn_norm)
+        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm,
+                     c.final_softcap)
 
     def _embed(self, tokens, positions):
         """Token embeddings (Granite's multiplier applied), plus the learned position embeddings where the model has
@@ -1217,17 +1350,40 @@ class LeanEngine:
 
         c = self.config
         x = F.embedding(tokens, self.embed)
-        if c.embedding_multiplier != 1.0:
+        if c.embedding_in_dtype:  # Gemma: sqrt(d), rounded to the model's dtype first
+            x = x * self.torch.tensor(c.embedding_multiplier, dtype=x.dtype, device=x.device)
+        elif c.embedding_multiplier != 1.0:
             x = x * c.embedding_multiplier
         if c.positions == "learned":
             x = x + F.embedding(positions + c.position_offset, self.pos_embed)
         return x
 
-    def _prefill_attention(self, q, k, v):
-        """Causal attention of a prompt over its own keys: q (b, H, n, h), k and v (b, K, n, h)."""
+    def _prefill_attention(self, q, k, v, window: int | None = None):
+        """Causal attention of a prompt over its own keys: q (b, H, n, h), k and v (b, K, n, h).
+
+        Soft-capped logits (Gemma 2) or a sliding window shorter than the prompt go, on CUDA, through compiled
+        FlexAttention (:meth:`_flex_prefill`: the cap as a score modification, causality and the window as a block
+        mask, so that blocks wholly outside the window are skipped); on the CPU through explicit products under an
+        additive (n, n) mask (:func:`_capped_attention`, whose FLOPs the counter can read).
+        """
         import torch.nn.functional as F
 
         scale = self.config.attention_scale
+        n = q.shape[2]
+        window = window if window is not None and n > window else None
+        if self.config.attn_softcap is not None or window is not None:
+            if self.device.type == "cuda":
+                return self._flex_prefill(q, k, v, window)
+            torch = self.torch
+            keys = torch.arange(n, device=q.device)
+            seen = keys[None, :] <= keys[:, None]
+            if window is not None:
+                seen &= keys[None, :] > keys[:, None] - window
+            groups = q.shape[1] // k.shape[1]
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            mask = torch.where(seen, 0.0, torch.finfo(q.dtype).min).to(q.dtype)
+            return _capped_attention(q, k, v, scale, self.config.attn_softcap, mask)
         if self.alibi is not None:  # causal mask with the ALiBi bias: (1, H, n, n), one chunk's prompts share it
             torch = self.torch
             n = q.shape[2]
@@ -1245,26 +1401,69 @@ class LeanEngine:
             groups = 1
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=groups > 1)
 
-    def _attention_context(self, w: _WaveState, path: str, lo: int, hi: int):
+    def _binds(self, n_layer: int, hi: int) -> int | None:
+        """Layer ``n_layer``'s sliding window when it can bind with up to ``hi`` live keys, else None."""
+        win = self.windows[n_layer] if self.windows else None
+        return win if win is not None and hi > win else None
+
+    def _binding(self, hi: int) -> set:
+        """The windows (None: full attention) that the layers attend through with up to ``hi`` live keys."""
+        return {self._binds(n, hi) for n in range(len(self.windows))} if self.windows else {None}
+
+    def _flex_prefill(self, q, k, v, window: int | None):
+        """FlexAttention over one chunk: the soft-cap as ``score_mod``, causal (and windowed) ``block_mask``."""
+        torch = self.torch
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        n = q.shape[2]
+        key = (n, window)
+        masks = self._block_masks
+        if key not in masks:
+            def causal(b, h, qi, ki):
+                seen = ki <= qi
+                return seen & (ki > qi - window) if window is not None else seen
+
+            masks[key] = create_block_mask(causal, None, None, n, n, device=str(q.device))
+        cap = self.config.attn_softcap
+
+        def capped(score, b, h, qi, ki):
+            return torch.tanh(score / cap) * cap
+
+        fn = self._flex
+        if fn is None:
+            fn = self._flex = (torch.compile(flex_attention, dynamic=False) if self.device.type == "cuda"
+                               else flex_attention)
+        return fn(q, k, v, score_mod=capped if cap is not None else None, block_mask=masks[key],
+                  scale=self.config.attention_scale, enable_gqa=q.shape[1] != k.shape[1])
+
+    def _attention_context(self, w: _WaveState, path: str, lo: int, hi: int, window: int | None = None):
         """Per-step tensors one attention way needs, computed from the device position (so, inside a graph).
 
-        ``exact``: the live key count ``hi``; ``masked`` (and ``split``'s first bucket): an additive mask
-        (1, 1, 1, hi) in the model's dtype over keys [0, hi); ``split``: a float32 bias (hi - lo,) over the
-        bucket's keys [lo, hi); ``varlen``: (cu_seqlens_q, cu_seqlens_k, seqused_k, hi).
+        ``exact``: (first key, live key count ``hi``, ALiBi bias or None); ``masked`` (and ``split``'s first
+        bucket): an additive mask (1, 1, 1, hi) in the model's dtype over keys [0, hi); ``split``: a float32 bias
+        (hi - lo,) over the bucket's keys [lo, hi); ``varlen``: (cu_seqlens_q, cu_seqlens_k, seqused_k, hi);
+        ``triton``: (position, hi, window). A sliding ``window`` keeps the last ``window`` live keys (``exact``,
+        ``masked``, ``triton``; the other ways are not chosen where a window binds).
         """
         torch = self.torch
         if path == "exact":
-            return hi if w.alibi is None else (hi, w.alibi[..., :hi])
+            start = max(0, hi - window) if window else 0
+            return (start, hi, None if w.alibi is None else w.alibi[..., start:hi])
         if path == "triton":
-            return (w.pos, hi)
+            return (w.pos, hi, window)
+        if window is not None and path not in WINDOWED:
+            raise ValueError(f"decode attention {path!r} does not apply a sliding window")
         if path == "varlen":
             w.used.copy_((w.pos + 1).expand(w.used.shape[0]))
             return (w.cu_q, w.cu_k, w.used, hi)
         if path == "masked" or lo == 0:
             idx = w.key_idx[:hi]
+            seen = idx <= w.pos
+            if window is not None:
+                seen = seen & (idx > w.pos - window)
             if w.alibi is not None:
-                return torch.where((idx <= w.pos).view(1, 1, 1, hi), w.alibi[..., :hi], torch.finfo(self.dtype).min)
-            return torch.where(idx <= w.pos, 0.0, torch.finfo(self.dtype).min).to(self.dtype).view(1, 1, 1, hi)
+                return torch.where(seen.view(1, 1, 1, hi), w.alibi[..., :hi], torch.finfo(self.dtype).min)
+            return torch.where(seen, 0.0, torch.finfo(self.dtype).min).to(self.dtype).view(1, 1, 1, hi)
         idx = w.key_idx[lo:hi]
         return torch.where(idx <= w.pos, 0.0, torch.finfo(torch.float32).min)
 
@@ -1277,11 +1476,13 @@ class LeanEngine:
         import torch.nn.functional as F
 
         torch = self.torch
-        scale = self.config.attention_scale
+        scale, cap = self.config.attention_scale, self.config.attn_softcap
         if path == "exact":
-            live, bias = ctx if isinstance(ctx, tuple) else (ctx, None)
-            return F.scaled_dot_product_attention(q, kc[:, :live].transpose(1, 2), vc[:, :live].transpose(1, 2),
-                                                  scale=scale, attn_mask=bias)
+            start, live, bias = ctx
+            k, v = kc[:, start:live].transpose(1, 2), vc[:, start:live].transpose(1, 2)
+            if cap is not None:
+                return _capped_attention(q, k, v, scale, cap, bias)
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, attn_mask=bias)
         if path == "varlen":
             cu_q, cu_k, used, hi = ctx
             b, k_heads, groups, h = q.shape
@@ -1292,14 +1493,17 @@ class LeanEngine:
         if path == "triton":
             from energybook.measure import triton_decode
 
-            pos, hi = ctx
+            pos, hi, window = ctx
             slopes = None if self.alibi is None else self.alibi * scale  # (H,): the bias is slope * scale * key
-            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes)
+            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes, softcap=cap,
+                                                  window=window)
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
             return self._tail(q, kc[:, lo:hi].transpose(1, 2), vc[:, lo:hi].transpose(1, 2), ctx, o1, lse1, scale)
         hi = ctx.shape[-1]  # masked: the bucket's whole prefix under an additive mask
+        if cap is not None:
+            return _capped_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2), scale, cap, ctx)
         return F.scaled_dot_product_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2),
                                               attn_mask=ctx, scale=scale)
 
@@ -1318,8 +1522,9 @@ class LeanEngine:
         cos = sin = None
         if self.cos is not None:
             cos, sin = self.cos.index_select(0, w.pos).unsqueeze(0), self.sin.index_select(0, w.pos).unsqueeze(0)
-        ctx = self._attention_context(w, path, lo, hi)
+        ctxs = {win: self._attention_context(w, path, lo, hi, win) for win in self._binding(hi)}
         for n_layer, layer in enumerate(self.layers):
+            ctx = ctxs[self._binds(n_layer, hi)]
             q, k, v = self._pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
                                 layer.attn_norm_b, c.layer_norm)
             kc, vc = w.cache[n_layer, 0], w.cache[n_layer, 1]
@@ -1328,8 +1533,8 @@ class LeanEngine:
             attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
             x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
                            layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
-                           c.gated, c.act)
-        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm)
+                           c.gated, c.act, layer.post_attn_norm, layer.post_ffn_norm)
+        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm, c.final_softcap)
         if logits_out is not None:
             logits_out.append(logits)
         nxt = logits.argmax(-1)

@@ -71,9 +71,10 @@ if triton is not None:
     def _decode_kernel(Q, K, V, POS, OUT, LSE, ALIBI,
                        s_qb, s_qk, s_qg, s_kb, s_ks, s_kk, s_vb, s_vs, s_vk,
                        s_ob, s_ok, s_os, s_og, s_lb, s_lk, s_ls,
-                       scale, chunk,
+                       scale, chunk, softcap, window,
                        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                       DP: tl.constexpr, BLOCK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+                       DP: tl.constexpr, BLOCK: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                       HAS_WINDOW: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
         b = pair // KV_HEADS
@@ -81,6 +82,8 @@ if triton is not None:
         live = tl.load(POS).to(tl.int32) + 1
         start = split * chunk
         end = tl.minimum(start + chunk, live)
+        if HAS_WINDOW:  # a sliding window: the last ``window`` keys only (key j seen when live - window <= j)
+            start = tl.maximum(start, live - window)
         offs_g = tl.arange(0, GP)
         offs_d = tl.arange(0, DP)
         offs_n = tl.arange(0, BLOCK)
@@ -101,6 +104,8 @@ if triton is not None:
             k = tl.load(k_base + n[:, None] * s_ks + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :],
                         other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale
+            if HAS_SOFTCAP:  # Gemma 2: softcap * tanh(s / softcap), tanh written through the sigmoid
+                s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
             if HAS_ALIBI:
                 s += slope[:, None] * n[None, :].to(tl.float32)
             s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -122,7 +127,7 @@ if triton is not None:
 
 def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[int, int] | None = None,
                      block: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-                     alibi=None):
+                     alibi=None, softcap: float | None = None, window: int | None = None):
     """Attention of folded decode queries over exactly the live keys of one layer's cache.
 
     Args:
@@ -136,6 +141,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
             :data:`NUM_STAGES`.
         alibi: (K * G,) float32 per query head (KV head major): ``slope * scale``, added to the scaled logit of the
             key at position ``n`` times ``n`` (ALiBi); None: no bias.
+        softcap: Logit soft-capping (Gemma 2): each scaled logit ``s`` becomes ``softcap * tanh(s / softcap)``.
+        window: A sliding window: only the last ``window`` live keys are read (keys ``pos - window + 1 .. pos``).
 
     Returns:
         (B, K, G, h) in q's dtype.
@@ -172,7 +179,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        scale, chunk, KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp, BLOCK=block, HAS_ALIBI=alibi is not None,
+        scale, chunk, float(softcap or 1.0), int(window or 0), KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp,
+        BLOCK=block, HAS_ALIBI=alibi is not None, HAS_SOFTCAP=bool(softcap), HAS_WINDOW=bool(window),
         num_warps=num_warps or NUM_WARPS, num_stages=num_stages)
     if direct:
         return out[:, :, 0]

@@ -1,0 +1,200 @@
+"""Issue 12's GPU correctness record: the lean engine's logits against transformers' for the 13 study architectures.
+
+For each model, at real size with random bf16 weights (nothing can be downloaded on the lent GPUs; the check is
+about the computation, not the weights):
+
+1. transformers' model is built on the GPU in bf16 (``eager`` attention for Gemma 2, whose soft-capping SDPA
+   lacks; SDPA otherwise) and the lean engine re-packs its weights (:meth:`LeanEngine.from_hf_model`);
+2. the same greedy continuation is scored by both in bf16, and by transformers in float32 from the same weights;
+3. "within bf16 tolerance" means: for every way of attending the engine has here, its logits are no further
+   from the float32 model than 1.5 times transformers' own bf16 run is (mean relative L2 error over the
+   prefill's last position and every decode step), plus 1e-3;
+4. the CUDA graphs' tokens equal those of the same bucketed steps run eagerly, for every way;
+5. for a model with a sliding window, a second request crosses the window (``n_in`` just below it).
+
+The record (``gpu_logits.json`` and ``gpu_logits.txt`` in ``--out``) carries the GPU's name and UUID, the
+driver, the library versions and the commit. A model that fails is recorded with its error, and the run goes on.
+
+Usage (from the checkout, on the GPU)::
+
+    ENERGYBOOK_COMMIT=$(git rev-parse --short HEAD) PYTHONPATH=$PWD python3 benchmarks/gpu_logits.py \\
+        --out benchmarks/results/gpu_logits [--models Gemma-2-2B,OPT-1.3B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+#: Relative margin over transformers' own bf16 error, and the absolute slack.
+RATIO, SLACK = 1.5, 1e-3
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from energybook.model import architecture as A
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(A.STUDY_ORDER),
+                    help="comma-separated shipped names (default: all 13)")
+    ap.add_argument("--out", default="benchmarks/results/gpu_logits", help="folder of the record")
+    ap.add_argument("--n-in", type=int, default=200)
+    ap.add_argument("--n-out", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--graph-n-out", type=int, default=300, help="tokens of the graphs-vs-eager token check")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
+    args = ap.parse_args(argv)
+    unknown = [m for m in args.models if m not in A.available()]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; shipped: {', '.join(A.available())}")
+    return args
+
+
+def _hf_model(name: str, torch, transformers):
+    from energybook.model import architecture as A
+
+    cfg = dict(A.hf_config(name))
+    model_type = cfg.pop("model_type")
+    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
+        cfg.pop(k, None)
+    attn = "eager" if model_type == "gemma2" else "sdpa"
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **cfg),
+                                                              attn_implementation=attn, dtype=torch.bfloat16)
+    return model.eval(), attn
+
+
+def _errors(ours: list, theirs, exact) -> tuple[float, float]:
+    """Mean relative L2 error of our logits and of transformers' bf16 logits against the float32 ones."""
+    def err(x, i):
+        return float((x - exact[:, i]).norm() / exact[:, i].norm())
+
+    return (statistics.mean(err(x, i) for i, x in enumerate(ours)),
+            statistics.mean(err(theirs[:, i], i) for i in range(len(ours))))
+
+
+def compare(eng, ref, n_in: int, n_out: int, batch: int, torch) -> dict:
+    """Logits of every way of attending against transformers' bf16 and float32 runs of the same weights."""
+    gen = torch.Generator(device="cuda").manual_seed(n_in)
+    prompts = torch.randint(0, eng.vocab, (batch, n_in), device="cuda", generator=gen)
+    eng.decode_attention = "masked"
+    eng.release_wave()
+    first = eng.greedy_logits(prompts, n_out, static=True)
+    seq = torch.cat([prompts, torch.stack([x.argmax(-1) for x in first], dim=1).cuda()], dim=1)
+    with torch.no_grad():
+        theirs = ref(seq).logits[:, n_in - 1:n_in - 1 + n_out].float().cpu()
+    ways = {}
+    for way in eng.paths_available:
+        eng.decode_attention = way
+        eng.release_wave()
+        eng.settings["decode_attention_chosen"] = {}
+        ours = first if way == "masked" else eng.greedy_logits(prompts, n_out, static=True)
+        ways[way] = {"ours": ours, "chosen": eng.settings["decode_attention_chosen"].get(f"batch {batch}")}
+    return {"seq": seq, "theirs": theirs, "ways": ways}
+
+
+def check_model(name: str, args, torch, transformers) -> dict:
+    """One model's record (see the module docstring)."""
+    from energybook.measure.lean_engine import LeanEngine
+
+    t0 = time.perf_counter()
+    ref, attn = _hf_model(name, torch, transformers)
+    compile_ = {"auto": "auto", "on": True, "off": False}[args.compile]
+    eng = LeanEngine.from_hf_model(ref, device="cuda", max_batch=max(8, args.batch), compile=compile_)
+    cases = [(args.n_in, args.n_out, args.batch)]
+    window = eng.arch.sliding_window if eng.windows else None
+    if window:  # a request whose decode crosses the window
+        cases.append((window - args.n_out // 2, args.n_out, 1))
+    runs = [compare(eng, ref, n_in, n_out, b, torch) for n_in, n_out, b in cases]
+    ref.float()  # the same weights in float32: the reference
+    rec = {"model": name, "family": eng.arch.model_type, "hf_attention": attn, "compile": eng.compile,
+           "ways": list(eng.paths_available), "cases": []}
+    with torch.no_grad():
+        for (n_in, n_out, b), run in zip(cases, runs):
+            exact = ref(run["seq"]).logits[:, n_in - 1:n_in - 1 + n_out].float().cpu()
+            case = {"n_in": n_in, "n_out": n_out, "batch": b, "ways": {}}
+            for way, got in run["ways"].items():
+                ours_err, theirs_err = _errors(got["ours"], run["theirs"], exact)
+                case["ways"][way] = {"ours_err": ours_err, "hf_bf16_err": theirs_err,
+                                     "ratio": ours_err / theirs_err if theirs_err else None,
+                                     "ok": ours_err < RATIO * theirs_err + SLACK, "chosen": got["chosen"]}
+            rec["cases"].append(case)
+    del ref, runs
+    torch.cuda.empty_cache()
+    rec["graph_tokens_equal"] = {}
+    for way in eng.paths_available:
+        eng.decode_attention = way
+        eng.release_wave()
+        eng.generate(64, args.graph_n_out, args.batch, return_tokens=True)
+        graphed = eng.last_tokens
+        eng.generate(64, args.graph_n_out, args.batch, return_tokens=True, cuda_graphs=False, static=True)
+        rec["graph_tokens_equal"][way] = bool(torch.equal(graphed, eng.last_tokens))
+    eng.release()
+    del eng
+    torch.cuda.empty_cache()
+    rec["ok"] = all(w["ok"] for c in rec["cases"] for w in c["ways"].values()) and all(
+        rec["graph_tokens_equal"].values())
+    rec["wall_s"] = time.perf_counter() - t0
+    return rec
+
+
+def line(rec: dict) -> str:
+    """One line per model for the text record."""
+    if "error" in rec:
+        return f"{rec['model']:<22} ERROR {rec['error']}"
+    parts = []
+    for c in rec["cases"]:
+        ways = ", ".join(f"{w} {v['ours_err']:.4f}" for w, v in c["ways"].items())
+        parts.append(f"({c['n_in']}, {c['n_out']}, b{c['batch']}): hf bf16 "
+                     f"{next(iter(c['ways'].values()))['hf_bf16_err']:.4f}, ours {ways}")
+    graphs = "graphs = eager" if all(rec["graph_tokens_equal"].values()) else f"graphs {rec['graph_tokens_equal']}"
+    return f"{rec['model']:<22} {'ok ' if rec['ok'] else 'BAD'} {'; '.join(parts)}; {graphs}; {rec['wall_s']:.0f} s"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available():
+        print("gpu_logits.py checks the engine on an NVIDIA GPU: no CUDA device here", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from engine_targets import environment
+
+    from energybook.measure.meter import Meter
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meter = Meter.for_device("cuda")
+    env = environment(meter)
+    meter.close()
+    path = out / "gpu_logits.json"
+    result = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    result.update(gpu=env.get("gpu"), gpu_uuid=env.get("gpu_uuid"), commit=env.get("commit"), environment=env,
+                  tolerance=f"mean relative L2 error vs float32 < {RATIO} x transformers' bf16 error + {SLACK}",
+                  weights="dummy: transformers' random initialisation, bf16")
+    header = (f"GPU {env.get('gpu')} {env.get('gpu_uuid')}, driver {env.get('driver')}; torch {env['torch']}, "
+              f"transformers {env['transformers']}; commit {env['commit']}; {env['date']}")
+    print(header, flush=True)
+    for name in args.models:
+        try:
+            rec = check_model(name, args, torch, transformers)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the next model runs
+            traceback.print_exc()
+            rec = {"model": name, "error": f"{type(exc).__name__}: {exc}"[:500], "ok": False}
+            torch.cuda.empty_cache()
+        rec["gpu_uuid"], rec["commit"] = env.get("gpu_uuid"), env.get("commit")
+        result["models"][name] = rec
+        print(line(rec), flush=True)
+        path.write_text(json.dumps(result, indent=1))
+        (out / "gpu_logits.txt").write_text("\n".join([header] + [line(r) for r in result["models"].values()]) + "\n")
+    return 0 if all(r.get("ok") for r in result["models"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
