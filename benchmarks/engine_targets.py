@@ -111,8 +111,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="extra models measured at the corners (lean, or hf where lean refuses): Qwen2-1.5B OPT-1.3B")
     ap.add_argument("--compile-mode", default="default",
                     help="lean: the torch.compile mode of its decode blocks")
+    ap.add_argument("--corners", default=None,
+                    help="lean engines: these corners only, as N_INxN_OUT,... (default: the four, or (64, 256) "
+                         "with --quick)")
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args(argv)
+    if args.corners is not None:
+        try:
+            args.corners = [tuple(int(x) for x in c.split("x")) for c in args.corners.split(",") if c]
+        except ValueError:
+            ap.error(f"--corners takes N_INxN_OUT pairs such as 4096x64, got {args.corners!r}")
+        if not args.corners or any(len(c) != 2 or min(c) < 1 for c in args.corners):
+            ap.error(f"--corners takes N_INxN_OUT pairs such as 4096x64, got {args.corners!r}")
     names = [n.strip() for n in args.engines.split(",") if n.strip()]
     unknown = sorted(set(names) - set(KNOWN))
     if unknown:
@@ -125,6 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def corners_for(engine: str, args: argparse.Namespace) -> list[tuple[int, int]]:
     """The (n_in, n_out) corners measured for ``engine``."""
+    if getattr(args, "corners", None) and engine in ("lean", "lean_eager"):
+        return list(args.corners)
     if args.quick or engine in ("generate", "static_compile"):
         return [(64, 256)]
     if engine == "hf" and args.hf_corners == "cheap":

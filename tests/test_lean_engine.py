@@ -103,7 +103,7 @@ def test_same_greedy_tokens_as_transformers(pair, way):
     """Eager exact-length decode, and the graphs' bucketed steps with each way of attending, cross 4 buckets."""
     ref, eng = pair
     if way not in ("exact", *eng.paths_available):
-        pytest.skip(f"{way} is not a way of attending for {eng.key} (flash's prefix kernel takes no ALiBi bias)")
+        pytest.skip(f"{way} is not a way of attending for {eng.key} (flash's prefix kernel takes no ALiBi bias or soft-cap)")
     eng.decode_attention = "masked" if way == "exact" else way
     eng.release_wave()  # the ways are chosen per bucket when a wave state is made
     eng.generate(N_IN, N_OUT, BATCH, return_tokens=True, static=way != "exact")
@@ -399,6 +399,11 @@ def test_benchmark_arguments_plan_and_table(tmp_path):
     assert 4 * 60 < bench.estimate_seconds(full) < 9 * 60 and bench.estimate_seconds(args) < 3 * 60
     with pytest.raises(SystemExit):
         bench.parse_args(["--engines", "lean,sglang"])
+    picked = bench.parse_args(["--quick", "--corners", "4096x64,64x256"])
+    assert bench.corners_for("lean", picked) == [(4096, 64), (64, 256)] and bench.corners_for("hf", picked) == [
+        (64, 256)]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--corners", "4096-64"])
     result = bench.empty_result(full)
     result["engines"]["lean"] = {"tokens_per_j": {"64x256": 150.0, "64x4096": 45.0}, "step_ms_batch1000_ctx128": 6.5}
     result["engines"]["hf"] = {"tokens_per_j": {"64x256": 110.6}, "error": None}

@@ -41,8 +41,9 @@ Face configuration, with nothing in the measured path that the workload does not
   softmax and merge through ``torch.compile`` (``mode="default"``: inductor fuses the norms, rotary, SiLU gate
   and residuals into a few kernels around cuBLAS's products; the engine's own graphs capture the compiled
   kernels). On an H200 this took the step at batch 1000 and context 128 from 6.96 to 5.31 ms
-  (``benchmarks/results/engine_targets_h200_quick.txt``). The attention kernels stay outside, so one
-  compilation per batch (and, for the merge, per bucket width) serves every bucket.
+  (``benchmarks/results/h200/engine_targets_quick.txt``). The attention kernels stay outside, so one
+  compilation per batch (and, for the merge, per bucket width) serves every bucket. The prefill's blocks are
+  compiled as well (``compile_prefill``, as ``compile`` by default), once per chunk shape, in :meth:`prepare`;
 
 Families: llama (with Llama 3.x's ``llama3`` rotary scaling, ``linear`` scaling, biases), mistral, qwen2
 (q/k/v biases), granite (its embedding, residual, attention and logits multipliers), OPT (pre-LayerNorm with
@@ -616,6 +617,8 @@ class LeanEngine:
         bucket_max: Widest decode-graph bucket (tokens).
         compile: Wrap the dense blocks of a decode step in ``torch.compile``: True, False, or ``"auto"`` (the
             default: on CUDA when Triton, inductor's code generator, is importable; off on the CPU).
+        compile_prefill: Wrap the prefill's dense blocks in ``torch.compile`` too (one compilation per chunk shape,
+            made by :meth:`prepare` before any measured window): True, False, or ``"auto"`` (as ``compile``).
         compile_mode: The ``torch.compile`` mode (``"default"``: fused elementwise kernels around cuBLAS
             products; ``"max-autotune-no-cudagraphs"`` also times matmul kernels, minutes per batch size).
         memory_fraction: Share of free device memory the KV cache and activations may take.
@@ -639,7 +642,7 @@ class LeanEngine:
     def __init__(self, model: str | Path | dict, device: str | None = None, weights: str | None = None,
                  dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = True,
                  decode_attention: str = "auto", bucket_min: int = 32, bucket_max: int = 256,
-                 compile: bool | str = "auto", compile_mode: str = "default",
+                 compile: bool | str = "auto", compile_mode: str = "default", compile_prefill: bool | str = "auto",
                  memory_fraction: float = 0.92, prefill_tokens: int = 16384, min_positions: int | None = None,
                  require_prepared: bool = False, seed: int = 0, state_dict: dict | None = None,
                  weight_init: str = "normal:0.02", prompts: str = "random"):
@@ -698,6 +701,9 @@ class LeanEngine:
 
             compile = self.device.type == "cuda" and triton_decode.available()
         self.compile = bool(compile)
+        if compile_prefill not in (True, False, "auto"):
+            raise ValueError(f"compile_prefill must be True, False or 'auto', got {compile_prefill!r}")
+        self.compile_prefill = self.compile if compile_prefill == "auto" else bool(compile_prefill)
         self.compile_mode = compile_mode
         self.memory_fraction = memory_fraction
         self.prefill_tokens = prefill_tokens
@@ -724,7 +730,8 @@ class LeanEngine:
         self.windows = self.config.windows
         self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
         self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
-        if self.compile:
+        self._prefill_fns = (_qkv, _block_out, _head)
+        if self.compile or self.compile_prefill:
             self._compile()
         self.paths_available = self._check_paths()
         self.prefill_gqa = self._check_prefill_gqa()
@@ -948,8 +955,11 @@ class LeanEngine:
             if getattr(dynamo_config, key, 64) < 64:
                 setattr(dynamo_config, key, 64)
         kw = dict(mode=self.compile_mode, dynamic=False, fullgraph=True)
-        self._pre, self._post, self._final, self._tail = (torch.compile(f, **kw)
-                                                          for f in (_qkv, _block_out, _head, _tail_merge))
+        if self.compile:
+            self._pre, self._post, self._final, self._tail = (torch.compile(f, **kw)
+                                                              for f in (_qkv, _block_out, _head, _tail_merge))
+        if self.compile_prefill:  # their own compiled objects: the prefill's shapes do not use up the decode's limit
+            self._prefill_fns = tuple(torch.compile(f, **kw) for f in (_qkv, _block_out, _head))
 
     def _check_paths(self) -> tuple[str, ...]:
         """The decode attention ways that match eager attention here (CUDA: checked on random tensors)."""
@@ -1030,7 +1040,8 @@ class LeanEngine:
             "graphs": str(self.cuda_graphs), "graph_buckets": (f"per (batch, bucket); buckets {self.bucket_min} tokens "
                                                                f"wide, then context/16, at most {self.bucket_max}"),
             "bucket_min": self.bucket_min, "bucket_max": self.bucket_max,
-            "compile": self.compile, "compile_mode": self.compile_mode if self.compile else None,
+            "compile": self.compile, "compile_prefill": self.compile_prefill,
+            "compile_mode": self.compile_mode if self.compile or self.compile_prefill else None,
             "kv_cache": "one (L, 2, B, S, K, h) tensor per batch, S a bucket edge >= n_in + n_out - 1, zeroed once, "
                         "written in place",
             "greedy": "argmax on device, EOS ignored", "lm_head": "last position only, (rows, d) products"
@@ -1325,22 +1336,23 @@ class LeanEngine:
         a, c = self.arch, self.config
         b, n = tokens.shape
         heads, kv = a.num_heads, a.num_kv_heads
+        pre, post, final = self._prefill_fns
         x = self._embed(tokens, self.torch.arange(n, device=tokens.device))
         cos = sin = None
         if self.cos is not None:
             cos, sin = self.cos[:n].unsqueeze(1), self.sin[:n].unsqueeze(1)  # (n, 1, h)
         for n_layer, layer in enumerate(self.layers):
-            q, k, v = _qkv(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
-                           layer.attn_norm_b, c.layer_norm)
+            q, k, v = pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
+                          layer.attn_norm_b, c.layer_norm)
             w.cache[n_layer, 0, rows, :n] = k
             w.cache[n_layer, 1, rows, :n] = v
             attn = self._prefill_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            self.windows[n_layer] if self.windows else None)
-            x = _block_out(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
-                           layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
-                           c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act,
-                           layer.post_attn_norm, layer.post_ffn_norm)
-        return _head(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm,
+            x = post(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
+                     layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
+                     c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act,
+                     layer.post_attn_norm, layer.post_ffn_norm)
+        return final(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm,
                      c.final_softcap)
 
     def _embed(self, tokens, positions):
