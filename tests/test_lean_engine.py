@@ -103,7 +103,7 @@ def test_same_greedy_tokens_as_transformers(pair, way):
     """Eager exact-length decode, and the graphs' bucketed steps with each way of attending, cross 4 buckets."""
     ref, eng = pair
     if way not in ("exact", *eng.paths_available):
-        pytest.skip(f"{way} is not a way of attending for {eng.key} (flash's prefix kernel takes no ALiBi bias or soft-cap)")
+        pytest.skip(f"{way} is not a way of attending for {eng.key} (flash's prefix kernel: no ALiBi, no soft-cap)")
     eng.decode_attention = "masked" if way == "exact" else way
     eng.release_wave()  # the ways are chosen per bucket when a wave state is made
     eng.generate(N_IN, N_OUT, BATCH, return_tokens=True, static=way != "exact")
