@@ -9,7 +9,9 @@ about the computation, not the weights):
 3. "within bf16 tolerance" means: for every way of attending the engine has here, its logits are no further
    from the float32 model than 1.5 times transformers' own bf16 run is (mean relative L2 error over the
    prefill's last position and every decode step), plus 1e-3;
-4. the CUDA graphs' tokens equal those of the same bucketed steps run eagerly, for every way;
+4. the same holds through the CUDA graphs (captured for the check, copying their logits out); every way is
+   scored teacher-forced on the continuation that ``masked`` picks greedily, so that a near-tie of random
+   weights cannot send two ways down different continuations;
 5. for a model with a sliding window, a second request crosses the window (``n_in`` just below it).
 
 The record (``gpu_logits.json`` and ``gpu_logits.txt`` in ``--out``) carries the GPU's name and UUID, the
@@ -45,7 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--n-in", type=int, default=200)
     ap.add_argument("--n-out", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--graph-n-out", type=int, default=300, help="tokens of the graphs-vs-eager token check")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     args = ap.parse_args(argv)
     unknown = [m for m in args.models if m not in A.available()]
@@ -77,14 +78,20 @@ def _errors(ours: list, theirs, exact) -> tuple[float, float]:
             statistics.mean(err(theirs[:, i], i) for i in range(len(ours))))
 
 
+def _rel(a, b) -> float:
+    return statistics.mean(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
+
+
 def compare(eng, ref, n_in: int, n_out: int, batch: int, torch) -> dict:
-    """Logits of every way of attending against transformers' bf16 and float32 runs of the same weights."""
+    """Teacher-forced logits of every way of attending, eager and through CUDA graphs, on the continuation the
+    ``masked`` way picks greedily, with transformers' bf16 logits of the same sequence."""
     gen = torch.Generator(device="cuda").manual_seed(n_in)
     prompts = torch.randint(0, eng.vocab, (batch, n_in), device="cuda", generator=gen)
     eng.decode_attention = "masked"
     eng.release_wave()
     first = eng.greedy_logits(prompts, n_out, static=True)
-    seq = torch.cat([prompts, torch.stack([x.argmax(-1) for x in first], dim=1).cuda()], dim=1)
+    tokens = torch.stack([x.argmax(-1) for x in first], dim=1)
+    seq = torch.cat([prompts, tokens.cuda()], dim=1)
     with torch.no_grad():
         theirs = ref(seq).logits[:, n_in - 1:n_in - 1 + n_out].float().cpu()
     ways = {}
@@ -92,8 +99,10 @@ def compare(eng, ref, n_in: int, n_out: int, batch: int, torch) -> dict:
         eng.decode_attention = way
         eng.release_wave()
         eng.settings["decode_attention_chosen"] = {}
-        ours = first if way == "masked" else eng.greedy_logits(prompts, n_out, static=True)
-        ways[way] = {"ours": ours, "chosen": eng.settings["decode_attention_chosen"].get(f"batch {batch}")}
+        eager = eng.greedy_logits(prompts, n_out, static=True, forced=tokens)
+        chosen = eng.settings["decode_attention_chosen"].get(f"batch {batch}")
+        graphed = eng.greedy_logits(prompts, n_out, forced=tokens, graphs=True)
+        ways[way] = {"eager": eager, "graphs": graphed, "chosen": chosen}
     return {"seq": seq, "theirs": theirs, "ways": ways}
 
 
@@ -110,34 +119,27 @@ def check_model(name: str, args, torch, transformers) -> dict:
     if window:  # a request whose decode crosses the window
         cases.append((window - args.n_out // 2, args.n_out, 1))
     runs = [compare(eng, ref, n_in, n_out, b, torch) for n_in, n_out, b in cases]
-    ref.float()  # the same weights in float32: the reference
     rec = {"model": name, "family": eng.arch.model_type, "hf_attention": attn, "compile": eng.compile,
            "ways": list(eng.paths_available), "cases": []}
+    eng.release()
+    del eng
+    ref.float()  # the same weights in float32: the reference
     with torch.no_grad():
         for (n_in, n_out, b), run in zip(cases, runs):
             exact = ref(run["seq"]).logits[:, n_in - 1:n_in - 1 + n_out].float().cpu()
-            case = {"n_in": n_in, "n_out": n_out, "batch": b, "ways": {}}
+            theirs = _rel([run["theirs"][:, i] for i in range(n_out)], [exact[:, i] for i in range(n_out)])
+            case = {"n_in": n_in, "n_out": n_out, "batch": b, "hf_bf16_err": theirs, "ways": {}}
             for way, got in run["ways"].items():
-                ours_err, theirs_err = _errors(got["ours"], run["theirs"], exact)
-                case["ways"][way] = {"ours_err": ours_err, "hf_bf16_err": theirs_err,
-                                     "ratio": ours_err / theirs_err if theirs_err else None,
-                                     "ok": ours_err < RATIO * theirs_err + SLACK, "chosen": got["chosen"]}
+                eager = _rel(got["eager"], [exact[:, i] for i in range(n_out)])
+                graphs = _rel(got["graphs"], [exact[:, i] for i in range(n_out)])
+                case["ways"][way] = {
+                    "eager_err": eager, "graphs_err": graphs, "ratio": eager / theirs if theirs else None,
+                    "graphs_vs_eager": _rel(got["graphs"], got["eager"]), "chosen": got["chosen"],
+                    "ok": max(eager, graphs) < RATIO * theirs + SLACK}
             rec["cases"].append(case)
     del ref, runs
     torch.cuda.empty_cache()
-    rec["graph_tokens_equal"] = {}
-    for way in eng.paths_available:
-        eng.decode_attention = way
-        eng.release_wave()
-        eng.generate(64, args.graph_n_out, args.batch, return_tokens=True)
-        graphed = eng.last_tokens
-        eng.generate(64, args.graph_n_out, args.batch, return_tokens=True, cuda_graphs=False, static=True)
-        rec["graph_tokens_equal"][way] = bool(torch.equal(graphed, eng.last_tokens))
-    eng.release()
-    del eng
-    torch.cuda.empty_cache()
-    rec["ok"] = all(w["ok"] for c in rec["cases"] for w in c["ways"].values()) and all(
-        rec["graph_tokens_equal"].values())
+    rec["ok"] = all(w["ok"] for c in rec["cases"] for w in c["ways"].values())
     rec["wall_s"] = time.perf_counter() - t0
     return rec
 
@@ -148,11 +150,10 @@ def line(rec: dict) -> str:
         return f"{rec['model']:<22} ERROR {rec['error']}"
     parts = []
     for c in rec["cases"]:
-        ways = ", ".join(f"{w} {v['ours_err']:.4f}" for w, v in c["ways"].items())
-        parts.append(f"({c['n_in']}, {c['n_out']}, b{c['batch']}): hf bf16 "
-                     f"{next(iter(c['ways'].values()))['hf_bf16_err']:.4f}, ours {ways}")
-    graphs = "graphs = eager" if all(rec["graph_tokens_equal"].values()) else f"graphs {rec['graph_tokens_equal']}"
-    return f"{rec['model']:<22} {'ok ' if rec['ok'] else 'BAD'} {'; '.join(parts)}; {graphs}; {rec['wall_s']:.0f} s"
+        ways = ", ".join(f"{w} {v['eager_err']:.4f}/{v['graphs_err']:.4f}" for w, v in c["ways"].items())
+        parts.append(f"({c['n_in']}, {c['n_out']}, b{c['batch']}): hf bf16 {c['hf_bf16_err']:.4f}, ours eager/graphs "
+                     f"{ways}")
+    return f"{rec['model']:<22} {'ok ' if rec['ok'] else 'BAD'} {'; '.join(parts)}; {rec['wall_s']:.0f} s"
 
 
 def main(argv=None) -> int:

@@ -493,3 +493,31 @@ def test_gpu_real_size_logits_match_transformers_in_bf16(model):
     bench = _gpu_logits()
     rec = bench.check_model(model, bench.parse_args(["--models", model]), torch, transformers)
     assert rec["ok"], bench.line(rec)
+
+
+def test_teacher_forced_and_graph_logits(pair, monkeypatch):
+    """``greedy_logits`` fed its own greedy tokens gives the same logits; through (stand-in) graphs, the logits the
+    graphs copy out equal the eager bucketed steps' (what ``benchmarks/gpu_logits.py`` checks on a GPU)."""
+    _, eng = pair
+    eng.decode_attention = "masked"
+    eng.release_wave()
+    prompts = _prompts(eng)
+    free = eng.greedy_logits(prompts, N_OUT, static=True)
+    tokens = torch.stack([x.argmax(-1) for x in free], dim=1)
+    forced = eng.greedy_logits(prompts, N_OUT, static=True, forced=tokens)
+    assert all(torch.equal(a, b) for a, b in zip(free, forced))
+    other = eng.greedy_logits(prompts, N_OUT, static=True, forced=torch.zeros_like(tokens))
+    assert not torch.equal(other[-1], free[-1])  # the forced tokens are the ones fed
+
+    def graph(body, pool, warmups, reset):
+        reset()
+        body()
+        reset()
+        return _StandInGraph(body)
+
+    monkeypatch.setattr(eng, "_graph", graph)
+    monkeypatch.setattr(eng, "_graphs_here", True)
+    graphed = eng.greedy_logits(prompts, N_OUT, forced=tokens, graphs=True)
+    for a, b in zip(graphed, free):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert eng._wave is None and not eng._probe

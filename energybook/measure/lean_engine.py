@@ -577,6 +577,7 @@ class _WaveState:
     graphs: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
     prefill_shapes: set = field(default_factory=set)
+    logits: Any = None
 
     @property
     def nbytes(self) -> int:
@@ -729,6 +730,8 @@ class LeanEngine:
         self.alibi = alibi_slopes(self.arch.num_heads).to(self.device) if self.config.positions == "alibi" else None
         self.windows = self.config.windows
         self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
+        self._force_splits = None  # the Triton kernel's (splits, chunk), set by the checks only
+        self._probe = False  # graphs copy their logits into the wave state (greedy_logits(graphs=True) only)
         self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
         self._prefill_fns = (_qkv, _block_out, _head)
         if self.compile or self.compile_prefill:
@@ -999,6 +1002,13 @@ class LeanEngine:
                 ctx = self._attention_context(state, path, 256, 320)
                 got = self._attend(path, q, kc, vc, ctx, 256)
                 err = float((got.float() - ref).norm() / ref.norm())
+                if path == "triton":  # also unsplit: another kernel specialisation, as at large batches
+                    self._force_splits = (1, 320)
+                    try:
+                        got = self._attend(path, q, kc, vc, ctx, 256)
+                    finally:
+                        self._force_splits = None
+                    err = max(err, float((got.float() - ref).norm() / ref.norm()))
                 if err < 2e-2:
                     ok.append(path)
                 else:
@@ -1506,9 +1516,11 @@ class LeanEngine:
             from energybook.measure import triton_decode
 
             pos, hi, window = ctx
-            slopes = None if self.alibi is None else self.alibi * scale  # (H,): the bias is slope * scale * key
-            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes, softcap=cap,
-                                                  window=window)
+            slopes = alibi_scale = None
+            if self.alibi is not None:  # raw slopes; the kernel rounds the bias as transformers builds it
+                slopes, alibi_scale = self.alibi.to(torch.bfloat16).float(), 1 / math.sqrt(self.arch.head_dim)
+            return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes, softcap=cap, window=window,
+                                                  alibi_scale=alibi_scale, splits=self._force_splits)
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
@@ -1549,6 +1561,8 @@ class LeanEngine:
         logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm, c.final_softcap)
         if logits_out is not None:
             logits_out.append(logits)
+        if self._probe:
+            w.logits.copy_(logits)
         nxt = logits.argmax(-1)
         w.out.index_copy_(1, w.pos + 1, nxt.unsqueeze(1))
         w.tok.copy_(nxt)
@@ -1644,36 +1658,63 @@ class LeanEngine:
         self.last_tokens = tokens.cpu().clone() if return_tokens else None
         return Wave(batch, n_in, n_out, times, graphs)
 
-    def greedy_logits(self, prompts, n_out: int, static: bool = False) -> list:
+    def greedy_logits(self, prompts, n_out: int, static: bool = False, forced=None, graphs: bool = False) -> list:
         """Logits of a greedy generation from given prompts: the prefill's last position, then every decode step.
 
-        For comparisons with other implementations (the tests). Granite's ``logits_scaling`` is applied.
+        For comparisons with other implementations (the tests, ``benchmarks/gpu_logits.py``). Granite's
+        ``logits_scaling`` is applied.
 
         Args:
             prompts: Token ids (batch, n_in).
             n_out: Tokens to generate (the list has n_out entries, each (batch, V), float32 on the CPU).
             static: Decode through the graphs' bucketed steps (eagerly) rather than exact-length attention.
+            forced: Token ids (batch, n_out - 1 or more) fed instead of the greedy ones (teacher forcing), so that
+                two implementations are scored on the same continuation.
+            graphs: Decode through CUDA graphs captured for this call (their logits copied out at each step).
         """
+        self.check_lengths(prompts.shape[1], n_out)
+        if graphs:  # fresh graphs that also copy their logits out
+            self.release_wave()
+            self._probe = True
+        try:
+            return self._greedy_logits(prompts, n_out, static, forced, graphs)
+        finally:
+            if graphs:
+                self._probe = False
+                self.release_wave()
+
+    def _greedy_logits(self, prompts, n_out: int, static: bool, forced, graphs: bool) -> list:
         torch = self.torch
         batch, n_in = prompts.shape
-        self.check_lengths(n_in, n_out)
-        self.prepare(n_in, n_out, batch, cuda_graphs=False)
+        if graphs:
+            w = self._state(batch, self.cache_len(n_in, n_out))
+            w.logits = torch.empty(batch, self.vocab, dtype=self.dtype, device=self.device)
+        self.prepare(n_in, n_out, batch, cuda_graphs=graphs)
         w = self._wave
         scale = self.config.logits_scaling
         out = []
+
+        def feed(i, logits):
+            w.tok.copy_(logits.argmax(-1) if forced is None else forced[:, i - 1].to(self.device))
+
         with torch.inference_mode():
             logits = self._prefill(prompts.to(self.device), w, slice(0, batch))
             out.append(logits)
-            w.tok.copy_(logits.argmax(-1))
+            feed(1, logits)
             w.pos.fill_(n_in)
             i = 1
             for lo, hi, steps in self._buckets(n_in, n_out):
                 for _ in range(steps):
-                    if static:
+                    if graphs:
+                        w.graphs[lo].replay()
+                        out.append(w.logits.clone())
+                    elif static:
                         self._decode_step(w, w.paths[lo], lo, hi, logits_out=out)
                     else:
                         self._decode_step(w, "exact", 0, n_in + i, logits_out=out)
                     i += 1
+                    if forced is not None:
+                        feed(i, out[-1])
         return [(x.float() / scale).cpu() for x in out]
 
     def release(self) -> None:

@@ -38,6 +38,9 @@ NUM_STAGES = 2
 LONG_KEYS = 1024
 LONG_BLOCK_N = 128
 LONG_NUM_STAGES = 4
+#: Head dims above 128 (Gemma's 256): 32-key blocks, one stage (64-key blocks overflowed an H200's shared memory).
+WIDE_BLOCK_N = 32
+WIDE_NUM_STAGES = 1
 #: Programs the split aims for (a few per multiprocessor of an H100, which has 132).
 TARGET_PROGRAMS = 1024
 #: The smallest chunk of keys a split program reads.
@@ -71,10 +74,10 @@ if triton is not None:
     def _decode_kernel(Q, K, V, POS, OUT, LSE, ALIBI,
                        s_qb, s_qk, s_qg, s_kb, s_ks, s_kk, s_vb, s_vs, s_vk,
                        s_ob, s_ok, s_os, s_og, s_lb, s_lk, s_ls,
-                       scale, chunk, softcap, window,
+                       scale, chunk, softcap, window, alibi_scale,
                        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                        DP: tl.constexpr, BLOCK: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                       HAS_WINDOW: tl.constexpr):
+                       HAS_WINDOW: tl.constexpr, ROUND_ALIBI: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
         b = pair // KV_HEADS
@@ -107,7 +110,11 @@ if triton is not None:
             if HAS_SOFTCAP:  # Gemma 2: softcap * tanh(s / softcap), tanh written through the sigmoid
                 s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
             if HAS_ALIBI:
-                s += slope[:, None] * n[None, :].to(tl.float32)
+                bias = slope[:, None] * n[None, :].to(tl.float32)
+                if ROUND_ALIBI:  # as transformers builds it: slope x position in bf16, then the scale in q's dtype
+                    bias = bias.to(tl.bfloat16).to(tl.float32) * alibi_scale
+                    bias = bias.to(Q.dtype.element_ty).to(tl.float32)
+                s += bias
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
@@ -127,7 +134,8 @@ if triton is not None:
 
 def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[int, int] | None = None,
                      block: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
-                     alibi=None, softcap: float | None = None, window: int | None = None):
+                     alibi=None, softcap: float | None = None, window: int | None = None,
+                     alibi_scale: float | None = None):
     """Attention of folded decode queries over exactly the live keys of one layer's cache.
 
     Args:
@@ -141,6 +149,10 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
             :data:`NUM_STAGES`.
         alibi: (K * G,) float32 per query head (KV head major): ``slope * scale``, added to the scaled logit of the
             key at position ``n`` times ``n`` (ALiBi); None: no bias.
+        alibi_scale: With ``alibi`` holding the raw slopes: the bias of key ``n`` is rounded as transformers
+            rounds it, ``(slope * n)`` to bfloat16, times ``alibi_scale``, rounded to q's dtype (Falcon's
+            ``build_alibi_tensor`` and the scale of the logits); None: ``alibi`` already holds ``slope * scale``,
+            unrounded.
         softcap: Logit soft-capping (Gemma 2): each scaled logit ``s`` becomes ``softcap * tanh(s / softcap)``.
         window: A sliding window: only the last ``window`` live keys are read (keys ``pos - window + 1 .. pos``).
 
@@ -159,8 +171,9 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
     if q.stride(3) != 1:
         q = q.contiguous()
     long = max_keys >= LONG_KEYS  # longer contexts: bigger key blocks, deeper pipelining
-    block = block or (LONG_BLOCK_N if long else BLOCK_N)
-    num_stages = num_stages or (LONG_NUM_STAGES if long else NUM_STAGES)
+    wide = d > 128  # Gemma's head dim 256: smaller tiles, or the pipeline's buffers overflow shared memory
+    block = block or (WIDE_BLOCK_N if wide else LONG_BLOCK_N if long else BLOCK_N)
+    num_stages = num_stages or (WIDE_NUM_STAGES if wide else LONG_NUM_STAGES if long else NUM_STAGES)
     n_split, chunk = splits or plan_splits(b * k_heads, max_keys, block=block)
     if n_split * chunk < max_keys:
         raise ValueError(f"{n_split} chunks of {chunk} keys do not cover max_keys={max_keys}")
@@ -179,9 +192,10 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3), lse.stride(0), lse.stride(1), lse.stride(2),
-        scale, chunk, float(softcap or 1.0), int(window or 0), KV_HEADS=k_heads, G=groups, GP=gp, D=d, DP=dp,
-        BLOCK=block, HAS_ALIBI=alibi is not None, HAS_SOFTCAP=bool(softcap), HAS_WINDOW=bool(window),
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages)
+        scale, chunk, float(softcap or 1.0), int(window or 0), float(alibi_scale or 1.0), KV_HEADS=k_heads,
+        G=groups, GP=gp, D=d, DP=dp, BLOCK=block, HAS_ALIBI=alibi is not None, HAS_SOFTCAP=bool(softcap),
+        HAS_WINDOW=bool(window), ROUND_ALIBI=alibi_scale is not None, num_warps=num_warps or NUM_WARPS,
+        num_stages=num_stages)
     if direct:
         return out[:, :, 0]
     weights = torch.softmax(lse, dim=2).nan_to_num_(0.0)  # empty chunks (lse -inf) weigh nothing
