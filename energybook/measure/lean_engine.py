@@ -729,6 +729,7 @@ class LeanEngine:
         self._grow_rope(min(self.max_positions, 8192) + 1)
         self.alibi = alibi_slopes(self.arch.num_heads).to(self.device) if self.config.positions == "alibi" else None
         self.windows = self.config.windows
+        self._embed_scale = torch.tensor(self.config.embedding_multiplier, dtype=self.dtype, device=self.device)
         self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
         self._force_splits = None  # the Triton kernel's (splits, chunk), set by the checks only
         self._probe = False  # graphs copy their logits into the wave state (greedy_logits(graphs=True) only)
@@ -1372,8 +1373,8 @@ class LeanEngine:
 
         c = self.config
         x = F.embedding(tokens, self.embed)
-        if c.embedding_in_dtype:  # Gemma: sqrt(d), rounded to the model's dtype first
-            x = x * self.torch.tensor(c.embedding_multiplier, dtype=x.dtype, device=x.device)
+        if c.embedding_in_dtype:  # Gemma: sqrt(d), rounded to the model's dtype first (a device tensor made once)
+            x = x * self._embed_scale
         elif c.embedding_multiplier != 1.0:
             x = x * c.embedding_multiplier
         if c.positions == "learned":
