@@ -71,7 +71,8 @@ def _synthetic(true: P.PhysicsParams, combine: str, overhead: str, noise: float,
 
 def test_synthetic_recovery_within_intervals():
     true = P.PhysicsParams(matmul_flops_s=420e12, attention_flops_s=250e12, weight_bytes_s=2.8e12,
-                           kv_bytes_s=2.2e12, pass_overhead_s=2e-3, busy_power_w=650.0, overhead_power_w=300.0)
+                           kv_bytes_s=2.2e12, pass_overhead_s=2e-3, busy_power_w=650.0, overhead_power_w=300.0,
+                           elementwise_bytes_s=3.5e12, attention_block_s=12e-9)
     fit = P.calibrate(_synthetic(true, "smooth", "add", 0.01), combine="smooth", overhead="add", start=P.START)
     cal = fit.calibration
     assert fit.success and fit.residual_rms_log < 0.02
@@ -85,7 +86,8 @@ def test_synthetic_recovery_within_intervals():
 def test_noise_free_recovery_is_exact():
     true = P.START
     fit = P.calibrate(_synthetic(true, "smooth", "add", 0.0), combine="smooth", overhead="add",
-                      start=P.PhysicsParams(**{k: getattr(true, k) * 1.3 for k in P.PARAM_NAMES[:5]},
+                      start=P.PhysicsParams(**{k: getattr(true, k) * 1.3 for k in P.PARAM_NAMES
+                                               if not k.endswith("power_w")},
                                             busy_power_w=600.0, overhead_power_w=300.0))
     for k in P.PARAM_NAMES:
         assert getattr(fit.calibration.params, k) == pytest.approx(getattr(true, k), rel=1e-3), k
@@ -183,3 +185,17 @@ def test_pass_overhead_is_one_per_pass():
     one = P.PhysicsParams(**{**P.START.__dict__, "pass_overhead_s": 1e-3})
     extra = P.phase_energy(c, one, "max", "add").duration_s - P.phase_energy(c, zero, "max", "add").duration_s
     assert extra == pytest.approx(1e-3 * c.repeat.sum())  # one prefill chunk and 8 decode steps
+
+
+def test_elementwise_bytes_and_attention_blocks():
+    llama, opt, qwen = (A.load(m) for m in MODELS)
+    # transformers' RMSNorm, rotary embedding and gated FFN move far more than OPT's fused LayerNorm and ReLU
+    assert P.elementwise_bytes_per_token(llama, True) == 5_120_000  # the meta-device trace: 5.12 MB per token
+    assert P.elementwise_bytes_per_token(opt, True) == P.elementwise_bytes_per_token(opt, False)  # MHA: no repeat
+    assert P.elementwise_bytes_per_token(qwen, True) > P.elementwise_bytes_per_token(qwen, False)
+    c = P.pass_counts(llama, 64, 9, n_req=8, batch=8)
+    pre = c.phase == 0
+    assert (c.attention_blocks[pre] == 0).all()
+    assert (c.attention_blocks[~pre] == 8 * llama.num_kv_heads * llama.num_layers).all()
+    assert c.elementwise_bytes[pre][0] == pytest.approx(
+        8 * 64 * P.elementwise_bytes_per_token(llama, True) + 8 * llama.vocab_size * 2)

@@ -7,14 +7,22 @@ chunk or a decode step of one wave) has
 * matmul FLOPs ``F_mm`` (projections, FFN, LM head), attention FLOPs ``F_att`` (QK^T and AV);
 * weight bytes ``W`` (every weight read once per pass), KV-cache bytes ``K`` (reads of the live context and the
   new token's write; the engine's flash varlen decode reads exactly the live keys, not the 256-token bucket), and
-  other per-request bytes ``O`` (logits written, embedding rows gathered).
+  other per-request bytes ``O`` (logits written, embedding rows gathered);
+* elementwise bytes ``A``: the traffic of the unfused elementwise kernels that transformers' eager modules run
+  between the products (:func:`elementwise_bytes_per_token`: RMSNorm's float32 round trip, the rotary embedding,
+  the GQA key/value ``repeat_interleave`` of the prompt, the residual adds, the FFN activation) and the argmax's
+  read of the logits;
+* attention blocks ``N_blk``: the thread blocks of the flash varlen decode kernel, one per request, key/value head
+  and layer (the query heads of a group share their key/value head's block).
 
 Its time (seconds) is
 
-    busy_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att, K / B_kv)
+    busy_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att, K / B_kv) + A / B_el + N_blk * t_blk
     t_k    = busy_k + t_pass                [overhead "add"]     or   comb(busy_k, t_pass)   [overhead "overlap"]
 
-with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``B_w``, ``B_kv`` effective bandwidths (bytes/s),
+with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``B_w``, ``B_kv``, ``B_el`` effective bandwidths (bytes/s),
+``t_blk`` the fixed time of one decode attention block (seconds: its prologue and epilogue, loading the query and
+writing the normalised output, and its partly filled last key tile, spread over the SMs),
 ``t_pass`` a fixed cost of every forward pass (seconds: the graph launch or eager dispatch, the argmax and token
 copy, the many small kernels of an unfused engine whose size the counts above do not follow) and ``comb`` one of
 
@@ -34,8 +42,14 @@ The energy (joules) charges the busy part of each pass at ``P_busy`` and the res
 so the mean power is ``P_oh + (P_busy - P_oh) u`` with ``u`` the busy fraction of the time; both powers are bounded
 by the GPU's power cap. Most of our H100 grid runs at the 700 W cap, and ``P_busy`` comes out just below it.
 
-:attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products) is counted but not
-in the time: as a term ``A / B_act`` it raised the leave-one-model-out error (data/calibration/evaluation.md).
+:attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products, once each) is counted
+but not in the time: as a term ``A / B_act`` it raised the leave-one-model-out error. The elementwise bytes ``A``
+above replace it: they follow the kernels the modules really run (an RMSNorm moves 36 bytes per element of the
+hidden state, a fused LayerNorm 4), which differ 3.7x per token between OPT-1.3B and Qwen2-1.5B; with them the
+matmul rate comes out near 500 TFLOP/s for all three models, where without them OPT's prefill ran 1.3x faster
+per FLOP than Llama's and Qwen2's. The decode attention blocks make the step time of MHA (OPT, 32 key/value heads)
+and GQA models (8 and 2) agree: per request and layer the block count differs 16x between OPT and Qwen2 while the
+bytes per key differ 8x.
 
 ``F_mm`` is the unpadded count. GEMM quantisation was tried on the H100 grids and not kept (smooth/add, mean
 leave-one-model-out MAPE 5.16% with the plain count): padding each product (q, k, v, o, gate, up, down as the
@@ -88,11 +102,16 @@ SMOOTH_P = 4.0
 PARAM_UNITS = {
     "matmul_flops_s": "FLOP/s", "attention_flops_s": "FLOP/s", "weight_bytes_s": "bytes/s",
     "kv_bytes_s": "bytes/s", "pass_overhead_s": "s", "busy_power_w": "W", "overhead_power_w": "W",
+    "elementwise_bytes_s": "bytes/s", "attention_block_s": "s",
 }
 PARAM_NAMES = tuple(PARAM_UNITS)
 #: Scale of each parameter inside the fit (lmfit sees values of order 1-1000).
 _SCALE = {"matmul_flops_s": 1e12, "attention_flops_s": 1e12, "weight_bytes_s": 1e12, "kv_bytes_s": 1e12,
-          "pass_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0}
+          "pass_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0, "elementwise_bytes_s": 1e12,
+          "attention_block_s": 1e-9}
+#: Rates (must be positive) and fixed times (non-negative) among the parameters.
+_RATES = ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s")
+_TIMES = ("pass_overhead_s", "attention_block_s")
 #: The torch engine's settings that the schedule depends on.
 ENGINE_MEMORY_FRACTION = 0.92
 ENGINE_PREFILL_TOKENS = 16384
@@ -116,6 +135,45 @@ def activation_bytes_per_token(arch: Architecture) -> float:
     return float(arch.num_layers * per_layer * arch.bytes_per_element)
 
 
+#: Bytes per element of the hidden state moved by one normalisation: transformers' RMSNorm casts to float32
+#: (read 2, write 4), squares (4 + 4), takes the mean (4), scales (4 + 4), casts back (4 + 2) and multiplies by its
+#: weight (2 + 2): 36 bytes in 6 kernels; ``nn.LayerNorm`` is one fused kernel (read 2, write 2).
+NORM_BYTES = {"rms": 36, "layer": 4}
+
+
+def elementwise_bytes_per_token(arch: Architecture, prefill: bool) -> float:
+    """Bytes that the elementwise kernels of one token's pass move through memory, over all layers (float16).
+
+    The kernels that transformers' eager modules run between the products (matmuls, attention and the KV-cache
+    writes are counted elsewhere), each reading its inputs and writing its output:
+
+    * the normalisations, :data:`NORM_BYTES` per element of the hidden state, ``norms_per_layer`` per layer and
+      the final one;
+    * two residual adds per layer (read 4, write 2 bytes per element of the hidden state);
+    * the FFN activation: a gated FFN's ``act(gate) * up`` reads and writes 10 bytes per intermediate element
+      (act 2 + 2, product 4 + 2), a plain FFN's activation 4;
+    * the rotary embedding of the queries and keys, ``q * cos + rotate_half(q) * sin``: 20 bytes per element
+      (two products 4 each, the negated half 2, the concatenation 4, the sum 6);
+    * in a prompt, the GQA key/value heads repeated to every query head (``repeat_interleave``, the torch
+      engine's prefill): read ``kv_width``, write ``q_width``, for keys and values (decode folds the query heads);
+    * learned positions: the sum of the two embedding rows (6 bytes per element, once per token).
+
+    These are the kernels of the ``hf`` (torch) engine that measured the committed grids; an engine that fuses
+    them (the compiled ``lean`` engine) moves fewer bytes and needs its own calibration. A one-off trace of that
+    engine's aten ops on the meta device (not kept in the repository) agreed with these counts to 0.3% for
+    Llama-3.2-1B, OPT-1.3B and Qwen2-1.5B, with OPT's query scaling (4 bytes per query element) left out.
+    """
+    d, i, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_width, arch.kv_width
+    norm = NORM_BYTES[arch.norm]
+    per_layer = arch.norms_per_layer * norm * d + 12 * d + (10 if arch.ffn_kind == "gated" else 4) * i
+    if arch.position == "rope":
+        per_layer += 20 * (q + kv)
+    if prefill and arch.num_heads > arch.num_kv_heads:
+        per_layer += 4 * (q + kv)
+    total = arch.num_layers * per_layer + norm * d + (6 * d if arch.position == "learned" else 0)
+    return float(total * arch.bytes_per_element / 2)
+
+
 def _gather_bytes(arch: Architecture, tokens) -> np.ndarray:
     rows = 2 if arch.position == "learned" else 1
     return rows * np.asarray(tokens, dtype=float) * arch.hidden_size * arch.bytes_per_element
@@ -136,6 +194,10 @@ class PassCounts:
         other_bytes: Logits written and embedding rows gathered (bytes).
         activation_bytes: Activation tensors written between the layers' products: per token
             ``L * (d + d_ff + q_width + 2 kv_width)`` elements (bytes; counted, not used by :func:`phase_energy`).
+        elementwise_bytes: Bytes of the elementwise kernels (:func:`elementwise_bytes_per_token` per token) and
+            the argmax's read of the logits (bytes).
+        attention_blocks: Decode attention thread blocks, batch x key/value heads x layers (0 for a prefill
+            chunk, whose blocks carry 128 query rows each).
         layers: Decoder layers L of the architecture.
         n_in: Prompt length (tokens).
         n_out: Output length (tokens).
@@ -153,6 +215,8 @@ class PassCounts:
     kv_bytes: np.ndarray
     other_bytes: np.ndarray
     activation_bytes: np.ndarray
+    elementwise_bytes: np.ndarray
+    attention_blocks: np.ndarray
     layers: int
     n_in: int
     n_out: int
@@ -187,14 +251,17 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
     att_per_key = 4 * arch.num_heads * arch.head_dim
     logits = arch.vocab_size * bpe
     act = activation_bytes_per_token(arch)
+    elem = {0: elementwise_bytes_per_token(arch, True), 1: elementwise_bytes_per_token(arch, False)}
+    blocks = {0: 0.0, 1: float(arch.num_kv_heads * arch.num_layers)}
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("phase", "repeat", "batch", "mm", "att", "w", "kv", "o",
-                                                         "act")}
+                                                         "act", "el", "blk")}
 
     def add(phase, repeat, b, mm, att, kv, o, tokens):
         n = len(b)
         for key, value in (("phase", np.full(n, phase)), ("repeat", np.full(n, float(repeat))), ("batch", b),
                            ("mm", mm), ("att", att), ("w", np.full(n, w)), ("kv", kv), ("o", o),
-                           ("act", tokens * act)):
+                           ("act", tokens * act), ("el", tokens * elem[phase] + b * logits),
+                           ("blk", b * blocks[phase])):
             cols[key].append(np.asarray(value, dtype=float))
 
     counts: dict[int, int] = {}
@@ -214,7 +281,8 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
                 b)
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     return PassCounts(cat["phase"].astype(int), cat["repeat"], cat["batch"], cat["mm"], cat["att"], cat["w"],
-                      cat["kv"], cat["o"], cat["act"], arch.num_layers, n_in, n_out, n_req, max(sizes), waves)
+                      cat["kv"], cat["o"], cat["act"], cat["el"], cat["blk"], arch.num_layers, n_in, n_out, n_req,
+                      max(sizes), waves)
 
 
 # ----- the engine's batch rule --------------------------------------------------------------
@@ -261,6 +329,8 @@ class PhysicsParams:
         pass_overhead_s: Fixed cost of every forward pass t_pass (seconds).
         busy_power_w: Power while kernels run P_busy (watts).
         overhead_power_w: Power during the per-pass overhead P_oh (watts).
+        elementwise_bytes_s: Effective bandwidth of the elementwise kernels B_el (bytes/s).
+        attention_block_s: Fixed time of one decode attention block t_blk (seconds).
     """
 
     matmul_flops_s: float
@@ -270,13 +340,15 @@ class PhysicsParams:
     pass_overhead_s: float
     busy_power_w: float
     overhead_power_w: float
+    elementwise_bytes_s: float
+    attention_block_s: float
 
     def __post_init__(self) -> None:
         for key in PARAM_NAMES:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key} must be a non-negative finite number, got {value!r}")
-        for key in ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s"):
+        for key in _RATES:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
 
@@ -342,7 +414,8 @@ def phase_energy(counts: PassCounts, params: PhysicsParams, combine: str = "smoo
     p = params
     busy = (_combine(counts.matmul_flops / p.matmul_flops_s, (counts.weight_bytes + counts.other_bytes)
                      / p.weight_bytes_s, combine)
-            + _combine(counts.attention_flops / p.attention_flops_s, counts.kv_bytes / p.kv_bytes_s, combine))
+            + _combine(counts.attention_flops / p.attention_flops_s, counts.kv_bytes / p.kv_bytes_s, combine)
+            + counts.elementwise_bytes / p.elementwise_bytes_s + counts.attention_blocks * p.attention_block_s)
     launch = np.full_like(busy, p.pass_overhead_s)
     if overhead == "overlap":
         step = _combine(busy, launch, combine)
@@ -436,7 +509,7 @@ class Calibration:
         mean = self.params.vector()
         cov = np.nan_to_num(np.asarray(self.covariance, dtype=float))
         draws = rng.multivariate_normal(mean, cov, size=4 * n, method="eigh", check_valid="ignore")
-        rates = [PARAM_NAMES.index(k) for k in ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s")]
+        rates = [PARAM_NAMES.index(k) for k in _RATES]
         keep = (draws[:, rates] > 0).all(axis=1) & (draws >= 0).all(axis=1)
         draws = draws[keep][:n]
         if len(draws) < min(n, 10):
@@ -502,7 +575,8 @@ def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_
 
 #: Start values of the fit (SI units): a H100-like GPU.
 START = PhysicsParams(matmul_flops_s=400e12, attention_flops_s=200e12, weight_bytes_s=2.5e12, kv_bytes_s=2.5e12,
-                      pass_overhead_s=1e-3, busy_power_w=690.0, overhead_power_w=400.0)
+                      pass_overhead_s=1e-3, busy_power_w=690.0, overhead_power_w=400.0,
+                      elementwise_bytes_s=2.5e12, attention_block_s=10e-9)
 
 
 @dataclass
@@ -562,7 +636,7 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         value = getattr(start, k) / _SCALE[k]
         if k.endswith("power_w"):
             params.add(k, value=min(value, power_cap_w * 0.999), min=0.0, max=power_cap_w)
-        elif k == "pass_overhead_s":
+        elif k in _TIMES:
             params.add(k, value=value, min=0.0, max=1e5)
         else:
             params.add(k, value=value, min=value * 1e-3, max=value * 1e3)
