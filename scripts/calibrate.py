@@ -186,9 +186,10 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
         "    t    = busy + t_pass   [add]     or   comb(busy, t_pass)   [overlap]",
         "    E    = P_busy * busy + P_oh * (t - busy)", "",
         "F_mm: matmul FLOPs (projections, FFN, LM head); F_att: attention FLOPs; W: weight bytes (read once per pass); "
-        "O: logits written and embedding rows gathered; A: bytes of the unfused elementwise kernels of the eager modules "
-        "(norms, rotary embedding, residual adds, FFN activation, the prompt's GQA repeat, the argmax's logits read); "
-        "N_blk: decode attention thread blocks (batch x key/value heads x layers), each with a fixed time t_blk; K: KV bytes of the live context (the engine's flash varlen "
+        "O: logits written and embedding rows gathered; A: bytes of the unfused elementwise kernels of the eager "
+        "modules (norms, rotary embedding, residual adds, FFN activation, the prompt's GQA repeat, the argmax's logits "
+        "read); N_blk: decode attention thread blocks (batch x key/value heads x layers), each with a fixed time "
+        "t_blk; K: KV bytes of the live context (the engine's flash varlen "
         "decode reads the live keys, not the 256-token bucket) and the new token's write. t_pass is one fixed cost "
         "per forward pass, the same for every model (launch, argmax, the small unfused kernels the counts do not "
         "follow); a per-layer cost L*t_layer did not transfer across models, and an activation-traffic term "
