@@ -21,7 +21,7 @@ from energybook.measure.engines import EngineUnavailable, WaveEngine  # noqa: E4
 from energybook.measure.lean_engine import LeanEngine  # noqa: E402
 from energybook.model import complexity as C  # noqa: E402
 
-from .tiny import _SMALL, tiny_config, tiny_family_config  # noqa: E402
+from .tiny import _SMALL, TINY_FAMILIES, tiny_config, tiny_family_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Buckets of 4 tokens below 64 keys, then 8: the tests' requests cross several.
@@ -35,9 +35,11 @@ def _config(tmp_path, key: str):
                "opt": "OPT-1.3B"}
     if key in shipped:  # llama3 rotary scaling and tied embeddings; all biases (Granite Code's llama); q/k/v biases
         cfg = json.loads(tiny_config(tmp_path, shipped[key]).read_text())
-    elif key == "falcon":  # Falcon-RW: ALiBi, multi-head, LayerNorms with biases, GELU
-        cfg = json.loads(tiny_family_config(tmp_path, "falcon").read_text())
-    elif key in ("gemma", "gemma2", "qwen2:window"):  # Gemma 2: windows of 4 tokens, a strong soft-cap
+    elif key in TINY_FAMILIES and key not in ("mistral", "granite"):  # (their own tiny configurations below)
+        # falcon: Falcon-RW (ALiBi, multi-head, LayerNorms with biases, GELU); falcon:rotary, falcon:new,
+        # falcon:new1, falcon:rotary-mha: its other layouts; gpt_neox (parallel residual, a quarter of each head
+        # rotary), gpt_neox:sequential; starcoder2 (a window of 4 tokens), starcoder2:full; Gemma 2: windows of 4
+        # tokens, a strong soft-cap
         cfg = json.loads(tiny_family_config(tmp_path, key).read_text())
     elif key == "mistral:window":  # a window of 4 tokens on every layer
         cfg = json.loads(tiny_family_config(tmp_path, "mistral").read_text())
@@ -63,13 +65,16 @@ def _reference(tmp_path, key: str):
     with torch.no_grad():
         for name, p in ref.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            p.copy_(1 + 0.1 * noise if p.ndim == 1 and "norm" in name and name.endswith("weight") else 0.1 * noise)
+            norm = "norm" in name or ".ln_" in name or name.startswith("ln_")  # Falcon's ln_attn, ln_mlp, ln_f
+            p.copy_(1 + 0.1 * noise if p.ndim == 1 and norm and name.endswith("weight") else 0.1 * noise)
     ref.generation_config.eos_token_id = None  # the engine ignores EOS: generate must neither stop nor ban it
     return ref
 
 
 @pytest.fixture(scope="module", params=["llama", "llama:bias", "qwen2", "mistral", "granite", "opt", "falcon", "gemma",
-                                        "gemma2", "mistral:window", "qwen2:window"])
+                                        "gemma2", "mistral:window", "qwen2:window", "falcon:rotary", "falcon:new",
+                                        "falcon:new1", "falcon:rotary-mha", "gpt_neox", "gpt_neox:sequential",
+                                        "starcoder2", "starcoder2:full"])
 def pair(request, tmp_path_factory):
     """(transformers model, lean engine re-packed from its weights)."""
     ref = _reference(tmp_path_factory.mktemp("cfg"), request.param)
@@ -284,7 +289,7 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
         strict.generate(5, 9, 2000)
 
 
-@pytest.mark.parametrize("key", ["phi3", "gpt_neox", "starcoder2"])
+@pytest.mark.parametrize("key", ["phi3"])
 def test_other_families_are_refused_by_name(tmp_path, key):
     family = key.split(":")[0]
     with pytest.raises(EngineUnavailable, match=f"does not run the '{family}' family.*--engine hf"):
@@ -300,8 +305,36 @@ def test_unsupported_features_are_refused(tmp_path):
         path.write_text(json.dumps(dict(cfg, **change)))
         with pytest.raises(EngineUnavailable, match=match):
             LeanEngine(path, device="cpu")
-    with pytest.raises(EngineUnavailable, match="new decoder architecture.*--engine hf"):
-        LeanEngine(tiny_family_config(tmp_path, "falcon:new"), device="cpu")
+    falcon = json.loads(tiny_family_config(tmp_path, "falcon").read_text())  # Falcon-RW: ALiBi, sequential, MHA
+    new = json.loads(tiny_family_config(tmp_path, "falcon:new").read_text())
+    for base, change, match in [(falcon, dict(multi_query=True), "ALiBi and multi-query attention.*--engine hf"),
+                                (falcon, dict(parallel_attn=True), "ALiBi and parallel attention.*--engine hf"),
+                                (new, dict(alibi=True), "ALiBi and .*the new decoder architecture.*--engine hf"),
+                                (new, dict(parallel_attn=False), "new decoder architecture without parallel"),
+                                (dict(new, new_decoder_architecture=False), dict(num_ln_in_parallel_attn=2),
+                                 "two parallel LayerNorms.*--engine hf"),
+                                (new, dict(activation="relu"), "'relu'.*--engine hf"),
+                                (new, dict(rope_parameters=dict(rope_theta=1e4, partial_rotary_factor=0.5)),
+                                 "partial rotary.*GPT-NeoX only.*--engine hf")]:
+        path.write_text(json.dumps(dict(base, **change)))
+        with pytest.raises(EngineUnavailable, match=match):
+            LeanEngine(path, device="cpu")
+    neox = json.loads(tiny_family_config(tmp_path, "gpt_neox").read_text())
+    for change, match in [(dict(hidden_act="gelu_fast"), "'gelu_fast'.*not gated.*--engine hf"),
+                          (dict(rope_parameters=dict(rope_theta=1e4, partial_rotary_factor=0.1)),
+                           "partial rotary.*0.1, 1 of 16.*even.*--engine hf"),
+                          (dict(rope_parameters=dict(rope_theta=1e4, rope_type="yarn", factor=2.0)),
+                           "'yarn'.*--engine hf")]:
+        path.write_text(json.dumps(dict(neox, **change)))
+        with pytest.raises(EngineUnavailable, match=match):
+            LeanEngine(path, device="cpu")
+    starcoder = json.loads(tiny_family_config(tmp_path, "starcoder2").read_text())
+    for change, match in [(dict(hidden_act="gelu_new"), "'gelu_new'.*--engine hf"),
+                          (dict(rope_parameters=dict(rope_theta=1e4, partial_rotary_factor=0.5)),
+                           "partial rotary.*--engine hf")]:
+        path.write_text(json.dumps(dict(starcoder, **change)))
+        with pytest.raises(EngineUnavailable, match=match):
+            LeanEngine(path, device="cpu")
     opt = json.loads(tiny_config(tmp_path, "OPT-1.3B").read_text())
     for change, match in [(dict(do_layer_norm_before=False), "post-LayerNorm.*--engine hf"),
                           (dict(activation_function="gelu"), "'gelu'.*--engine hf")]:
@@ -312,6 +345,41 @@ def test_unsupported_features_are_refused(tmp_path):
         LeanEngine(tiny_config(tmp_path), device="cpu", decode_attention="paged")
     with pytest.raises(ValueError, match="unknown model"):
         LeanEngine("No-Such-Model", device="cpu")
+
+
+@pytest.mark.parametrize("key", ["falcon:rotary", "falcon:new", "falcon:new1", "gpt_neox", "starcoder2"])
+def test_fused_and_parallel_layouts_run_with_dummy_weights(tmp_path, key):
+    """Dummy weights in the engine's layout (fused q, k, v rows; Falcon's one LayerNorm held as both of a parallel
+    block's norms) generate, and their FLOPs equal the exact counts."""
+    eng = LeanEngine(tiny_family_config(tmp_path, key), device="cpu", max_batch=4, **TINY_BUCKETS)
+    a = eng.arch
+    assert eng.weights == "dummy" and eng.settings["config"]["parallel"] == (key != "starcoder2")
+    layer = eng.layers[0]
+    assert layer.wqkv.shape == (a.q_width + 2 * a.kv_width, a.hidden_size)
+    assert (layer.ffn_norm is layer.attn_norm) == (a.norms_per_layer == 1) == (key in ("falcon:rotary", "falcon:new1"))
+    assert eng.generate(5, 9, 2, return_tokens=True).tokens_out == 18
+    w = eng._wave
+    prompts = torch.randint(0, eng.vocab, (2, 4))
+    assert _count(lambda: eng._prefill(prompts, w, slice(0, 2))) == C.prefill(a.replace(dtype="float32"), 4, 2).flops
+
+
+def test_gpt_neox_rotary_settings_as_transformers_reads_them(tmp_path):
+    """GPT-NeoX's config.json names (``rotary_pct``, ``rotary_emb_base``; transformers 5's default fraction 0.25)
+    and transformers 5's ``rope_parameters`` give the rotary dimensions and base transformers uses."""
+    from energybook.model.architecture import Architecture
+
+    cfg = json.loads(tiny_family_config(tmp_path, "gpt_neox").read_text())
+    cfg.pop("rope_parameters")
+    arch = Architecture.from_hf_config(cfg, name="neox")
+    for change in ({}, dict(rotary_pct=0.5, rotary_emb_base=500), dict(rotary_pct=1.0)):
+        ours = LE.read_config(arch, dict(cfg, **change))
+        given = {k: v for k, v in dict(cfg, **change).items() if k not in ("model_type", "torch_dtype", "dtype")}
+        params = transformers.AutoConfig.for_model("gpt_neox", **given).rope_parameters
+        rotary = int(arch.head_dim * params["partial_rotary_factor"])
+        assert (ours.rotary_dim or arch.head_dim, ours.rope_theta) == (rotary, params["rope_theta"]), change
+        again = LE.read_config(arch, dict(cfg, rope_parameters=params))  # as transformers 5's to_dict writes it
+        assert (again.rotary_dim, again.rope_theta) == (ours.rotary_dim, ours.rope_theta)
+    assert LE.read_config(arch, dict(cfg, rotary_pct=0.5, use_parallel_residual=False)).parallel is False
 
 
 def test_lengths_beyond_positions_are_refused_like_the_hf_engine(tmp_path, pair, caplog):
@@ -357,8 +425,9 @@ def test_sliding_windows_are_applied_per_layer(tmp_path):
     assert plain._path(4, 8, plain._state(2, 16), tune=False) == "split"
 
 
-def test_checkpoint_folder_loads_real_weights(tmp_path):
-    ref = _reference(tmp_path, "qwen2")
+@pytest.mark.parametrize("key", ["qwen2", "gpt_neox", "falcon:new1"])
+def test_checkpoint_folder_loads_real_weights(tmp_path, key):
+    ref = _reference(tmp_path, key)
     ref.save_pretrained(tmp_path / "ckpt")
     loaded = LeanEngine(tmp_path / "ckpt", device="cpu", **TINY_BUCKETS)
     assert loaded.weights == "checkpoint" and loaded.settings["weights"] == "checkpoint"

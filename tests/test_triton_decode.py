@@ -92,7 +92,8 @@ def test_kernel_matches_softmax_attention_in_the_interpreter():
     for case, (shape, err) in zip(cases, got):
         b, k, g, d = case[:4]
         assert shape == [b, k, g, d]
-        assert err < (2e-3 if case[6] == "float16" else 1e-5), (case, err)
+        capped = len(case) > 8 and "softcap" in case[8]  # tanh through the sigmoid: a few ulps more
+        assert err < (2e-3 if case[6] == "float16" else 5e-5 if capped else 1e-5), (case, err)
 
 
 @pytest.mark.skipif(not T.available(), reason="Triton is not installed")

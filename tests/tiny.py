@@ -45,6 +45,18 @@ TINY_FAMILIES = {
     "starcoder2": (None, dict(_SMALL, intermediate_size=128, num_key_value_heads=2, sliding_window=4,
                               bos_token_id=1, eos_token_id=1)),
     "gpt_neox": (None, dict(_SMALL, intermediate_size=128, rotary_pct=0.25)),
+    # Falcon-7B's layout: rotary, multi-query, attention and MLP in parallel from one LayerNorm
+    "falcon:rotary": (None, dict(_SMALL, alibi=False, multi_query=True, parallel_attn=True, ffn_hidden_size=128)),
+    # Falcon-11B's: the new decoder architecture with one LayerNorm, biases on
+    "falcon:new1": (None, dict(_SMALL, new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1,
+                               bias=True, ffn_hidden_size=128)),
+    # the old architecture's rotary, multi-head, sequential layout with biases
+    "falcon:rotary-mha": (None, dict(_SMALL, alibi=False, multi_query=False, parallel_attn=False, bias=True,
+                                     ffn_hidden_size=128)),
+    "gpt_neox:sequential": (None, dict(_SMALL, intermediate_size=128, rotary_pct=0.5, use_parallel_residual=False,
+                                       attention_bias=False)),
+    "starcoder2:full": (None, dict(_SMALL, intermediate_size=128, num_key_value_heads=2, sliding_window=None,
+                                   bos_token_id=1, eos_token_id=1)),
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``lean`` engine: a decoder written for inference after PyTorch's gpt-fast (llama, qwen2, OPT, Falcon-RW...).
+"""The ``lean`` engine: a decoder written for inference after PyTorch's gpt-fast (llama, qwen2, OPT, Falcon...).
 
 The ``hf`` engine (:mod:`energybook.measure.torch_engine`) runs stock transformers modules. This one is a
 short model of its own, built from the :class:`~energybook.model.architecture.Architecture` and the Hugging
@@ -47,8 +47,15 @@ Face configuration, with nothing in the measured path that the workload does not
 
 Families: llama (with Llama 3.x's ``llama3`` rotary scaling, ``linear`` scaling, biases), mistral, qwen2
 (q/k/v biases), granite (its embedding, residual, attention and logits multipliers), OPT (pre-LayerNorm with
-biases, ReLU, learned positions at offset 2) and Falcon-RW (ALiBi, multi-head, sequential attention and MLP with
-two LayerNorms, GELU; its fused per-head QKV re-packed as q, k, v). With ALiBi the bias of every key position is
+biases, ReLU, learned positions at offset 2), StarCoder2 (LayerNorms with biases, GQA, biases on every product,
+a plain tanh-GELU FFN, a sliding window on every layer when set), GPT-NeoX (Pythia: parallel or sequential
+residual, partial rotary embeddings on the first ``rotary_pct`` of each head, GELU, untied ``embed_out``) and
+Falcon: Falcon-RW (ALiBi, multi-head, sequential attention and MLP with two LayerNorms, GELU), Falcon-7B's layout
+(rotary, multi-query, attention and MLP in parallel from one LayerNorm) and the new decoder architecture (rotary,
+GQA, parallel attention and MLP from two LayerNorms or one). Fused QKV matrices (GPT-NeoX's and multi-head
+Falcon's per head, the new decoder's per KV head: its queries, key and value) are re-packed as all queries, keys,
+values (:data:`QKV_LAYOUTS`); a parallel block computes ``x + (ffn(norm2(x)) + attn(norm1(x)))`` in one
+:func:`_block_out`. With ALiBi the bias of every key position is
 built once per wave state as transformers builds it (the slope in bfloat16 times the position, divided by
 sqrt(h)); decode attends through ``masked`` (SDPA with the bias as its mask) or ``triton`` (the slope in the
 kernel), as flash's prefix and varlen kernels take no bias; prefill uses SDPA with a (1, H, n, n) causal mask
@@ -63,9 +70,10 @@ Sliding windows (Gemma 2, Mistral, Qwen2 with ``use_sliding_window``) are applie
 ``masked`` masks the others; the ways chosen wherever a window binds), and a prompt longer than its window, or
 any prompt with soft-capped logits, attends through FlexAttention with a causal, windowed block mask and the cap
 as its score modification. The KV cache keeps every position of every layer (no ring buffer for the windowed
-layers), so batches are no larger than without a window. Every other family is
-refused by name in the constructor with :class:`~energybook.measure.engines.EngineUnavailable`: measure it
-with ``--engine hf``.
+layers), so batches are no larger than without a window. Every other family (Phi-3), and every layout or feature
+of these families the engine does not implement (ALiBi outside Falcon-RW's layout, partial rotary embeddings
+outside GPT-NeoX, other activations and rotary scalings), is refused by name in the constructor with
+:class:`~energybook.measure.engines.EngineUnavailable`: measure it with ``--engine hf``.
 
 Used in :doc:`/book/experiment`.
 """
@@ -88,7 +96,7 @@ from energybook.model.complexity import check_positive
 logger = logging.getLogger(__name__)
 
 #: The ``model_type`` values this engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "granite", "gemma", "gemma2", "opt", "falcon")
+FAMILIES = ("llama", "mistral", "qwen2", "granite", "gemma", "gemma2", "opt", "falcon", "gpt_neox", "starcoder2")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
 DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
 #: The ways that apply a sliding window and Gemma 2's logit soft-capping (flash's kernels here take neither).
@@ -96,6 +104,13 @@ WINDOWED = ("masked", "triton")
 ROPE_TYPES = ("default", "linear", "llama3")
 #: Activations of a gated FFN: the configuration's name -> the engine's (SiLU; Gemma's tanh-approximated GELU).
 GATED_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+#: Activations of an FFN that is not gated (GPT-NeoX, StarCoder2): the configuration's name -> the engine's.
+PLAIN_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+#: Layouts of a fused QKV matrix in transformers' weights (:meth:`LeanEngine._pack_fused`): ``"per_head"`` (q, k, v
+#: of head 0, then head 1, ...: GPT-NeoX, multi-head Falcon), ``"per_group"`` (the G queries, key and value of KV
+#: head 0, then of KV head 1, ...: Falcon's new decoder architecture) and ``"stacked"`` (all queries, then all keys,
+#: then all values: multi-query Falcon, the engine's own layout).
+QKV_LAYOUTS = ("per_head", "per_group", "stacked")
 
 
 def _torch():
@@ -123,7 +138,8 @@ class LeanConfig:
         logits_scaling: Granite: the logits are divided by it (greedy tokens do not change).
         layer_norm: LayerNorm with a bias (OPT) instead of RMSNorm; its epsilon is ``rms_norm_eps``.
         gated: A SiLU-gated FFN (gate and up products); False: one product and ``act``.
-        act: The activation of an FFN that is not gated: ``"relu"`` (OPT) or ``"gelu"`` (Falcon).
+        act: The activation of an FFN that is not gated: ``"relu"`` (OPT), ``"gelu"`` (Falcon, GPT-NeoX) or
+            ``"gelu_tanh"`` (StarCoder2).
         positions: ``"rope"`` (rotary), ``"learned"`` (OPT: a table of position embeddings added to the token
             embeddings, read at position + ``position_offset``) or ``"alibi"`` (Falcon-RW: a bias of each query head's
             slope times the key's position, added to the attention logits).
@@ -138,6 +154,13 @@ class LeanConfig:
             measured step, as the model does; greedy tokens do not change).
         windows: The sliding window of each layer (tokens; None for a full-attention layer), or () when no layer
             slides.
+        rotary_dim: Partial rotary embeddings (GPT-NeoX's ``rotary_pct``): rotary on the first ``rotary_dim``
+            dimensions of each query and key head, the others passed through; None: the whole head.
+        parallel: Attention and FFN read the same block input and are summed, ``x + (ffn(norm2(x)) + attn(norm1(x)))``
+            (GPT-NeoX's ``use_parallel_residual``, Falcon's ``parallel_attn``; Falcon's single-norm layouts hold one
+            norm as both); False: sequential, ``x + attn``, then its FFN.
+        qkv_layout: How transformers' weights fuse q, k and v (:data:`QKV_LAYOUTS`), or ``"separate"`` (q_proj,
+            k_proj, v_proj).
     """
 
     rms_norm_eps: float = 1e-6
@@ -159,6 +182,9 @@ class LeanConfig:
     attn_softcap: float | None = None
     final_softcap: float | None = None
     windows: tuple = ()
+    rotary_dim: int | None = None
+    parallel: bool = False
+    qkv_layout: str = "separate"
 
     def to_dict(self) -> dict:
         """Plain values for :attr:`LeanEngine.settings`."""
@@ -178,9 +204,10 @@ def read_config(arch, cfg: dict) -> LeanConfig:
     transformers 4) and ``rope_parameters`` (transformers 5's ``to_dict``).
 
     Raises:
-        EngineUnavailable: for a family outside :data:`FAMILIES`, an activation outside :data:`GATED_ACTS`, a rotary
-            scaling other than :data:`ROPE_TYPES`, partial rotary embeddings, or bidirectional attention;
-            the message says to use ``--engine hf``.
+        EngineUnavailable: for a family outside :data:`FAMILIES`, an activation outside :data:`GATED_ACTS` (or
+            :data:`PLAIN_ACTS`), a rotary scaling other than :data:`ROPE_TYPES`, partial rotary embeddings outside
+            GPT-NeoX, bidirectional attention, or a Falcon layout the engine does not run; the message says to use
+            ``--engine hf``.
     """
     if arch.model_type not in FAMILIES:
         raise EngineUnavailable(f"the lean engine does not run the {arch.model_type!r} family ({arch.name}): it "
@@ -189,6 +216,10 @@ def read_config(arch, cfg: dict) -> LeanConfig:
         return _read_opt(arch, cfg)
     if arch.model_type == "falcon":
         return _read_falcon(arch, cfg)
+    if arch.model_type == "gpt_neox":
+        return _read_gpt_neox(arch, cfg)
+    if arch.model_type == "starcoder2":
+        return _read_starcoder2(arch, cfg)
     gemma = arch.model_type in ("gemma", "gemma2")
     if arch.model_type == "gemma2":
         act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
@@ -200,33 +231,8 @@ def read_config(arch, cfg: dict) -> LeanConfig:
     if act not in GATED_ACTS:
         raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements gated FFNs with "
                                 f"{', '.join(GATED_ACTS)} only; {_instead(arch)}")
-    if cfg.get("use_bidirectional_attention"):
-        raise EngineUnavailable(f"{arch.name}: use_bidirectional_attention is set; the lean engine runs causal "
-                                f"decoders only; {_instead(arch)}")
-    params = dict(cfg.get("rope_parameters") or {})
-    if isinstance(params.get("full_attention"), dict):  # per-layer-type parameters: one layer type here
-        params = dict(params["full_attention"])
-    scaling = cfg.get("rope_scaling") or {}
-    if not isinstance(scaling, dict) or not isinstance(params, dict):
-        raise EngineUnavailable(f"{arch.name}: rope_scaling must be an object; {_instead(arch)}")
-    params = {**params, **scaling}
-    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
-    params.pop("type", None)
-    theta = cfg.get("rope_theta") or params.pop("rope_theta", None) or 10000.0
-    params.pop("rope_theta", None)
-    if rope_type not in ROPE_TYPES:
-        raise EngineUnavailable(f"{arch.name}: rotary scaling {rope_type!r}; the lean engine implements "
-                                f"{', '.join(ROPE_TYPES)}; {_instead(arch)}")
-    partial = params.pop("partial_rotary_factor", None) or cfg.get("partial_rotary_factor") or 1.0
-    if partial != 1.0:
-        raise EngineUnavailable(f"{arch.name}: partial rotary embeddings ({partial}); {_instead(arch)}")
-    if rope_type == "llama3":
-        params.setdefault("original_max_position_embeddings", arch.max_position_embeddings)
-        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in params]
-        if missing:
-            raise ValueError(f"{arch.name}: llama3 rotary scaling lacks {missing}")
-    if rope_type == "linear" and "factor" not in params:
-        raise ValueError(f"{arch.name}: linear rotary scaling lacks 'factor'")
+    _no_bidirectional(arch, cfg)
+    rope = _read_rope(arch, cfg)
     granite = arch.model_type == "granite"
     scale = float(cfg.get("attention_multiplier", 1.0)) if granite else arch.head_dim ** -0.5
     logits_scaling = float(cfg.get("logits_scaling", 1.0)) if granite else 1.0
@@ -242,12 +248,93 @@ def read_config(arch, cfg: dict) -> LeanConfig:
                      final_softcap=_softcap(arch, cfg, "final_logit_softcapping") if gemma2 else None)
     multiplier = arch.hidden_size ** 0.5 if gemma else float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0
     return LeanConfig(
-        rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6), rope_theta=float(theta), rope_type=rope_type,
-        rope_params={k: v for k, v in params.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
-                                                               "original_max_position_embeddings")},
+        rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6), **rope,
         embedding_multiplier=multiplier, act=GATED_ACTS[act], windows=layer_windows(arch, cfg),
         residual_multiplier=float(cfg.get("residual_multiplier", 1.0)) if granite else 1.0,
         attention_scale=float(scale), logits_scaling=logits_scaling, **extra)
+
+
+def _no_bidirectional(arch, cfg: dict) -> None:
+    if cfg.get("use_bidirectional_attention"):
+        raise EngineUnavailable(f"{arch.name}: use_bidirectional_attention is set; the lean engine runs causal "
+                                f"decoders only; {_instead(arch)}")
+
+
+def _read_rope(arch, cfg: dict, partial_ok: bool = False, partial_default: float = 1.0,
+               theta_default: float = 10000.0) -> dict:
+    """The rotary fields of :class:`LeanConfig` (``rope_theta``, ``rope_type``, ``rope_params``, ``rotary_dim``).
+
+    Args:
+        partial_ok: Partial rotary embeddings are applied (GPT-NeoX); else refused.
+        partial_default: The family's rotary fraction when the configuration names none (GPT-NeoX: 0.25).
+        theta_default: The family's rotary base when the configuration names none.
+
+    Raises:
+        EngineUnavailable: for a rotary scaling outside :data:`ROPE_TYPES`, or partial rotary embeddings where
+            ``partial_ok`` is false (or covering an odd or zero number of dimensions).
+    """
+    params = dict(cfg.get("rope_parameters") or {})
+    if isinstance(params.get("full_attention"), dict):  # per-layer-type parameters: one layer type here
+        params = dict(params["full_attention"])
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(scaling, dict) or not isinstance(params, dict):
+        raise EngineUnavailable(f"{arch.name}: rope_scaling must be an object; {_instead(arch)}")
+    params = {**params, **scaling}
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    theta = cfg.get("rope_theta") or params.pop("rope_theta", None) or theta_default
+    params.pop("rope_theta", None)
+    if rope_type not in ROPE_TYPES:
+        raise EngineUnavailable(f"{arch.name}: rotary scaling {rope_type!r}; the lean engine implements "
+                                f"{', '.join(ROPE_TYPES)}; {_instead(arch)}")
+    partial = params.pop("partial_rotary_factor", None)
+    for key in ("partial_rotary_factor", "rotary_pct"):  # GPT-NeoX's config.json names it rotary_pct
+        partial = cfg.get(key) if partial is None else partial
+    partial = float(partial_default if partial is None else partial)
+    rotary_dim = None
+    if partial != 1.0:
+        rotary_dim = int(arch.head_dim * partial)  # as transformers rounds it
+        if not partial_ok or rotary_dim <= 0 or rotary_dim % 2:
+            raise EngineUnavailable(f"{arch.name}: partial rotary embeddings ({partial}, {rotary_dim} of "
+                                    f"{arch.head_dim} dimensions); the lean engine applies them to GPT-NeoX only, "
+                                    f"over an even number of dimensions; {_instead(arch)}")
+    if rope_type == "llama3":
+        params.setdefault("original_max_position_embeddings", arch.max_position_embeddings)
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in params]
+        if missing:
+            raise ValueError(f"{arch.name}: llama3 rotary scaling lacks {missing}")
+    if rope_type == "linear" and "factor" not in params:
+        raise ValueError(f"{arch.name}: linear rotary scaling lacks 'factor'")
+    return dict(rope_theta=float(theta), rope_type=rope_type, rotary_dim=rotary_dim,
+                rope_params={k: v for k, v in params.items() if k in ("factor", "low_freq_factor", "high_freq_factor",
+                                                                       "original_max_position_embeddings")})
+
+
+def _plain_act(arch, act: str) -> str:
+    if act not in PLAIN_ACTS:
+        raise EngineUnavailable(f"{arch.name}: activation {act!r}; the lean engine implements FFNs that are not "
+                                f"gated with {', '.join(PLAIN_ACTS)} only; {_instead(arch)}")
+    return PLAIN_ACTS[act]
+
+
+def _read_gpt_neox(arch, cfg: dict) -> LeanConfig:
+    """GPT-NeoX (Pythia): LayerNorms with biases, GELU FFN, partial rotary embeddings (``rotary_pct``, default 0.25;
+    base ``rotary_emb_base``), a parallel residual (``use_parallel_residual``, default true) or a sequential one."""
+    _no_bidirectional(arch, cfg)
+    rope = _read_rope(arch, cfg, partial_ok=True, partial_default=0.25,
+                      theta_default=float(cfg.get("rotary_emb_base") or 10000.0))
+    return LeanConfig(rms_norm_eps=float(cfg.get("layer_norm_eps") or 1e-5), attention_scale=arch.head_dim ** -0.5,
+                      layer_norm=True, gated=False, act=_plain_act(arch, cfg.get("hidden_act") or "gelu"),
+                      parallel=bool(cfg.get("use_parallel_residual", True)), qkv_layout="per_head", **rope)
+
+
+def _read_starcoder2(arch, cfg: dict) -> LeanConfig:
+    """StarCoder2: LayerNorms with biases, GQA, rotary, biases everywhere (``use_bias``), a plain FFN (c_fc, c_proj)
+    with ``hidden_act`` (tanh GELU), a sliding window on every layer when ``sliding_window`` is set."""
+    _no_bidirectional(arch, cfg)
+    return LeanConfig(rms_norm_eps=float(cfg.get("norm_epsilon") or 1e-5), attention_scale=arch.head_dim ** -0.5,
+                      layer_norm=True, gated=False, act=_plain_act(arch, cfg.get("hidden_act") or "gelu_pytorch_tanh"),
+                      windows=layer_windows(arch, cfg), **_read_rope(arch, cfg))
 
 
 def _softcap(arch, cfg: dict, key: str) -> float | None:
@@ -283,7 +370,8 @@ def layer_windows(arch, cfg: dict) -> tuple:
 
 
 def inv_freq(head_dim: int, config: LeanConfig):
-    """Rotary inverse frequencies (head_dim / 2,), float32, as transformers computes them for this rope type."""
+    """Rotary inverse frequencies (head_dim / 2,), float32, as transformers computes them for this rope type
+    (``head_dim``: the rotary dimensions, fewer than the head's with partial rotary embeddings)."""
     torch = _torch()
     base = config.rope_theta
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -349,23 +437,44 @@ def _read_opt(arch, cfg: dict) -> LeanConfig:
 
 
 def _read_falcon(arch, cfg: dict) -> LeanConfig:
-    """Falcon-RW's layout: sequential attention and MLP with two LayerNorms, all heads their own K/V, ALiBi, GELU.
+    """Falcon's layouts: LayerNorms with biases, GELU, and
+
+    * Falcon-RW: ALiBi, multi-head, sequential attention and MLP with two LayerNorms;
+    * Falcon-7B's: rotary, multi-query (one KV head), attention and MLP in parallel from one LayerNorm (and the
+      rotary multi-head or sequential variants of the old architecture);
+    * the new decoder architecture (Falcon-40B, 180B, 11B): rotary, GQA (``num_kv_heads``), parallel attention and
+      MLP from two LayerNorms (``ln_attn``, ``ln_mlp``; ``num_ln_in_parallel_attn`` 2, its default) or one (1).
 
     Raises:
-        EngineUnavailable: for Falcon's rotary, multi-query, parallel-attention or new-decoder layouts.
+        EngineUnavailable: for ALiBi outside Falcon-RW's layout, the new decoder architecture without parallel
+            attention or the old one with two parallel LayerNorms (layouts transformers does not run either), or
+            another activation.
     """
-    other = [name for name, bad in (("rotary positions (alibi false)", not cfg.get("alibi", False)),
-                                    ("parallel attention", cfg.get("parallel_attn", True)),
-                                    ("the new decoder architecture", cfg.get("new_decoder_architecture", False)),
-                                    ("multi-query attention", cfg.get("multi_query", True))) if bad]
-    if other:
-        raise EngineUnavailable(f"{arch.name}: Falcon with {', '.join(other)}; the lean engine runs Falcon-RW's "
-                                f"layout (ALiBi, sequential, multi-head) only; {_instead(arch)}")
+    alibi = bool(cfg.get("alibi", False))
+    new = bool(cfg.get("new_decoder_architecture", False))
+    parallel = bool(cfg.get("parallel_attn", True))
+    multi_query = bool(cfg.get("multi_query", True))
+    ln_parallel = cfg.get("num_ln_in_parallel_attn")
+    if alibi:
+        other = [name for name, bad in (("parallel attention", parallel), ("the new decoder architecture", new),
+                                        ("multi-query attention", multi_query)) if bad]
+        if other:
+            raise EngineUnavailable(f"{arch.name}: Falcon with ALiBi and {', '.join(other)}; the lean engine runs "
+                                    f"ALiBi in Falcon-RW's layout (sequential, multi-head) only; {_instead(arch)}")
+    if new and not parallel:
+        raise EngineUnavailable(f"{arch.name}: Falcon's new decoder architecture without parallel attention "
+                                f"(parallel_attn false); {_instead(arch)}")
+    if not new and parallel and ln_parallel == 2:
+        raise EngineUnavailable(f"{arch.name}: Falcon's old decoder architecture with two parallel LayerNorms "
+                                f"(num_ln_in_parallel_attn 2); {_instead(arch)}")
     act = cfg.get("activation", "gelu")
     if act != "gelu":
         raise EngineUnavailable(f"{arch.name}: activation {act!r}; {_instead(arch)}")
+    rope = {} if alibi else _read_rope(arch, cfg)
+    layout = "per_group" if new else "stacked" if multi_query else "per_head"
     return LeanConfig(rms_norm_eps=float(cfg.get("layer_norm_epsilon") or 1e-5), attention_scale=arch.head_dim ** -0.5,
-                      layer_norm=True, gated=False, act="gelu", positions="alibi")
+                      layer_norm=True, gated=False, act="gelu", positions="alibi" if alibi else "rope",
+                      parallel=parallel, qkv_layout=layout, **rope)
 
 
 def alibi_slopes(heads: int):
@@ -406,10 +515,14 @@ def _rms(x, weight, eps: float):
 
 
 def _rope(x, cos, sin):
-    """Rotary embedding, rotate-half convention: x * cos + rotate_half(x) * sin."""
+    """Rotary embedding, rotate-half convention: x * cos + rotate_half(x) * sin; tables narrower than the head
+    (GPT-NeoX's partial rotary) rotate its first ``cos.shape[-1]`` dimensions and pass the others through."""
     import torch
 
-    half = x.shape[-1] // 2
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((_rope(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
+    half = rot // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
@@ -430,27 +543,32 @@ def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, n
 
 def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float, norm_b=None,
                layer_norm: bool = False, gated: bool = True, act: str = "silu", post_attn_norm=None,
-               post_ffn_norm=None):
+               post_ffn_norm=None, parallel: bool = False):
     """Output projection and residual, then norm, fused gate/up, the gate's activation (SiLU, or Gemma's tanh
-    GELU) times up (or one product and ``act``, ReLU or exact GELU, when not ``gated``), down projection and
+    GELU) times up (or one product and ``act``, ReLU, exact or tanh GELU, when not ``gated``), down projection and
     residual. Gemma 2's sandwich norms (``post_attn_norm``, ``post_ffn_norm``) normalise each branch before its
-    residual add."""
+    residual add. ``parallel`` (GPT-NeoX, Falcon): the FFN reads the block input ``x`` too, and the block returns
+    ``x + (ffn + attention)``, summed in transformers' order."""
     import torch.nn.functional as F
 
     out = F.linear(attn, wo, bo)
     if post_attn_norm is not None:
         out = _rms(out, post_attn_norm, eps)
-    x = x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
-    hidden = F.linear(_norm(x, norm, norm_b, eps, layer_norm), w13, b13)
+    attn_out = out if residual_multiplier == 1.0 else out * residual_multiplier
+    h = x if parallel else x + attn_out
+    hidden = F.linear(_norm(h, norm, norm_b, eps, layer_norm), w13, b13)
     if gated:
         gate, up = hidden.chunk(2, dim=-1)
         hidden = (F.gelu(gate, approximate="tanh") if act == "gelu_tanh" else F.silu(gate)) * up
+    elif act == "relu":
+        hidden = F.relu(hidden)
     else:
-        hidden = F.gelu(hidden) if act == "gelu" else F.relu(hidden)
+        hidden = F.gelu(hidden, approximate="tanh" if act == "gelu_tanh" else "none")
     out = F.linear(hidden, w2, b2)
     if post_ffn_norm is not None:
         out = _rms(out, post_ffn_norm, eps)
-    return x + (out if residual_multiplier == 1.0 else out * residual_multiplier)
+    ffn_out = out if residual_multiplier == 1.0 else out * residual_multiplier
+    return x + (ffn_out + attn_out) if parallel else h + ffn_out
 
 
 def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False, softcap: float | None = None):
@@ -603,7 +721,7 @@ class Preparation:
 
 class LeanEngine:
     """A gpt-fast-style engine for identical-length greedy generation (llama, mistral, qwen2, granite, Gemma, Gemma 2,
-    OPT, Falcon-RW).
+    OPT, Falcon, GPT-NeoX, StarCoder2).
 
     Args:
         model: Shipped architecture name (``"Llama-3.2-1B"``), a ``config.json`` path, a local checkpoint
@@ -783,12 +901,15 @@ class LeanEngine:
 
         self.layers = []
         for _ in range(a.num_layers):
-            self.layers.append(Layer(
+            layer = Layer(
                 attn_norm=norm_w(), wqkv=self._new(qkv, d), bqkv=self._new(qkv) if a.qkv_bias else None,
                 wo=self._new(d, a.q_width), bo=self._new(d) if a.o_bias else None, ffn_norm=norm_w(),
                 w13=self._new(i13, d), b13=self._new(i13) if a.mlp_bias else None, w2=self._new(d, i),
                 b2=self._new(d) if a.mlp_bias else None, attn_norm_b=norm_b(), ffn_norm_b=norm_b(),
-                post_attn_norm=norm_w() if c.sandwich else None, post_ffn_norm=norm_w() if c.sandwich else None))
+                post_attn_norm=norm_w() if c.sandwich else None, post_ffn_norm=norm_w() if c.sandwich else None)
+            if a.norms_per_layer == 1:  # Falcon's one LayerNorm before parallel attention and MLP
+                layer.ffn_norm, layer.ffn_norm_b = layer.attn_norm, layer.attn_norm_b
+            self.layers.append(layer)
         self.norm = norm_w()
         self.norm_b = norm_b()
         self.lm_head = self.embed if a.tie_word_embeddings else self._new(a.vocab_size, d)
@@ -814,10 +935,10 @@ class LeanEngine:
         """Fuse transformers' separate q/k/v and gate/up tensors; move everything to the device."""
         torch = self.torch
         a = self.arch
-        if self.config.positions == "learned":
+        if a.model_type == "opt":
             return self._pack_opt(sd)
-        if self.config.positions == "alibi":
-            return self._pack_falcon(sd)
+        if self.config.qkv_layout != "separate":
+            return self._pack_fused(sd)
         self.norm_b = None
         prefix = "model." if any(k.startswith("model.") for k in sd) else ""
 
@@ -833,39 +954,57 @@ class LeanEngine:
             return torch.cat(parts, dim=0).to(device=self.device, dtype=self.dtype).contiguous()
 
         sandwich = self.config.sandwich  # Gemma 2: post_attention_layernorm is the attention branch's own norm
+        layer_norm = self.config.layer_norm  # StarCoder2: LayerNorms with biases
 
         def norm(name):
             return self._norm_weight(get(name))
 
+        def norm_b(name):
+            return put(get(name.replace(".weight", ".bias"))) if layer_norm else None
+
+        # the FFN's products: gate and up (fused), down; StarCoder2's plain FFN: c_fc, c_proj
+        ups, down = (("gate_proj", "up_proj"), "down_proj") if self.config.gated else (("c_fc",), "c_proj")
         self.embed = put(get("embed_tokens.weight"))
         self.layers = []
         for n in range(a.num_layers):
             p = f"layers.{n}."
             q, k, v = (get(p + f"self_attn.{x}_proj.weight") for x in "qkv")
             bias = [get(p + f"self_attn.{x}_proj.bias", a.qkv_bias) for x in "qkv"]
-            gate, up = get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")
+            ffn_norm = p + ("pre_feedforward_layernorm.weight" if sandwich else "post_attention_layernorm.weight")
             self.layers.append(Layer(
-                attn_norm=norm(p + "input_layernorm.weight"), wqkv=put(q, k, v),
-                bqkv=put(*bias) if a.qkv_bias else None, wo=put(get(p + "self_attn.o_proj.weight")),
+                attn_norm=norm(p + "input_layernorm.weight"), attn_norm_b=norm_b(p + "input_layernorm.weight"),
+                wqkv=put(q, k, v), bqkv=put(*bias) if a.qkv_bias else None,
+                wo=put(get(p + "self_attn.o_proj.weight")),
                 bo=put(get(p + "self_attn.o_proj.bias")) if a.o_bias else None,
-                ffn_norm=norm(p + ("pre_feedforward_layernorm.weight" if sandwich else
-                                   "post_attention_layernorm.weight")), w13=put(gate, up),
-                b13=put(get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")) if a.mlp_bias else None,
-                w2=put(get(p + "mlp.down_proj.weight")),
-                b2=put(get(p + "mlp.down_proj.bias")) if a.mlp_bias else None,
+                ffn_norm=norm(ffn_norm), ffn_norm_b=norm_b(ffn_norm),
+                w13=put(*(get(p + f"mlp.{x}.weight") for x in ups)),
+                b13=put(*(get(p + f"mlp.{x}.bias") for x in ups)) if a.mlp_bias else None,
+                w2=put(get(p + f"mlp.{down}.weight")),
+                b2=put(get(p + f"mlp.{down}.bias")) if a.mlp_bias else None,
                 post_attn_norm=norm(p + "post_attention_layernorm.weight") if sandwich else None,
                 post_ffn_norm=norm(p + "post_feedforward_layernorm.weight") if sandwich else None))
         self.norm = norm("norm.weight")
+        self.norm_b = norm_b("norm.weight")
         head = sd.get("lm_head.weight")
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
 
-    def _pack_falcon(self, sd: dict) -> None:
-        """Falcon-RW's weights (``transformer.*``): its fused QKV is per head (q, k, v of head 0, then head 1, ...);
-        re-packed as all queries, then all keys, then all values."""
-        a = self.arch
-        prefix = next((p for p in ("transformer.", "") if p + "word_embeddings.weight" in sd), None)
+    def _pack_fused(self, sd: dict) -> None:
+        """Weights with one fused QKV matrix per layer (Falcon's ``transformer.*``, GPT-NeoX's ``gpt_neox.*``),
+        re-packed as all queries, then all keys, then all values (:data:`QKV_LAYOUTS`); Falcon's single-norm
+        layouts hold their one LayerNorm as both of the engine's."""
+        a, c = self.arch, self.config
+        if a.model_type == "gpt_neox":
+            prefixes, embed, layers, attn = ("gpt_neox.", ""), "embed_in", "layers", "attention"
+            final = "final_layer_norm"
+            norms = ("input_layernorm", "post_attention_layernorm")
+        else:
+            prefixes, embed, layers, attn = ("transformer.", ""), "word_embeddings", "h", "self_attention"
+            final = "ln_f"
+            norms = (("input_layernorm",) * 2 if a.norms_per_layer == 1 else ("ln_attn", "ln_mlp") if c.parallel
+                     else ("input_layernorm", "post_attention_layernorm"))
+        prefix = next((p for p in prefixes if p + embed + ".weight" in sd), None)
         if prefix is None:
-            raise ValueError(f"{self.name}: the weights lack 'transformer.word_embeddings.weight'")
+            raise ValueError(f"{self.name}: the weights lack {prefixes[0] + embed + '.weight'!r}")
 
         def get(name, required=True):
             t = sd.get(prefix + name)
@@ -876,26 +1015,34 @@ class LeanEngine:
         def put(t):
             return None if t is None else t.to(device=self.device, dtype=self.dtype).contiguous()
 
-        def per_kind(t):  # (H * 3 * h, ...) in head-major order -> (3 * H * h, ...) as q, k, v
-            if t is None:
-                return None
-            return t.reshape(a.num_heads, 3, a.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+        heads, kv, h = a.num_heads, a.num_kv_heads, a.head_dim
 
-        self.embed = put(get("word_embeddings.weight"))
+        def unfuse(t):  # transformers' fused rows -> (H * h + 2 * K * h, ...) as q, k, v
+            if t is None or c.qkv_layout == "stacked":
+                return t
+            if c.qkv_layout == "per_head":  # (H, 3, h): q, k, v of each head
+                return t.reshape(heads, 3, h, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+            g = t.reshape(kv, heads // kv + 2, h, *t.shape[1:])  # per KV head: its G queries, its key, its value
+            return self.torch.cat([g[:, :-2].reshape(heads * h, *t.shape[1:]),
+                                   g[:, -2].reshape(kv * h, *t.shape[1:]), g[:, -1].reshape(kv * h, *t.shape[1:])])
+
+        self.embed = put(get(embed + ".weight"))
         self.layers = []
         for n in range(a.num_layers):
-            p = f"h.{n}."
+            p = f"{layers}.{n}."
+            att = f"{p}{attn}."
             self.layers.append(Layer(
-                attn_norm=put(get(p + "input_layernorm.weight")), attn_norm_b=put(get(p + "input_layernorm.bias")),
-                wqkv=put(per_kind(get(p + "self_attention.query_key_value.weight"))),
-                bqkv=put(per_kind(get(p + "self_attention.query_key_value.bias", a.qkv_bias))),
-                wo=put(get(p + "self_attention.dense.weight")), bo=put(get(p + "self_attention.dense.bias", a.o_bias)),
-                ffn_norm=put(get(p + "post_attention_layernorm.weight")),
-                ffn_norm_b=put(get(p + "post_attention_layernorm.bias")),
-                w13=put(get(p + "mlp.dense_h_to_4h.weight")), b13=put(get(p + "mlp.dense_h_to_4h.bias", a.mlp_bias)),
-                w2=put(get(p + "mlp.dense_4h_to_h.weight")), b2=put(get(p + "mlp.dense_4h_to_h.bias", a.mlp_bias))))
-        self.norm, self.norm_b = put(get("ln_f.weight")), put(get("ln_f.bias"))
-        head = sd.get("lm_head.weight")
+                attn_norm=put(get(p + norms[0] + ".weight")), attn_norm_b=put(get(p + norms[0] + ".bias")),
+                wqkv=put(unfuse(get(att + "query_key_value.weight"))),
+                bqkv=put(unfuse(get(att + "query_key_value.bias", a.qkv_bias))) if a.qkv_bias else None,
+                wo=put(get(att + "dense.weight")), bo=put(get(att + "dense.bias")) if a.o_bias else None,
+                ffn_norm=put(get(p + norms[1] + ".weight")), ffn_norm_b=put(get(p + norms[1] + ".bias")),
+                w13=put(get(p + "mlp.dense_h_to_4h.weight")),
+                b13=put(get(p + "mlp.dense_h_to_4h.bias")) if a.mlp_bias else None,
+                w2=put(get(p + "mlp.dense_4h_to_h.weight")),
+                b2=put(get(p + "mlp.dense_4h_to_h.bias")) if a.mlp_bias else None))
+        self.norm, self.norm_b = put(get(final + ".weight")), put(get(final + ".bias"))
+        head = sd.get("lm_head.weight", sd.get("embed_out.weight"))  # GPT-NeoX's checkpoints name it embed_out
         self.lm_head = self.embed if a.tie_word_embeddings or head is None else put(head.detach())
 
     def _pack_opt(self, sd: dict) -> None:
@@ -944,7 +1091,7 @@ class LeanEngine:
             self._rope_len = length
             return
         torch = self.torch
-        inv = inv_freq(self.arch.head_dim, self.config).to(self.device)
+        inv = inv_freq(self.config.rotary_dim or self.arch.head_dim, self.config).to(self.device)
         freqs = torch.outer(torch.arange(length, device=self.device).float(), inv)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
@@ -974,9 +1121,9 @@ class LeanEngine:
         torch = self.torch
         ok = ["masked"]
         g = torch.Generator(device=self.device).manual_seed(0)
-        b, k, groups, h, s, live = 3, 2, 4, self.arch.head_dim, 512, 300
-        if alibi:
-            k, groups = self.arch.num_kv_heads, self.arch.num_heads // self.arch.num_kv_heads
+        # The model's own head counts and width: a kernel's tiles (and its shared memory) follow them.
+        b, h, s, live = 3, self.arch.head_dim, 512, 300
+        k, groups = self.arch.num_kv_heads, self.arch.num_heads // self.arch.num_kv_heads
 
         def r(*shape):
             return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=g)
@@ -1362,7 +1509,7 @@ class LeanEngine:
             x = post(x, attn.transpose(1, 2).reshape(b, n, heads * a.head_dim), layer.wo, layer.bo,
                      layer.ffn_norm, layer.w13, layer.b13, layer.w2, layer.b2, c.rms_norm_eps,
                      c.residual_multiplier, layer.ffn_norm_b, c.layer_norm, c.gated, c.act,
-                     layer.post_attn_norm, layer.post_ffn_norm)
+                     layer.post_attn_norm, layer.post_ffn_norm, c.parallel)
         return final(x[:, -1].contiguous(), self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm,
                      c.final_softcap)
 
@@ -1558,7 +1705,7 @@ class LeanEngine:
             attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
             x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
                            layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
-                           c.gated, c.act, layer.post_attn_norm, layer.post_ffn_norm)
+                           c.gated, c.act, layer.post_attn_norm, layer.post_ffn_norm, c.parallel)
         logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm, c.final_softcap)
         if logits_out is not None:
             logits_out.append(logits)
