@@ -42,14 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=list(A.STUDY_ORDER),
-                    help="comma-separated shipped names (default: all 13)")
+                    help="comma-separated shipped names or config.json paths (default: the 13 study models)")
     ap.add_argument("--out", default="benchmarks/results/gpu_logits", help="folder of the record")
     ap.add_argument("--n-in", type=int, default=200)
     ap.add_argument("--n-out", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto")
     args = ap.parse_args(argv)
-    unknown = [m for m in args.models if m not in A.available()]
+    unknown = [m for m in args.models if m not in A.available() and not (m.endswith(".json") and Path(m).is_file())]
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; shipped: {', '.join(A.available())}")
     return args
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _hf_model(name: str, torch, transformers):
     from energybook.model import architecture as A
 
-    cfg = dict(A.hf_config(name))
+    cfg = json.loads(Path(name).read_text()) if name.endswith(".json") else dict(A.hf_config(name))
     model_type = cfg.pop("model_type")
     for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
         cfg.pop(k, None)
