@@ -41,6 +41,8 @@ def _config(tmp_path, key: str):
         # rotary), gpt_neox:sequential; starcoder2 (a window of 4 tokens), starcoder2:full; Gemma 2: windows of 4
         # tokens, a strong soft-cap
         cfg = json.loads(tiny_family_config(tmp_path, key).read_text())
+    elif key == "phi3":  # fused qkv_proj and gate_up_proj in transformers' weights, a window of 4 tokens
+        cfg = json.loads(tiny_family_config(tmp_path, "phi3").read_text())
     elif key == "mistral:window":  # a window of 4 tokens on every layer
         cfg = json.loads(tiny_family_config(tmp_path, "mistral").read_text())
     elif key == "mistral":
@@ -74,7 +76,7 @@ def _reference(tmp_path, key: str):
 @pytest.fixture(scope="module", params=["llama", "llama:bias", "qwen2", "mistral", "granite", "opt", "falcon", "gemma",
                                         "gemma2", "mistral:window", "qwen2:window", "falcon:rotary", "falcon:new",
                                         "falcon:new1", "falcon:rotary-mha", "gpt_neox", "gpt_neox:sequential",
-                                        "starcoder2", "starcoder2:full"])
+                                        "starcoder2", "starcoder2:full", "phi3"])
 def pair(request, tmp_path_factory):
     """(transformers model, lean engine re-packed from its weights)."""
     ref = _reference(tmp_path_factory.mktemp("cfg"), request.param)
@@ -289,11 +291,11 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
         strict.generate(5, 9, 2000)
 
 
-@pytest.mark.parametrize("key", ["phi3"])
-def test_other_families_are_refused_by_name(tmp_path, key):
-    family = key.split(":")[0]
-    with pytest.raises(EngineUnavailable, match=f"does not run the '{family}' family.*--engine hf"):
-        LeanEngine(tiny_family_config(tmp_path, key), device="cpu")
+def test_other_families_are_refused_by_name(tmp_path, monkeypatch):
+    """Every registered family runs now; one taken off the engine's list is refused by name, pointing to --engine hf."""
+    monkeypatch.setattr(LE, "FAMILIES", tuple(f for f in LE.FAMILIES if f != "phi3"))
+    with pytest.raises(EngineUnavailable, match="does not run the 'phi3' family.*--engine hf"):
+        LeanEngine(tiny_family_config(tmp_path, "phi3"), device="cpu")
 
 
 def test_unsupported_features_are_refused(tmp_path):

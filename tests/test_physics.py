@@ -170,6 +170,19 @@ def test_prediction_interval_and_derived_values():
     assert fixed.energy_j > pred.energy_j  # smaller batches read the weights more often
 
 
+def test_parameter_draws_keep_each_stderr_and_the_interval_is_tight():
+    """The draws follow every parameter's stderr, from FLOP/s (1e14) to seconds (1e-8): drawn without standardising,
+    the smallest parameters took errors of the largest, and the committed calibration's interval at (64, 256) spanned
+    a factor of 60."""
+    cal = P.load_calibration()
+    draws = np.array([p.vector() for p in cal.sample_params(400)])
+    sd = np.sqrt(np.diag(np.asarray(cal.covariance, dtype=float)))
+    spread = draws.std(axis=0) / sd
+    assert np.all((spread > 0.7) & (spread < 1.3)), dict(zip(P.PARAM_NAMES, np.round(spread, 2)))
+    pred = P.predict(A.load("Llama-3.2-1B"), 64, 256, calibration=cal)
+    assert pred.energy_high_j / pred.energy_low_j < 1.5
+
+
 def test_fixed_parameters_are_held():
     true = P.START
     fit = P.calibrate(_synthetic(true, "smooth", "add", 0.0), combine="smooth", overhead="add",

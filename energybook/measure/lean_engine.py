@@ -70,9 +70,10 @@ Sliding windows (Gemma 2, Mistral, Qwen2 with ``use_sliding_window``) are applie
 ``masked`` masks the others; the ways chosen wherever a window binds), and a prompt longer than its window, or
 any prompt with soft-capped logits, attends through FlexAttention with a causal, windowed block mask and the cap
 as its score modification. The KV cache keeps every position of every layer (no ring buffer for the windowed
-layers), so batches are no larger than without a window. Every other family (Phi-3), and every layout or feature
+layers), so batches are no larger than without a window. Phi-3 is llama's layout with q, k, v and gate, up
+fused in transformers' weights already. Every other family, and every layout or feature
 of these families the engine does not implement (ALiBi outside Falcon-RW's layout, partial rotary embeddings
-outside GPT-NeoX, other activations and rotary scalings), is refused by name in the constructor with
+outside GPT-NeoX and Phi-3, other activations and rotary scalings), is refused by name in the constructor with
 :class:`~energybook.measure.engines.EngineUnavailable`: measure it with ``--engine hf``.
 
 Used in :doc:`/book/experiment`.
@@ -96,7 +97,8 @@ from energybook.model.complexity import check_positive
 logger = logging.getLogger(__name__)
 
 #: The ``model_type`` values this engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "granite", "gemma", "gemma2", "opt", "falcon", "gpt_neox", "starcoder2")
+FAMILIES = ("llama", "mistral", "qwen2", "granite", "phi3", "gemma", "gemma2", "opt", "falcon", "gpt_neox",
+            "starcoder2")
 #: Ways to attend inside a decode graph (module docstring); ``"auto"`` picks among them per bucket.
 DECODE_ATTENTION = ("masked", "split", "varlen", "triton")
 #: The ways that apply a sliding window and Gemma 2's logit soft-capping (flash's kernels here take neither).
@@ -232,7 +234,7 @@ def read_config(arch, cfg: dict) -> LeanConfig:
         raise EngineUnavailable(f"{arch.name}: hidden_act {act!r}; the lean engine implements gated FFNs with "
                                 f"{', '.join(GATED_ACTS)} only; {_instead(arch)}")
     _no_bidirectional(arch, cfg)
-    rope = _read_rope(arch, cfg)
+    rope = _read_rope(arch, cfg, partial_ok=arch.model_type == "phi3")  # Phi-4-mini's partial rotary
     granite = arch.model_type == "granite"
     scale = float(cfg.get("attention_multiplier", 1.0)) if granite else arch.head_dim ** -0.5
     logits_scaling = float(cfg.get("logits_scaling", 1.0)) if granite else 1.0
@@ -966,14 +968,18 @@ class LeanEngine:
         ups, down = (("gate_proj", "up_proj"), "down_proj") if self.config.gated else (("c_fc",), "c_proj")
         self.embed = put(get("embed_tokens.weight"))
         self.layers = []
+        phi3 = a.model_type == "phi3"  # Phi-3: transformers' weights are fused already (q, k, v; gate, up)
+        if phi3:
+            ups = ("gate_up_proj",)
         for n in range(a.num_layers):
             p = f"layers.{n}."
-            q, k, v = (get(p + f"self_attn.{x}_proj.weight") for x in "qkv")
-            bias = [get(p + f"self_attn.{x}_proj.bias", a.qkv_bias) for x in "qkv"]
+            qkv = ((get(p + "self_attn.qkv_proj.weight"),) if phi3 else
+                   tuple(get(p + f"self_attn.{x}_proj.weight") for x in "qkv"))
+            bias = [get(p + f"self_attn.{x}_proj.bias", a.qkv_bias) for x in (("qkv",) if phi3 else "qkv")]
             ffn_norm = p + ("pre_feedforward_layernorm.weight" if sandwich else "post_attention_layernorm.weight")
             self.layers.append(Layer(
                 attn_norm=norm(p + "input_layernorm.weight"), attn_norm_b=norm_b(p + "input_layernorm.weight"),
-                wqkv=put(q, k, v), bqkv=put(*bias) if a.qkv_bias else None,
+                wqkv=put(*qkv), bqkv=put(*bias) if a.qkv_bias else None,
                 wo=put(get(p + "self_attn.o_proj.weight")),
                 bo=put(get(p + "self_attn.o_proj.bias")) if a.o_bias else None,
                 ffn_norm=norm(ffn_norm), ffn_norm_b=norm_b(ffn_norm),

@@ -508,7 +508,15 @@ class Calibration:
         rng = np.random.default_rng(seed)
         mean = self.params.vector()
         cov = np.nan_to_num(np.asarray(self.covariance, dtype=float))
-        draws = rng.multivariate_normal(mean, cov, size=4 * n, method="eigh", check_valid="ignore")
+        # Drawn in standard units (the correlation matrix, then scaled by each stderr): the variances span some 47
+        # orders of magnitude (FLOP/s squared to seconds squared), beyond what one eigendecomposition in float64
+        # resolves; drawn directly, the smallest parameters took errors of the largest (t_pass by 1000x and more).
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        unit = np.where(sd > 0, sd, 1.0)
+        corr = cov / np.outer(unit, unit)
+        np.fill_diagonal(corr, 1.0)
+        z = rng.multivariate_normal(np.zeros(len(mean)), corr, size=4 * n, method="eigh", check_valid="ignore")
+        draws = mean + z * sd
         rates = [PARAM_NAMES.index(k) for k in _RATES]
         keep = (draws[:, rates] > 0).all(axis=1) & (draws >= 0).all(axis=1)
         draws = draws[keep][:n]
