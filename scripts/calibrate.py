@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "max_batch", "memory_fraction", "prefill_tokens")},
         energybook_commit=_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command="python scripts/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        fit="lmfit least_squares on log(model/measured) of prefill and decode energy and time, "
+        fit="lmfit least_squares on log(model/measured) of prefill and decode energy and time, weighted by "
+            "sqrt(2 x phase share), "
             f"{sum(len(o) for o in obs.values())} points x 4 residuals",
         residual_rms_log=chosen["fit"].residual_rms_log, lmfit_success=chosen["fit"].success,
         memory_bytes_range=list(span) if span else None,
@@ -182,14 +183,20 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
         f"- stored variant: combine = `{cal.combine}`, overhead = `{cal.overhead}`", "",
         "## Model", "",
         "Per forward pass (prefill chunk or decode step), with exact counts from the configuration:", "",
-        "    busy = comb(F_mm/R_mm, (W+O)/B_w) + comb(F_att/R_att, K/B_kv) + A/B_el + N_blk*t_blk   (kernels' time)",
-        "    t    = busy + t_pass   [add]     or   comb(busy, t_pass)   [overlap]",
+        "    busy = comb(F_mm/R_mm, (W+O)/B_w) + comb(F_att/R_att + N_pair/R_pair, K/B_kv) + A/B_el + N_blk*t_blk"
+        "   (kernels' time)",
+        "    t    = busy + t_pass + N_cap*t_cap   [add]     or   comb(busy, t_pass + N_cap*t_cap)   [overlap]",
         "    E    = P_busy * busy + P_oh * (t - busy)", "",
         "F_mm: matmul FLOPs (projections, FFN, LM head); F_att: attention FLOPs; W: weight bytes (read once per pass); "
         "O: logits written and embedding rows gathered; A: bytes of the unfused elementwise kernels of the eager "
         "modules (norms, rotary embedding, residual adds, FFN activation, the prompt's GQA repeat, the argmax's logits "
         "read); N_blk: decode attention thread blocks (batch x key/value heads x layers), each with a fixed time "
-        "t_blk; K: KV bytes of the live context (the engine's flash varlen "
+        "t_blk; N_pair: (query, key) pairs x query heads x layers, causal in a prompt, with the rate R_pair of the "
+        "attention work done once per pair whatever the head width (the online softmax's exponential and its FP32 "
+        "bookkeeping; FlashAttention-2 does not overlap it with the two products, which is why d_head-64 prompts ran "
+        "slower per FLOP than d_head-128 ones); N_cap: 1 on the decode step that opens a 256-token graph bucket "
+        "(eager step and CUDA-graph capture, t_cap, charged at P_oh); K: KV bytes of the live context (the engine's "
+        "flash varlen "
         "decode reads the live keys, not the 256-token bucket) and the new token's write. t_pass is one fixed cost "
         "per forward pass, the same for every model (launch, argmax, the small unfused kernels the counts do not "
         "follow); a per-layer cost L*t_layer did not transfer across models, and an activation-traffic term "
@@ -198,7 +205,11 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
         "unpadded), and charging whole waves of 132 SMs raised it to 6.9-10.7% (cuBLAS picks tiles and split-K or "
         "stream-K per shape, so a fixed tile and wave count does not describe it).", "",
         "Waves and batch by the torch engine's KV-memory rule; the energy of a workload is the sum over its passes.",
-        "", "## Calibrated parameters (stored variant)", "",
+        "", "Fit: lmfit least squares on log(model/measured) of each point's prefill and decode energy and time, each "
+        "phase's residual weighted by sqrt(2 x its share of the point's energy or time) (`physics.calibrate`, "
+        "weights='share'): a phase that is a sliver of its workload, such as OPT-1.3B's small-batch prefills that "
+        "stall at low power, no longer sets the shared parameters.", "",
+        "## Calibrated parameters (stored variant)", "",
         "stderr nan: not identified (a roofline branch that never binds on these grids; any larger value fits alike).",
         "", "| parameter | value | stderr | unit |", "|---|---|---|---|"]
     for k in P.PARAM_NAMES:

@@ -72,7 +72,8 @@ def _synthetic(true: P.PhysicsParams, combine: str, overhead: str, noise: float,
 def test_synthetic_recovery_within_intervals():
     true = P.PhysicsParams(matmul_flops_s=420e12, attention_flops_s=250e12, weight_bytes_s=2.8e12,
                            kv_bytes_s=2.2e12, pass_overhead_s=2e-3, busy_power_w=650.0, overhead_power_w=300.0,
-                           elementwise_bytes_s=3.5e12, attention_block_s=12e-9)
+                           elementwise_bytes_s=3.5e12, attention_block_s=12e-9, attention_pairs_s=4e12,
+                           graph_capture_s=0.05)
     fit = P.calibrate(_synthetic(true, "smooth", "add", 0.01), combine="smooth", overhead="add", start=P.START)
     cal = fit.calibration
     assert fit.success and fit.residual_rms_log < 0.02
@@ -212,3 +213,34 @@ def test_elementwise_bytes_and_attention_blocks():
     assert (c.attention_blocks[~pre] == 8 * llama.num_kv_heads * llama.num_layers).all()
     assert c.elementwise_bytes[pre][0] == pytest.approx(
         8 * 64 * P.elementwise_bytes_per_token(llama, True) + 8 * llama.vocab_size * 2)
+
+
+def test_attention_pairs_and_graph_captures():
+    llama, gemma = A.load("Llama-3.2-1B"), A.load("Gemma-2-2B")
+    assert P.causal_pairs(llama, 100) == llama.num_layers * 100 * 101 / 2  # causal: the diagonal and below
+    w = gemma.sliding_window
+    full = gemma.num_layers - gemma.sliding_layers
+    n = w + 10
+    assert P.causal_pairs(gemma, n) == full * n * (n + 1) / 2 + gemma.sliding_layers * (w * (w + 1) / 2 + 10 * w)
+    c = P.pass_counts(llama, 200, 120, n_req=8, batch=8)
+    pre = c.phase == 0
+    assert c.attention_pairs[pre][0] == 8 * llama.num_heads * P.causal_pairs(llama, 200)
+    # decode feeds positions 200..318: the first step and the one at 256 open a graph bucket
+    assert c.graph_captures[~pre].sum() == 2 and c.graph_captures[pre].sum() == 0
+    assert c.attention_pairs[~pre][0] == 8 * llama.num_heads * llama.num_layers * 201
+    eager = P.pass_counts(llama, 200, 120, n_req=8, batch=8, graph_bucket=None)
+    assert eager.graph_captures.sum() == 0
+    zero = P.PhysicsParams(**{**P.START.__dict__, "graph_capture_s": 0.0})
+    one = P.PhysicsParams(**{**P.START.__dict__, "graph_capture_s": 0.1})
+    extra = P.phase_energy(c, one, "smooth", "add").decode_s - P.phase_energy(c, zero, "smooth", "add").decode_s
+    assert extra == pytest.approx(0.2)
+
+
+def test_both_weightings_recover_and_an_unknown_one_is_refused():
+    true = P.START
+    obs = _synthetic(true, "smooth", "add", 0.0)
+    for w in P.WEIGHTS:
+        fit = P.calibrate(obs, combine="smooth", overhead="add", weights=w)
+        assert fit.calibration.params.matmul_flops_s == pytest.approx(true.matmul_flops_s, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        P.calibrate(obs, weights="none")

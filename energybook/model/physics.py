@@ -13,18 +13,29 @@ chunk or a decode step of one wave) has
   the GQA key/value ``repeat_interleave`` of the prompt, the residual adds, the FFN activation) and the argmax's
   read of the logits;
 * attention blocks ``N_blk``: the thread blocks of the flash varlen decode kernel, one per request, key/value head
-  and layer (the query heads of a group share their key/value head's block).
+  and layer (the query heads of a group share their key/value head's block);
+* attention pairs ``N_pair``: the (query, key) pairs of every query head and layer, counted causally in a prompt
+  (``n (n + 1) / 2`` per head and layer: flash attention skips the tiles above the diagonal) and as the live keys
+  in a decode step (:func:`causal_pairs`);
+* graph captures ``N_cap``: 1 on the first decode step of each 256-token context bucket of a wave, where the engine
+  runs the step eagerly and captures the bucket's CUDA graph, else 0.
 
 Its time (seconds) is
 
-    busy_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att, K / B_kv) + A / B_el + N_blk * t_blk
-    t_k    = busy_k + t_pass                [overhead "add"]     or   comb(busy_k, t_pass)   [overhead "overlap"]
+    busy_k = comb(F_mm / R_mm, (W + O) / B_w) + comb(F_att / R_att + N_pair / R_pair, K / B_kv) + A / B_el
+             + N_blk * t_blk
+    t_k    = busy_k + t_pass + N_cap * t_cap  [overhead "add"]   or   comb(busy_k, t_pass + N_cap * t_cap)  ["overlap"]
 
-with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``B_w``, ``B_kv``, ``B_el`` effective bandwidths (bytes/s),
+with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``R_pair`` the rate of the attention work done once per
+(query, key) pair and head whatever the head width (pairs/s: the online softmax's exponential, on the SFUs, and its
+max, scale and sum; an H100's 132 SMs x 16 exponentials per clock give 3.9e12/s), ``B_w``, ``B_kv``, ``B_el``
+effective bandwidths (bytes/s),
 ``t_blk`` the fixed time of one decode attention block (seconds: its prologue and epilogue, loading the query and
 writing the normalised output, and its partly filled last key tile, spread over the SMs),
 ``t_pass`` a fixed cost of every forward pass (seconds: the graph launch or eager dispatch, the argmax and token
-copy, the many small kernels of an unfused engine whose size the counts above do not follow) and ``comb`` one of
+copy, the many small kernels of an unfused engine whose size the counts above do not follow), ``t_cap`` the fixed
+cost of one graph capture with its eager warm-up step (seconds; the GPU mostly waits on the host, so it is charged
+at ``P_oh`` like ``t_pass``) and ``comb`` one of
 
 * ``"max"``: ``max(a, b)``, the roofline of each kernel class (a kernel waits on its slower resource);
 * ``"smooth"``: ``(a^p + b^p)^(1/p)`` with p = :data:`SMOOTH_P`, a roofline with a rounded corner (near the ridge
@@ -35,12 +46,19 @@ copy, the many small kernels of an unfused engine whose size the counts above do
 mispredicted the third (on the H100 grids the decode step at short context is 0.48-0.99 ms per layer across
 Llama-3.2-1B, OPT-1.3B and Qwen2-1.5B, so no per-layer constant transfers).
 
+The pair term is what makes head widths agree. A flash-attention tile does ``4 d_head`` tensor-core FLOPs per pair
+and head but one exponential (plus a few FP32 operations) whatever ``d_head``; the torch engine's SDPA flash kernel
+(FlashAttention-2) does not overlap the two. With FLOPs alone, the prompts' attention of Llama-3.2-1B and OPT-1.3B
+(``d_head`` 64) ran about 1.4x slower per FLOP than Qwen2-1.5B's (128); the fitted ``R_pair`` comes out near the SFU
+rate above. It hardly matters in decode, where attention waits on the KV reads.
+
 The energy (joules) charges the busy part of each pass at ``P_busy`` and the rest at ``P_oh``:
 
     E = sum_k  P_busy * busy_k + P_oh * (t_k - busy_k)
 
 so the mean power is ``P_oh + (P_busy - P_oh) u`` with ``u`` the busy fraction of the time; both powers are bounded
-by the GPU's power cap. Most of our H100 grid runs at the 700 W cap, and ``P_busy`` comes out just below it.
+by the GPU's power cap. Most of our H100 grid runs at the 700 W cap (NVML reads ~690 W), and ``P_busy`` comes out
+at it.
 
 :attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products, once each) is counted
 but not in the time: as a term ``A / B_act`` it raised the leave-one-model-out error. The elementwise bytes ``A``
@@ -68,7 +86,11 @@ prefilled in chunks of at most ``prefill_tokens`` prompt tokens (:func:`energybo
 and decoded ``n_out - 1`` steps.
 
 The parameters are per GPU and engine, shared across models. :func:`calibrate` fits them with lmfit (least squares
-on the log of the measured prefill and decode energies and times); :func:`predict` gives the energy of any
+on the log of the measured prefill and decode energies and times, each phase's residual weighted by the square
+root of its share of the workload's energy or time, so that a phase worth 0.1% of a workload, such as OPT-1.3B's
+84-request prefills that stall on the allocator at low power, does not set the shared parameters: unweighted, those
+few prefill times made 75% of the sum of squares and held ``P_busy`` 2% below the measured ~690 W of the capped
+GPU); :func:`predict` gives the energy of any
 (architecture, n_in, n_out, batch or max_batch, n_req) with an interval (see :class:`Prediction`).
 :func:`load_calibration` reads a stored calibration from the package data (``energybook/resources/calibration/``,
 written by ``scripts/calibrate.py``).
@@ -102,20 +124,26 @@ SMOOTH_P = 4.0
 PARAM_UNITS = {
     "matmul_flops_s": "FLOP/s", "attention_flops_s": "FLOP/s", "weight_bytes_s": "bytes/s",
     "kv_bytes_s": "bytes/s", "pass_overhead_s": "s", "busy_power_w": "W", "overhead_power_w": "W",
-    "elementwise_bytes_s": "bytes/s", "attention_block_s": "s",
+    "elementwise_bytes_s": "bytes/s", "attention_block_s": "s", "attention_pairs_s": "pairs/s",
+    "graph_capture_s": "s",
 }
 PARAM_NAMES = tuple(PARAM_UNITS)
 #: Scale of each parameter inside the fit (lmfit sees values of order 1-1000).
 _SCALE = {"matmul_flops_s": 1e12, "attention_flops_s": 1e12, "weight_bytes_s": 1e12, "kv_bytes_s": 1e12,
           "pass_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0, "elementwise_bytes_s": 1e12,
-          "attention_block_s": 1e-9}
+          "attention_block_s": 1e-9, "attention_pairs_s": 1e12, "graph_capture_s": 1e-3}
 #: Rates (must be positive) and fixed times (non-negative) among the parameters.
-_RATES = ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s")
-_TIMES = ("pass_overhead_s", "attention_block_s")
+_RATES = ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s",
+          "attention_pairs_s")
+_TIMES = ("pass_overhead_s", "attention_block_s", "graph_capture_s")
+#: How :func:`calibrate` weighs the residuals of a point's two phases.
+WEIGHTS = ("share", "equal")
 #: The torch engine's settings that the schedule depends on.
 ENGINE_MEMORY_FRACTION = 0.92
 ENGINE_PREFILL_TOKENS = 16384
 ENGINE_CACHE_BUCKET = 256
+#: Context bucket of the engine's decode CUDA graphs (tokens): one graph per bucket per wave.
+ENGINE_GRAPH_BUCKET = 256
 
 
 # ----- exact counts, split by hardware path --------------------------------------------
@@ -125,6 +153,17 @@ def attended_keys(arch: Architecture, keys) -> np.ndarray:
     full = arch.num_layers - arch.sliding_layers
     capped = np.minimum(keys, arch.sliding_window) if arch.sliding_window else keys
     return full * keys + arch.sliding_layers * capped
+
+
+def causal_pairs(arch: Architecture, n: int) -> float:
+    """(query, key) pairs of one causal prompt of ``n`` tokens, per query head, summed over layers:
+    ``n (n + 1) / 2`` per full layer and ``sum_i min(i, window)`` per sliding-window layer."""
+    full = arch.num_layers - arch.sliding_layers
+    pairs = full * n * (n + 1) / 2
+    if arch.sliding_layers:
+        w = min(n, arch.sliding_window)
+        pairs += arch.sliding_layers * (w * (w + 1) / 2 + (n - w) * w)
+    return float(pairs)
 
 
 def activation_bytes_per_token(arch: Architecture) -> float:
@@ -198,6 +237,10 @@ class PassCounts:
             the argmax's read of the logits (bytes).
         attention_blocks: Decode attention thread blocks, batch x key/value heads x layers (0 for a prefill
             chunk, whose blocks carry 128 query rows each).
+        attention_pairs: (query, key) pairs x query heads, summed over layers: causal in a prefill chunk
+            (:func:`causal_pairs` per request), the live keys in a decode step.
+        graph_captures: 1 for a decode step that opens a context bucket (eager step and CUDA-graph capture),
+            else 0.
         layers: Decoder layers L of the architecture.
         n_in: Prompt length (tokens).
         n_out: Output length (tokens).
@@ -217,6 +260,8 @@ class PassCounts:
     activation_bytes: np.ndarray
     elementwise_bytes: np.ndarray
     attention_blocks: np.ndarray
+    attention_pairs: np.ndarray
+    graph_captures: np.ndarray
     layers: int
     n_in: int
     n_out: int
@@ -226,7 +271,8 @@ class PassCounts:
 
 
 def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: int, waves: int | None = None,
-                prefill_tokens: int | None = ENGINE_PREFILL_TOKENS) -> PassCounts:
+                prefill_tokens: int | None = ENGINE_PREFILL_TOKENS,
+                graph_bucket: int | None = ENGINE_GRAPH_BUCKET) -> PassCounts:
     """Exact counts of every forward pass of ``n_req`` requests of (n_in, n_out) in waves of up to ``batch``.
 
     The totals equal :func:`energybook.model.complexity.request` summed over the requests.
@@ -239,6 +285,7 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
         batch: Requests per wave at most.
         waves: Waves (default ``ceil(n_req / batch)``, balanced).
         prefill_tokens: Prompt tokens per prefill chunk (None: one chunk per wave).
+        graph_bucket: Context bucket of the decode CUDA graphs (tokens; None: eager decode, no captures).
     """
     C.check_positive(n_in=n_in, n_out=n_out, n_req=n_req, batch=batch)
     waves = math.ceil(n_req / batch) if waves is None else waves
@@ -254,35 +301,37 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
     elem = {0: elementwise_bytes_per_token(arch, True), 1: elementwise_bytes_per_token(arch, False)}
     blocks = {0: 0.0, 1: float(arch.num_kv_heads * arch.num_layers)}
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("phase", "repeat", "batch", "mm", "att", "w", "kv", "o",
-                                                         "act", "el", "blk")}
+                                                         "act", "el", "blk", "pair", "cap")}
 
-    def add(phase, repeat, b, mm, att, kv, o, tokens):
+    def add(phase, repeat, b, mm, att, kv, o, tokens, pairs, cap):
         n = len(b)
         for key, value in (("phase", np.full(n, phase)), ("repeat", np.full(n, float(repeat))), ("batch", b),
                            ("mm", mm), ("att", att), ("w", np.full(n, w)), ("kv", kv), ("o", o),
                            ("act", tokens * act), ("el", tokens * elem[phase] + b * logits),
-                           ("blk", b * blocks[phase])):
+                           ("blk", b * blocks[phase]), ("pair", pairs), ("cap", cap)):
             cols[key].append(np.asarray(value, dtype=float))
 
     counts: dict[int, int] = {}
     for s in sizes:
         counts[s] = counts.get(s, 0) + 1
-    contexts = np.arange(n_in, n_in + n_out - 1, dtype=float)
+    contexts = np.arange(n_in, n_in + n_out - 1, dtype=float)  # the position each decode step feeds
+    opens = (contexts == n_in) | (contexts % graph_bucket == 0) if graph_bucket else np.zeros(len(contexts), bool)
     for size, repeat in counts.items():
         chunks = np.asarray(chunk_sizes(size, n_in, prefill_tokens), dtype=float)
         add(0, repeat, chunks, chunks * (n_in * lin + head),
             chunks * att_per_key * n_in * attended_keys(arch, n_in),
-            chunks * n_in * arch.kv_bytes_per_token, chunks * (logits + _gather_bytes(arch, n_in)), chunks * n_in)
+            chunks * n_in * arch.kv_bytes_per_token, chunks * (logits + _gather_bytes(arch, n_in)), chunks * n_in,
+            chunks * arch.num_heads * causal_pairs(arch, n_in), np.zeros(len(chunks)))
         if len(contexts):
             keys = attended_keys(arch, contexts + 1)
             b = np.full(len(contexts), float(size))
             add(1, repeat, b, b * (lin + head), b * att_per_key * keys,
                 b * (keys * 2 * arch.kv_width * bpe + arch.kv_bytes_per_token), b * (logits + _gather_bytes(arch, 1)),
-                b)
+                b, b * arch.num_heads * keys, opens.astype(float))
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     return PassCounts(cat["phase"].astype(int), cat["repeat"], cat["batch"], cat["mm"], cat["att"], cat["w"],
-                      cat["kv"], cat["o"], cat["act"], cat["el"], cat["blk"], arch.num_layers, n_in, n_out, n_req,
-                      max(sizes), waves)
+                      cat["kv"], cat["o"], cat["act"], cat["el"], cat["blk"], cat["pair"], cat["cap"],
+                      arch.num_layers, n_in, n_out, n_req, max(sizes), waves)
 
 
 # ----- the engine's batch rule --------------------------------------------------------------
@@ -331,6 +380,8 @@ class PhysicsParams:
         overhead_power_w: Power during the per-pass overhead P_oh (watts).
         elementwise_bytes_s: Effective bandwidth of the elementwise kernels B_el (bytes/s).
         attention_block_s: Fixed time of one decode attention block t_blk (seconds).
+        attention_pairs_s: Rate of the per-pair attention work R_pair ((query, key) pairs x heads per second).
+        graph_capture_s: Fixed time of one decode graph capture with its eager step t_cap (seconds).
     """
 
     matmul_flops_s: float
@@ -342,6 +393,8 @@ class PhysicsParams:
     overhead_power_w: float
     elementwise_bytes_s: float
     attention_block_s: float
+    attention_pairs_s: float
+    graph_capture_s: float
 
     def __post_init__(self) -> None:
         for key in PARAM_NAMES:
@@ -409,14 +462,16 @@ def phase_energy(counts: PassCounts, params: PhysicsParams, combine: str = "smoo
         params: The GPU's parameters.
         combine: ``"max"``, ``"smooth"`` or ``"sum"``.
         overhead: ``"overlap"`` (the per-pass cost hides behind running kernels: a pass takes
-            ``comb(busy, t_pass)``) or ``"add"`` (a pass takes ``busy + t_pass``).
+            ``comb(busy, t_pass)``) or ``"add"`` (a pass takes ``busy + t_pass``); a decode step that opens a
+            graph bucket adds ``t_cap`` to its ``t_pass``.
     """
     p = params
     busy = (_combine(counts.matmul_flops / p.matmul_flops_s, (counts.weight_bytes + counts.other_bytes)
                      / p.weight_bytes_s, combine)
-            + _combine(counts.attention_flops / p.attention_flops_s, counts.kv_bytes / p.kv_bytes_s, combine)
+            + _combine(counts.attention_flops / p.attention_flops_s + counts.attention_pairs / p.attention_pairs_s,
+                       counts.kv_bytes / p.kv_bytes_s, combine)
             + counts.elementwise_bytes / p.elementwise_bytes_s + counts.attention_blocks * p.attention_block_s)
-    launch = np.full_like(busy, p.pass_overhead_s)
+    launch = p.pass_overhead_s + counts.graph_captures * p.graph_capture_s
     if overhead == "overlap":
         step = _combine(busy, launch, combine)
     elif overhead == "add":
@@ -553,7 +608,8 @@ class Observation:
         return self.prefill_energy_j + self.decode_energy_j
 
 
-def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_PREFILL_TOKENS) -> list[Observation]:
+def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_PREFILL_TOKENS,
+                 graph_bucket: int | None = ENGINE_GRAPH_BUCKET) -> list[Observation]:
     """Calibration points from a measured grid (columns of ``energybook.report.analysis.measured_table``).
 
     Each row's schedule is the one it ran with: its ``n_req``, ``batch`` and ``waves`` columns.
@@ -563,6 +619,7 @@ def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_
         table: Rows with ``n_in``, ``n_out``, ``n_req``, ``batch``, ``waves``, ``prefill_energy_j``,
             ``decode_energy_j`` (joules), ``prefill_s``, ``decode_s`` (seconds).
         prefill_tokens: The engine's prompt tokens per chunk.
+        graph_bucket: The engine's decode graph bucket (None: eager decode).
 
     Raises:
         ValueError: when a column is missing.
@@ -575,7 +632,7 @@ def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_
     out = []
     for r in table.itertuples(index=False):
         counts = pass_counts(arch, int(r.n_in), int(r.n_out), int(r.n_req), int(r.batch), int(r.waves),
-                             prefill_tokens)
+                             prefill_tokens, graph_bucket)
         out.append(Observation(counts, float(r.prefill_energy_j), float(r.decode_energy_j), float(r.prefill_s),
                                float(r.decode_s), arch.name))
     return out
@@ -584,7 +641,8 @@ def observations(arch: Architecture, table, prefill_tokens: int | None = ENGINE_
 #: Start values of the fit (SI units): a H100-like GPU.
 START = PhysicsParams(matmul_flops_s=400e12, attention_flops_s=200e12, weight_bytes_s=2.5e12, kv_bytes_s=2.5e12,
                       pass_overhead_s=1e-3, busy_power_w=690.0, overhead_power_w=400.0,
-                      elementwise_bytes_s=2.5e12, attention_block_s=10e-9)
+                      elementwise_bytes_s=2.5e12, attention_block_s=10e-9, attention_pairs_s=4e12,
+                      graph_capture_s=20e-3)
 
 
 @dataclass
@@ -606,12 +664,17 @@ class CalibrationFit:
 
 def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "overlap", power_cap_w: float = 700.0,
               start: PhysicsParams = START, gpu: str = "h100", gpu_name: str = "", engine: str = "torch",
-              memory_bytes: float = 85.0e9, fixed: dict[str, float] | None = None) -> CalibrationFit:
+              memory_bytes: float = 85.0e9, fixed: dict[str, float] | None = None,
+              weights: str = "share") -> CalibrationFit:
     """Fit the shared parameters to measured workloads with lmfit (least squares on log ratios).
 
     The residuals are ``log(model / measured)`` of each point's prefill energy, decode energy, prefill time and
-    decode time: relative errors, so short and long workloads weigh alike. ``busy_power_w`` and
-    ``overhead_power_w`` are bounded by ``power_cap_w``.
+    decode time: relative errors, so short and long workloads weigh alike. With ``weights="share"`` each phase's
+    residual is multiplied by ``sqrt(2 f)``, ``f`` the phase's share of the point's measured energy (for the
+    energies) or time (for the times): a point's weighted sum of squares then approximates twice the squared
+    relative error of its total, and a phase that is a sliver of its workload (whose measurement carries
+    allocator stalls and the energy counter's lag at the phase boundary) weighs as little as it counts.
+    ``"equal"`` weighs the four alike. ``busy_power_w`` and ``overhead_power_w`` are bounded by ``power_cap_w``.
 
     Args:
         obs: The measured workloads (:func:`observations`), of one or more models.
@@ -624,9 +687,10 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         engine: The engine measured.
         memory_bytes: Device memory for the batch rule (bytes), stored with the calibration.
         fixed: Parameters held at the given values (SI units) instead of fitted (stderr 0, covariance 0).
+        weights: ``"share"`` or ``"equal"`` (see above).
 
     Raises:
-        ValueError: for no observations or an unknown combination.
+        ValueError: for no observations, an unknown combination or an unknown weighting.
     """
     import lmfit  # the analysis half; predict() does not need it
 
@@ -634,10 +698,18 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         raise ValueError("calibration needs at least one measured workload")
     if combine not in COMBINES:
         raise ValueError(f"unknown combination {combine!r}; use one of {COMBINES}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weighting {weights!r}; use one of {WEIGHTS}")
     measured = np.array([[o.prefill_energy_j, o.decode_energy_j, o.prefill_s, o.decode_s] for o in obs])
     if not (np.isfinite(measured).all() and (measured > 0).all()):
         raise ValueError("measured energies and times must be positive and finite")
     log_measured = np.log(measured)
+    if weights == "share":
+        f_e = measured[:, 0] / (measured[:, 0] + measured[:, 1])
+        f_t = measured[:, 2] / (measured[:, 2] + measured[:, 3])
+        weight = np.sqrt(2 * np.column_stack([f_e, 1 - f_e, f_t, 1 - f_t]))
+    else:
+        weight = np.ones_like(measured)
 
     params = lmfit.Parameters()
     for k in PARAM_NAMES:
@@ -660,7 +732,7 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
         for o in obs:
             e = phase_energy(o.counts, pp, combine, overhead)
             rows.append([e.prefill_energy_j, e.decode_energy_j, e.prefill_s, e.decode_s])
-        return (np.log(np.maximum(np.array(rows), 1e-300)) - log_measured).ravel()
+        return (weight * (np.log(np.maximum(np.array(rows), 1e-300)) - log_measured)).ravel()
 
     result = lmfit.minimize(residual, params, method="least_squares")
     best = unpack(result.params)
