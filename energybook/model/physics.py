@@ -28,7 +28,8 @@ Its time (seconds) is
 
 with ``R_mm``, ``R_att`` effective throughputs (FLOP/s), ``R_pair`` the rate of the attention work done once per
 (query, key) pair and head whatever the head width (pairs/s: the online softmax's exponential, on the SFUs, and its
-max, scale and sum; an H100's 132 SMs x 16 exponentials per clock give 3.9e12/s), ``B_w``, ``B_kv``, ``B_el``
+max, scale and sum; a rough estimate of an H100's exponential rate, 132 SMs x an assumed 16 per clock, is
+3.9e12/s), ``B_w``, ``B_kv``, ``B_el``
 effective bandwidths (bytes/s),
 ``t_blk`` the fixed time of one decode attention block (seconds: its prologue and epilogue, loading the query and
 writing the normalised output, and its partly filled last key tile, spread over the SMs),
