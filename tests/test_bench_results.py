@@ -53,3 +53,31 @@ def test_committed_outputs_are_readable():
     assert set(t["way"]) == {"varlen", "varlen_folded", "sdpa_folded"}
     assert set(t["model"]) == {"Llama-3.2-1B", "Qwen2-1.5B", "OPT-1.3B"}
     assert "decode" in bench_results.engine_benchmark()
+
+
+def test_engine_targets_are_read_from_an_h100_run_only(tmp_path):
+    """No committed H100 run: None (the book says so); an H100 run: the targets table with what meets the must;
+    another GPU's run in the book's place: refused, naming the GPU."""
+    import json
+
+    from energybook.report import bench
+
+    assert bench.engine_targets(tmp_path / "absent.json") is None
+    targets = {"64x256": dict(study=120.71, today=110.6, must=140, aim=170, ge=True),
+               "step_ms_batch1000_ctx128": dict(study=None, today=11.4, must=7, aim=5.5, ge=False),
+               "batch1_bandwidth_fraction": dict(study=None, today=0.33, must=0.6, aim=0.8, ge=True)}
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "gpu_uuid": "GPU-x", "commit": "abc", "engine": "lean",
+              "targets": targets, "tokens_per_j": {"64x256": 150.0}, "step_ms_batch1000_ctx128": 7.5,
+              "batch1_bandwidth_fraction": None}
+    path = tmp_path / "engine_targets.json"
+    path.write_text(json.dumps(result))
+    table = bench.engine_targets(path)
+    assert table.loc["64x256", "measured"] == 150.0 and bool(table.loc["64x256", "meets must"])
+    assert not bool(table.loc["step_ms_batch1000_ctx128", "meets must"])  # 7.5 ms against <= 7
+    assert table.loc["batch1_bandwidth_fraction", "meets must"] is None and table.attrs["gpu_uuid"] == "GPU-x"
+    path.write_text(json.dumps(dict(result, gpu="NVIDIA H200")))
+    with pytest.raises(ValueError, match="NVIDIA H200, not an H100"):
+        bench.engine_targets(path)
+    path.write_text(json.dumps(dict(result, targets={})))
+    with pytest.raises(ValueError, match="no 'targets'"):
+        bench.engine_targets(path)

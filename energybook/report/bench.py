@@ -79,3 +79,36 @@ def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B
             rows.append({"batch": batch, "context": context, "attention_ms": attention_ms, "step_ms": step_ms,
                          "share": attention_ms / step_ms})
     return pd.DataFrame(rows)
+
+
+def engine_targets(path: str | Path | None = None) -> pd.DataFrame | None:
+    """Issue 12's targets against ``benchmarks/engine_targets.py``'s H100 run, or None while none is committed.
+
+    One row per figure (index): the study's value, the engine's before the lean engine ("before"), the "must" and
+    the "aim", the headline engine's measured value and whether it meets the must.
+
+    Raises:
+        ValueError: for a file measured on another GPU than an H100 (the book's figures come from H100s; other GPUs'
+            runs belong under ``benchmarks/results/<gpu>/``), or one without the targets.
+    """
+    path = Path(path) if path is not None else RESULTS_DIR / "engine_targets.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    gpu = str(result.get("gpu") or "")
+    if "H100" not in gpu:
+        raise ValueError(f"{path}: measured on {gpu or 'an unnamed GPU'}, not an H100; the book's figures come from "
+                         "H100s: keep other GPUs' runs under benchmarks/results/<gpu>/")
+    targets = result.get("targets")
+    if not isinstance(targets, dict) or not targets:
+        raise ValueError(f"{path}: no 'targets'; rerun benchmarks/engine_targets.py")
+    rows = []
+    for key, t in targets.items():
+        value = (result.get("tokens_per_j") or {}).get(key) if key[0].isdigit() else result.get(key)
+        met = None if value is None else (value >= t["must"] if t["ge"] else value <= t["must"])
+        rows.append({"figure": key, "study": t.get("study"), "before": t.get("today"), "must": t["must"],
+                     "aim": t["aim"], "measured": value, "meets must": met})
+    table = pd.DataFrame(rows).set_index("figure")
+    table.attrs.update(gpu=gpu, gpu_uuid=result.get("gpu_uuid"), commit=result.get("commit"),
+                       engine=result.get("engine"))
+    return table
