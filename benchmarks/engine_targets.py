@@ -419,11 +419,9 @@ class GenerateEngine:
         path = Path(str(model))
         cfg = json.loads(path.read_text()) if path.suffix == ".json" else dict(A.hf_config(str(model)))
         self.arch = A.Architecture.from_hf_config(cfg, name=path.stem if path.suffix == ".json" else str(model))
-        cfg = dict(cfg)
-        model_type = cfg.pop("model_type")
-        for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
-            cfg.pop(key, None)
-        config = transformers.AutoConfig.for_model(model_type, **cfg)
+        from energybook.measure.torch_engine import transformers_config
+
+        config = transformers_config(cfg)
         self.device = torch.device(device)
         with self.device:
             self.model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype),

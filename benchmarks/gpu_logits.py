@@ -56,29 +56,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _hf_model(name: str, torch, transformers):
+    from energybook.measure.torch_engine import transformers_config
     from energybook.model import architecture as A
 
     cfg = json.loads(Path(name).read_text()) if name.endswith(".json") else dict(A.hf_config(name))
-    model_type = cfg.pop("model_type")
-    for k in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
-        cfg.pop(k, None)
-    attn = "eager" if model_type == "gemma2" else "sdpa"
+    attn = "eager" if cfg["model_type"] == "gemma2" else "sdpa"
     with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **cfg),
-                                                              attn_implementation=attn, dtype=torch.bfloat16)
+        model = transformers.AutoModelForCausalLM.from_config(transformers_config(cfg), attn_implementation=attn,
+                                                              dtype=torch.bfloat16)
     return model.eval(), attn
 
 
-def _errors(ours: list, theirs, exact) -> tuple[float, float]:
-    """Mean relative L2 error of our logits and of transformers' bf16 logits against the float32 ones."""
-    def err(x, i):
-        return float((x - exact[:, i]).norm() / exact[:, i].norm())
-
-    return (statistics.mean(err(x, i) for i, x in enumerate(ours)),
-            statistics.mean(err(theirs[:, i], i) for i in range(len(ours))))
-
-
 def _rel(a, b) -> float:
+    """Mean relative L2 distance of the logits ``a`` from ``b``, step by step."""
     return statistics.mean(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
 
 

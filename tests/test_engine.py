@@ -120,10 +120,10 @@ def test_graph_mask_path_equals_the_eager_decode(window, softcap, alibi):
 
 
 def test_prefill_sliding_window_mask_is_banded():
-    m = TE._causal_mask(5, 5, 2, "cpu", torch.float32) == 0
+    m = TE.causal_mask(5, 5, 2, "cpu", torch.float32) == 0
     assert m.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
     # queries that are the last 2 of 4 positions (a prompt after cached tokens)
-    assert (TE._causal_mask(2, 4, None, "cpu", torch.float32) == 0).int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert (TE.causal_mask(2, 4, None, "cpu", torch.float32) == 0).int().tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
 
 
 def test_prefill_in_chunks_gives_the_same_tokens(tmp_path):

@@ -92,6 +92,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook.measure.engines import EngineUnavailable
+from energybook.measure.torch_engine import causal_mask, softcapped_attention
 from energybook.model.complexity import check_positive
 
 logger = logging.getLogger(__name__)
@@ -584,19 +585,6 @@ def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False, s
     return logits
 
 
-def _capped_attention(q, k, v, scale: float, softcap: float | None, mask=None):
-    """Attention by explicit products, with Gemma 2's logit soft-capping before the additive ``mask``: q (..., Q, h),
-    k and v (..., S, h) with matching leading axes; the softmax in float32, as transformers' eager attention."""
-    import torch
-
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        scores = scores + mask
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
-
-
 def _tail_attention(q, k, v, bias, scale: float):
     """Explicit softmax attention of q (B, K, G, h) over k, v (B, K, W, h) under an additive float32 bias (W,).
 
@@ -851,7 +839,6 @@ class LeanEngine:
         self.windows = self.config.windows
         self._embed_scale = torch.tensor(self.config.embedding_multiplier, dtype=self.dtype, device=self.device)
         self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
-        self._force_splits = None  # the Triton kernel's (splits, chunk), set by the checks only
         self._probe = False  # graphs copy their logits into the wave state (greedy_logits(graphs=True) only)
         self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
         self._prefill_fns = (_qkv, _block_out, _head)
@@ -1139,8 +1126,9 @@ class LeanEngine:
         kc, vc = r(b, s, k, h), r(b, s, k, h)
         scale = self.config.attention_scale
         bias = self._alibi_bias(torch.arange(s, device=self.device)) if alibi else None
-        ref = _capped_attention(q.float(), kc[:, :live].transpose(1, 2).float(), vc[:, :live].transpose(1, 2).float(),
-                                scale, cap, None if bias is None else bias[..., :live].float())
+        ref = softcapped_attention(q.float(), kc[:, :live].transpose(1, 2).float(),
+                                   vc[:, :live].transpose(1, 2).float(),
+                                   None if bias is None else bias[..., :live].float(), scale, cap)
         pos = torch.full((1,), live - 1, dtype=torch.long, device=self.device)
         state = _WaveState(b, s, None, None, pos, torch.zeros(1), torch.arange(s, device=self.device),
                            used=torch.empty(b, dtype=torch.int32, device=self.device),
@@ -1157,11 +1145,7 @@ class LeanEngine:
                 got = self._attend(path, q, kc, vc, ctx, 256)
                 err = float((got.float() - ref).norm() / ref.norm())
                 if path == "triton":  # also unsplit: another kernel specialisation, as at large batches
-                    self._force_splits = (1, 320)
-                    try:
-                        got = self._attend(path, q, kc, vc, ctx, 256)
-                    finally:
-                        self._force_splits = None
+                    got = self._attend(path, q, kc, vc, ctx[:3] + ((1, 320),), 256)
                     err = max(err, float((got.float() - ref).norm() / ref.norm()))
                 if err < 2e-2:
                     ok.append(path)
@@ -1540,7 +1524,8 @@ class LeanEngine:
         Soft-capped logits (Gemma 2) or a sliding window shorter than the prompt go, on CUDA, through compiled
         FlexAttention (:meth:`_flex_prefill`: the cap as a score modification, causality and the window as a block
         mask, so that blocks wholly outside the window are skipped); on the CPU through explicit products under an
-        additive (n, n) mask (:func:`_capped_attention`, whose FLOPs the counter can read).
+        additive (n, n) mask (:func:`~energybook.measure.torch_engine.softcapped_attention`, whose FLOPs the counter
+        can read).
         """
         import torch.nn.functional as F
 
@@ -1550,16 +1535,11 @@ class LeanEngine:
         if self.config.attn_softcap is not None or window is not None:
             if self.device.type == "cuda":
                 return self._flex_prefill(q, k, v, window)
-            torch = self.torch
-            keys = torch.arange(n, device=q.device)
-            seen = keys[None, :] <= keys[:, None]
-            if window is not None:
-                seen &= keys[None, :] > keys[:, None] - window
             groups = q.shape[1] // k.shape[1]
             if groups > 1:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            mask = torch.where(seen, 0.0, torch.finfo(q.dtype).min).to(q.dtype)
-            return _capped_attention(q, k, v, scale, self.config.attn_softcap, mask)
+            mask = causal_mask(n, n, window, q.device, q.dtype)
+            return softcapped_attention(q, k, v, mask, scale, self.config.attn_softcap)
         if self.alibi is not None:  # causal mask with the ALiBi bias: (1, H, n, n), one chunk's prompts share it
             torch = self.torch
             n = q.shape[2]
@@ -1618,15 +1598,15 @@ class LeanEngine:
         ``exact``: (first key, live key count ``hi``, ALiBi bias or None); ``masked`` (and ``split``'s first
         bucket): an additive mask (1, 1, 1, hi) in the model's dtype over keys [0, hi); ``split``: a float32 bias
         (hi - lo,) over the bucket's keys [lo, hi); ``varlen``: (cu_seqlens_q, cu_seqlens_k, seqused_k, hi);
-        ``triton``: (position, hi, window). A sliding ``window`` keeps the last ``window`` live keys (``exact``,
-        ``masked``, ``triton``; the other ways are not chosen where a window binds).
+        ``triton``: (position, hi, window, splits; None: the kernel's own plan). A sliding ``window`` keeps the last
+        ``window`` live keys (``exact``, ``masked``, ``triton``; the other ways are not chosen where a window binds).
         """
         torch = self.torch
         if path == "exact":
             start = max(0, hi - window) if window else 0
             return (start, hi, None if w.alibi is None else w.alibi[..., start:hi])
         if path == "triton":
-            return (w.pos, hi, window)
+            return (w.pos, hi, window, None)
         if window is not None and path not in WINDOWED:
             raise ValueError(f"decode attention {path!r} does not apply a sliding window")
         if path == "varlen":
@@ -1657,7 +1637,7 @@ class LeanEngine:
             start, live, bias = ctx
             k, v = kc[:, start:live].transpose(1, 2), vc[:, start:live].transpose(1, 2)
             if cap is not None:
-                return _capped_attention(q, k, v, scale, cap, bias)
+                return softcapped_attention(q, k, v, bias, scale, cap)
             return F.scaled_dot_product_attention(q, k, v, scale=scale, attn_mask=bias)
         if path == "varlen":
             cu_q, cu_k, used, hi = ctx
@@ -1669,19 +1649,19 @@ class LeanEngine:
         if path == "triton":
             from energybook.measure import triton_decode
 
-            pos, hi, window = ctx
+            pos, hi, window, splits = ctx
             slopes = alibi_scale = None
             if self.alibi is not None:  # raw slopes; the kernel rounds the bias as transformers builds it
                 slopes, alibi_scale = self.alibi.to(torch.bfloat16).float(), 1 / math.sqrt(self.arch.head_dim)
             return triton_decode.decode_attention(q, kc, vc, pos, scale, hi, alibi=slopes, softcap=cap, window=window,
-                                                  alibi_scale=alibi_scale, splits=self._force_splits)
+                                                  alibi_scale=alibi_scale, splits=splits)
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
             return self._tail(q, kc[:, lo:hi].transpose(1, 2), vc[:, lo:hi].transpose(1, 2), ctx, o1, lse1, scale)
         hi = ctx.shape[-1]  # masked: the bucket's whole prefix under an additive mask
         if cap is not None:
-            return _capped_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2), scale, cap, ctx)
+            return softcapped_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2), ctx, scale, cap)
         return F.scaled_dot_product_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2),
                                               attn_mask=ctx, scale=scale)
 

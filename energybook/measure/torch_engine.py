@@ -134,7 +134,18 @@ def _alibi_bias(slopes, start: int, length: int, scaling: float, dtype):
     return (slopes.to(torch.bfloat16)[:, None] * positions).to(dtype) * scaling
 
 
-def _causal_mask(q_len: int, k_len: int, window: int | None, device, dtype):
+def transformers_config(cfg: dict):
+    """transformers' configuration object of a Hugging Face configuration dict: ``AutoConfig.for_model`` of its
+    ``model_type``, without the keys that describe the file rather than the model (architectures, versions, the
+    checkpoint's name, its dtype)."""
+    from transformers import AutoConfig
+
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "_name_or_path",
+                                                      "torch_dtype", "dtype")}
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+
+def causal_mask(q_len: int, k_len: int, window: int | None, device, dtype):
     """Additive (q_len, k_len) mask: the queries are the last q_len of k_len positions; a window keeps the last
     ``window`` keys of each query (transformers' convention: key j is seen from i when i - window < j <= i)."""
     import torch
@@ -147,12 +158,15 @@ def _causal_mask(q_len: int, k_len: int, window: int | None, device, dtype):
     return torch.where(seen, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
-def _softcapped(query, key, value, mask, scaling: float, softcap: float):
-    """Attention with logit soft-capping (Gemma 2) by explicit products: SDPA has no soft-capping."""
+def softcapped_attention(query, key, value, mask, scaling: float, softcap: float | None):
+    """Attention by explicit products, with Gemma 2's logit soft-capping (when ``softcap`` is set) before the additive
+    ``mask``: SDPA has no soft-capping. The softmax in float32, as transformers' eager attention; query (..., Q, h),
+    key and value (..., S, h) with matching leading axes."""
     import torch
 
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    scores = torch.tanh(scores / softcap) * softcap
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = scores + mask
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -198,7 +212,7 @@ def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scal
             k_start = k_len - sliding_window
     elif mask is None and (k_len != q_len or (sliding_window and k_len > sliding_window)
                            or softcap is not None or alibi_slopes is not None):
-        mask = _causal_mask(q_len, k_len, sliding_window, query.device, query.dtype)
+        mask = causal_mask(q_len, k_len, sliding_window, query.device, query.dtype)
     if q_len == 1:
         # All query heads of one KV head attend to the same keys: fold them into the query axis.
         query = query.reshape(b, k_heads, groups, d)
@@ -212,7 +226,7 @@ def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scal
         bias = _alibi_bias(alibi_slopes, k_start, key.shape[2], scaling, query.dtype).view(bias_shape)
         mask = bias if mask is None else mask + bias
     if softcap is not None:
-        out = _softcapped(query, key, value, mask, scaling, softcap)
+        out = softcapped_attention(query, key, value, mask, scaling, softcap)
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None and q_len > 1,
                                              scale=scaling)
@@ -586,7 +600,7 @@ class TorchEngine:
     # ----- model -------------------------------------------------------------------------
     def _build(self, cfg_dict: dict, checkpoint: Path | None, min_positions: int) -> None:
         torch = self.torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         attn = register_attention()
         if self.arch.model_type == "falcon":
@@ -597,15 +611,12 @@ class TorchEngine:
         if checkpoint is None and self.arch.position == "learned" and declared < min_positions:
             positions_extended = [declared, min_positions]
             cfg["max_position_embeddings"] = min_positions
-        model_type = cfg.pop("model_type")
-        for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
-            cfg.pop(key, None)
         t0 = time.perf_counter()
         if checkpoint is not None:
             model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=self.dtype, attn_implementation=attn)
             model.to(self.device)
         else:
-            config = AutoConfig.for_model(model_type, **cfg)
+            config = transformers_config(cfg)
             config._attn_implementation = attn
             with self.device:
                 model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, attn_implementation=attn)
