@@ -58,7 +58,7 @@ def main(argv=None) -> int:
           flush=True)
     for mode in args.modes:
         t0 = time.perf_counter()
-        eng = LeanEngine(args.model, compile=True, compile_mode=mode, compile_prefill=False)
+        eng = LeanEngine(args.model, compile=True, compile_mode=mode, compile_prefill=False, compile_mode_small=None)
         rec = {}
         for batch in args.batches:
             step, capture, once = lean_step_s(eng, batch, args.context)

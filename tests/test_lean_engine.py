@@ -340,6 +340,26 @@ def test_unsupported_features_are_refused(tmp_path):
         LeanEngine(tiny_config(tmp_path), device="cpu", decode_attention="paged")
     with pytest.raises(ValueError, match="unknown model"):
         LeanEngine("No-Such-Model", device="cpu")
+    with pytest.raises(ValueError, match="small_batch"):
+        LeanEngine(tiny_config(tmp_path), device="cpu", small_batch=-1)
+
+
+def test_small_batches_get_their_own_compilation(tmp_path, monkeypatch):
+    """Decode at batches up to ``small_batch`` runs blocks compiled in ``compile_mode_small``; larger batches, and
+    every batch when that mode is None, run the ``compile_mode`` ones (torch.compile recorded, not run)."""
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: modes.append(kw["mode"]) or f)
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", compile=True, compile_prefill=False, small_batch=4)
+    assert modes == ["default"] * 4 + ["max-autotune-no-cudagraphs"] * 4
+    assert eng._small(4) and not eng._small(5) and eng._fns[True] is not eng._fns[False]
+    assert eng.settings["compile_mode_small"] == "max-autotune-no-cudagraphs at batches <= 4"
+    modes.clear()
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", compile=True, compile_prefill=False,
+                     compile_mode_small=None)
+    assert modes == ["default"] * 4 and eng._fns[True] is eng._fns[False]
+    assert eng.settings["compile_mode_small"] is None
 
 
 @pytest.mark.parametrize("key", ["falcon:rotary", "falcon:new", "falcon:new1", "gpt_neox", "starcoder2"])

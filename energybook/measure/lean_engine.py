@@ -544,6 +544,17 @@ def _qkv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, n
     return qk[..., :heads, :], qk[..., heads:, :], qkv[..., heads + kv_heads:, :]
 
 
+def _qkv_kv(x, norm, wqkv, bqkv, cos, sin, eps: float, heads: int, kv_heads: int, norm_b=None,
+            layer_norm: bool = False):
+    """:func:`_qkv` for a decode step: q (B, H, h) and the new keys and values stacked, kv (2, B, K, h), so that
+    one ``index_copy_`` writes both into a layer's (2, B, S, K, h) cache, and compiled code writes kv in the
+    kernel that applies the rotary embedding rather than in two copies after it."""
+    import torch
+
+    q, k, v = _qkv(x, norm, wqkv, bqkv, cos, sin, eps, heads, kv_heads, norm_b, layer_norm)
+    return q, torch.stack((k, v))
+
+
 def _block_out(x, attn, wo, bo, norm, w13, b13, w2, b2, eps: float, residual_multiplier: float, norm_b=None,
                layer_norm: bool = False, gated: bool = True, act: str = "silu", post_attn_norm=None,
                post_ffn_norm=None, parallel: bool = False):
@@ -583,6 +594,13 @@ def _head(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False, s
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def _head_argmax(x, norm, lm_head, eps: float, norm_b=None, layer_norm: bool = False, softcap: float | None = None):
+    """:func:`_head` and the greedy token: (logits (rows, V), argmax (rows,)); compiled, the argmax is a split
+    reduction over the vocabulary rather than one block per row."""
+    logits = _head(x, norm, lm_head, eps, norm_b, layer_norm, softcap)
+    return logits, logits.argmax(-1)
 
 
 def _tail_attention(q, k, v, bias, scale: float):
@@ -730,6 +748,11 @@ class LeanEngine:
             made by :meth:`prepare` before any measured window): True, False, or ``"auto"`` (as ``compile``).
         compile_mode: The ``torch.compile`` mode (``"default"``: fused elementwise kernels around cuBLAS
             products; ``"max-autotune-no-cudagraphs"`` also times matmul kernels, minutes per batch size).
+        compile_mode_small: The mode of decode steps at batches up to ``small_batch`` (default
+            ``"max-autotune-no-cudagraphs"``: at batch 1 the step is a chain of matrix-vector products, and timing
+            Triton's kernels for them, about 20 s per batch size on an H200, made it 15% faster there,
+            ``benchmarks/results/h200/batch1_modes.json``); None: ``compile_mode`` at every batch.
+        small_batch: Largest batch that uses ``compile_mode_small`` (requests; 0: none).
         memory_fraction: Share of free device memory the KV cache and activations may take.
         prefill_tokens: Tokens per prefill chunk (whole requests per chunk).
         min_positions: Accepted for the ``hf`` engine's interface; unused (no learned positions here).
@@ -752,6 +775,7 @@ class LeanEngine:
                  dtype: str | None = None, max_batch: int = 1024, cuda_graphs: bool | str = True,
                  decode_attention: str = "auto", bucket_min: int = 32, bucket_max: int = 256,
                  compile: bool | str = "auto", compile_mode: str = "default", compile_prefill: bool | str = "auto",
+                 compile_mode_small: str | None = "max-autotune-no-cudagraphs", small_batch: int = 8,
                  memory_fraction: float = 0.92, prefill_tokens: int = 16384, min_positions: int | None = None,
                  require_prepared: bool = False, seed: int = 0, state_dict: dict | None = None,
                  weight_init: str = "normal:0.02", prompts: str = "random"):
@@ -814,6 +838,9 @@ class LeanEngine:
             raise ValueError(f"compile_prefill must be True, False or 'auto', got {compile_prefill!r}")
         self.compile_prefill = self.compile if compile_prefill == "auto" else bool(compile_prefill)
         self.compile_mode = compile_mode
+        if isinstance(small_batch, bool) or not isinstance(small_batch, int) or small_batch < 0:
+            raise ValueError(f"small_batch must be a whole number >= 0 (requests), got {small_batch!r}")
+        self.compile_mode_small, self.small_batch = compile_mode_small, small_batch
         self.memory_fraction = memory_fraction
         self.prefill_tokens = prefill_tokens
         self.require_prepared = require_prepared
@@ -840,7 +867,8 @@ class LeanEngine:
         self._embed_scale = torch.tensor(self.config.embedding_multiplier, dtype=self.dtype, device=self.device)
         self._flex, self._block_masks = None, {}  # FlexAttention (compiled on CUDA) and its masks per (n, window)
         self._probe = False  # graphs copy their logits into the wave state (greedy_logits(graphs=True) only)
-        self._pre, self._post, self._final, self._tail = _qkv, _block_out, _head, _tail_merge
+        self._fns = {False: (_qkv_kv, _block_out, _head_argmax, _tail_merge)}  # decode's blocks; True: small batches
+        self._fns[True] = self._fns[False]
         self._prefill_fns = (_qkv, _block_out, _head)
         if self.compile or self.compile_prefill:
             self._compile()
@@ -1099,9 +1127,13 @@ class LeanEngine:
             if getattr(dynamo_config, key, 64) < 64:
                 setattr(dynamo_config, key, 64)
         kw = dict(mode=self.compile_mode, dynamic=False, fullgraph=True)
+        decode = (_qkv_kv, _block_out, _head_argmax, _tail_merge)
         if self.compile:
-            self._pre, self._post, self._final, self._tail = (torch.compile(f, **kw)
-                                                              for f in (_qkv, _block_out, _head, _tail_merge))
+            self._fns[False] = tuple(torch.compile(f, **kw) for f in decode)
+            self._fns[True] = self._fns[False]
+            if self.small_batch and self.compile_mode_small not in (None, self.compile_mode):
+                # Their own compiled objects, so the two modes never share (or evict) a compilation.
+                self._fns[True] = tuple(torch.compile(f, **dict(kw, mode=self.compile_mode_small)) for f in decode)
         if self.compile_prefill:  # their own compiled objects: the prefill's shapes do not use up the decode's limit
             self._prefill_fns = tuple(torch.compile(f, **kw) for f in (_qkv, _block_out, _head))
 
@@ -1190,6 +1222,8 @@ class LeanEngine:
             "bucket_min": self.bucket_min, "bucket_max": self.bucket_max,
             "compile": self.compile, "compile_prefill": self.compile_prefill,
             "compile_mode": self.compile_mode if self.compile or self.compile_prefill else None,
+            "compile_mode_small": (f"{self.compile_mode_small} at batches <= {self.small_batch}"
+                                   if self.compile and self.small_batch and self.compile_mode_small else None),
             "kv_cache": "one (L, 2, B, S, K, h) tensor per batch, S a bucket edge >= n_in + n_out - 1, zeroed once, "
                         "written in place",
             "greedy": "argmax on device, EOS ignored", "lm_head": "last position only, (rows, d) products"
@@ -1658,12 +1692,17 @@ class LeanEngine:
         if path == "split" and lo > 0:
             hi = lo + ctx.shape[0]
             o1, lse1 = _flash_with_lse(q, kc[:, :lo].transpose(1, 2), vc[:, :lo].transpose(1, 2), scale)
-            return self._tail(q, kc[:, lo:hi].transpose(1, 2), vc[:, lo:hi].transpose(1, 2), ctx, o1, lse1, scale)
+            tail = self._fns[self._small(q.shape[0])][3]
+            return tail(q, kc[:, lo:hi].transpose(1, 2), vc[:, lo:hi].transpose(1, 2), ctx, o1, lse1, scale)
         hi = ctx.shape[-1]  # masked: the bucket's whole prefix under an additive mask
         if cap is not None:
             return softcapped_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2), ctx, scale, cap)
         return F.scaled_dot_product_attention(q, kc[:, :hi].transpose(1, 2), vc[:, :hi].transpose(1, 2),
                                               attn_mask=ctx, scale=scale)
+
+    def _small(self, batch: int) -> bool:
+        """Whether a decode step of this batch runs the small-batch compilation (``compile_mode_small``)."""
+        return batch <= self.small_batch
 
     def _decode_step(self, w: _WaveState, path: str, lo: int, hi: int, logits_out: list | None = None):
         """One decode step of every request from the device state: feeds ``w.tok`` at ``w.pos``, writes K/V,
@@ -1676,6 +1715,7 @@ class LeanEngine:
         b = w.batch
         heads, kv = a.num_heads, a.num_kv_heads
         groups, h = heads // kv, a.head_dim
+        pre, post, final, _ = self._fns[self._small(b)]
         x = self._embed(w.tok, w.pos)
         cos = sin = None
         if self.cos is not None:
@@ -1683,21 +1723,19 @@ class LeanEngine:
         ctxs = {win: self._attention_context(w, path, lo, hi, win) for win in self._binding(hi)}
         for n_layer, layer in enumerate(self.layers):
             ctx = ctxs[self._binds(n_layer, hi)]
-            q, k, v = self._pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
-                                layer.attn_norm_b, c.layer_norm)
+            q, new_kv = pre(x, layer.attn_norm, layer.wqkv, layer.bqkv, cos, sin, c.rms_norm_eps, heads, kv,
+                            layer.attn_norm_b, c.layer_norm)
+            w.cache[n_layer].index_copy_(2, w.pos, new_kv.unsqueeze(2))  # K and V at pos, one kernel
             kc, vc = w.cache[n_layer, 0], w.cache[n_layer, 1]
-            kc.index_copy_(1, w.pos, k.unsqueeze(1))
-            vc.index_copy_(1, w.pos, v.unsqueeze(1))
             attn = self._attend(path, q.reshape(b, kv, groups, h), kc, vc, ctx, lo)
-            x = self._post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
-                           layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
-                           c.gated, c.act, layer.post_attn_norm, layer.post_ffn_norm, c.parallel)
-        logits = self._final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm, c.final_softcap)
+            x = post(x, attn.reshape(b, heads * h), layer.wo, layer.bo, layer.ffn_norm, layer.w13, layer.b13,
+                     layer.w2, layer.b2, c.rms_norm_eps, c.residual_multiplier, layer.ffn_norm_b, c.layer_norm,
+                     c.gated, c.act, layer.post_attn_norm, layer.post_ffn_norm, c.parallel)
+        logits, nxt = final(x, self.norm, self.lm_head, c.rms_norm_eps, self.norm_b, c.layer_norm, c.final_softcap)
         if logits_out is not None:
             logits_out.append(logits)
         if self._probe:
             w.logits.copy_(logits)
-        nxt = logits.argmax(-1)
         w.out.index_copy_(1, w.pos + 1, nxt.unsqueeze(1))
         w.tok.copy_(nxt)
         w.pos.add_(1)
