@@ -3,6 +3,7 @@ weights for every family it runs, through the eager path and through the graphs'
 ``complexity``'s exact counts; refusals by name; the runner drives it unchanged; the GPU benchmark's CPU half."""
 
 import csv
+import functools
 import importlib.util
 import json
 import logging
@@ -350,10 +351,11 @@ def test_small_batches_get_their_own_compilation(tmp_path, monkeypatch):
     import torch
 
     modes = []
-    monkeypatch.setattr(torch, "compile", lambda f, **kw: modes.append(kw["mode"]) or f)
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: modes.append(kw["mode"]) or functools.partial(f))
     eng = LeanEngine(tiny_config(tmp_path), device="cpu", compile=True, compile_prefill=False, small_batch=4)
-    assert modes == ["default"] * 4 + ["max-autotune-no-cudagraphs"] * 4
-    assert eng._small(4) and not eng._small(5) and eng._fns[True] is not eng._fns[False]
+    assert modes == ["default"] * 4 + ["max-autotune-no-cudagraphs"] * 3  # the split way's tail keeps the default
+    assert eng._small(4) and not eng._small(5) and eng._fns[True][:3] != eng._fns[False][:3]
+    assert eng._fns[True][3] is eng._fns[False][3]
     assert eng.settings["compile_mode_small"] == "max-autotune-no-cudagraphs at batches <= 4"
     modes.clear()
     eng = LeanEngine(tiny_config(tmp_path), device="cpu", compile=True, compile_prefill=False,

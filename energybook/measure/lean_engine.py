@@ -1133,7 +1133,10 @@ class LeanEngine:
             self._fns[True] = self._fns[False]
             if self.small_batch and self.compile_mode_small not in (None, self.compile_mode):
                 # Their own compiled objects, so the two modes never share (or evict) a compilation.
-                self._fns[True] = tuple(torch.compile(f, **dict(kw, mode=self.compile_mode_small)) for f in decode)
+                small = tuple(torch.compile(f, **dict(kw, mode=self.compile_mode_small)) for f in decode[:3])
+                # The split way's tail stays in compile_mode: it is compiled per bucket width, and timing kernels
+                # for each would cost minutes for a way that auto rarely picks at small batches.
+                self._fns[True] = small + self._fns[False][3:]
         if self.compile_prefill:  # their own compiled objects: the prefill's shapes do not use up the decode's limit
             self._prefill_fns = tuple(torch.compile(f, **kw) for f in (_qkv, _block_out, _head))
 
