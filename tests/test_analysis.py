@@ -225,3 +225,22 @@ def test_offgrid_errors_reproduce_in_sample_errors_on_grid_points():
     assert (summary.to_numpy() < 15).all()  # on grid points all three are within their in-sample errors' range
     with pytest.raises(ValueError, match="no grid"):
         AN.offgrid_errors(table[table["model"] != "Llama-3.2-1B"], some)
+
+
+def _timed_points():
+    return pd.DataFrame({"model": ["Llama-3.2-1B"] * 3, "n_in": [64, 64, 64], "n_out": [64, 1024, 4096],
+                         "batch": [1000, 1000, 500], "window_s": [1.1, 18.8, 90.4]})
+
+
+def test_measuring_time_pairs_each_group_longest_window_with_its_bound():
+    from energybook.model import roofline as R
+
+    spec = R.GpuSpec("test GPU", peak_flops=800e12, bandwidth_bytes_s=3e12, power_cap_w=700.0, source="test")
+    t = AN.measuring_time(_timed_points(), spec)
+    assert list(zip(t["batch"], t["n_out"], t["window_s"])) == [(500, 4096, 90.4), (1000, 1024, 18.8)]
+    bound = R.measuring_bounds(AN.A.load("Llama-3.2-1B"), _timed_points(), spec)
+    assert t["bound_s"].to_numpy() == pytest.approx(bound["time_s"].to_numpy())
+    assert t["bound_share"].to_numpy() == pytest.approx((t["bound_s"] / t["window_s"]).to_numpy())
+    assert np.all(t["bound_share"] < 1)  # a real measurement is slower than its roofline
+    with pytest.raises(ValueError, match="window_s"):
+        AN.measuring_time(_timed_points().drop(columns="window_s"), spec)

@@ -131,6 +131,20 @@ def test_grid_bounds_uses_the_table_schedule():
     assert g.loc[1, "time_s"] == pytest.approx(expected)
 
 
+def test_measuring_bounds_measure_one_wave_per_group_to_its_longest_output():
+    points = pd.DataFrame({"n_in": [64, 64, 64, 128], "n_out": [64, 1024, 4096, 256], "batch": [1000, 1000, 500, 1000]})
+    g = R.measuring_bounds(LLAMA, points, SPEC)
+    assert list(zip(g["n_in"], g["batch"], g["n_out"], g["points"])) == [(64, 500, 4096, 1), (64, 1000, 1024, 2),
+                                                                         (128, 1000, 256, 1)]
+    one_wave = R.point_bound(LLAMA, 64, 1024, SPEC, n_req=1000, batch=1000).total.time_s
+    assert g.loc[1, "time_s"] == pytest.approx(one_wave)  # the group's longest point; its prefix is free
+    half = R.point_bound(LLAMA, 64, 4096, SPEC, n_req=1000, batch=500)  # two waves; one is measured
+    assert g.loc[0, "time_s"] == pytest.approx(half.total.time_s / 2)
+    assert g["time_s"].to_numpy() == pytest.approx((g["prefill_s"] + g["decode_s"]).to_numpy())
+    with pytest.raises(ValueError, match="n_out"):
+        R.measuring_bounds(LLAMA, points.drop(columns="n_out"), SPEC)
+
+
 def test_spec_from_benchmark():
     bench = {"peak_flops": 798e12, "peak_bw_Bps": 3.0e12, "peaks_note": "measured", "started": "t",
              "device": {"gpu": "NVIDIA H100 80GB HBM3", "power_limit_w": 700.0}}

@@ -401,3 +401,39 @@ def grid_bounds(arch: Architecture, points: pd.DataFrame, spec: GpuSpec, prefill
                          tokens_per_j=n_req * pb.n_out / t.energy_j, j_per_token=t.energy_j / (n_req * pb.n_out),
                          prefill_share=pb.prefill.time_s / t.time_s))
     return pd.DataFrame(rows)
+
+
+def measuring_bounds(arch: Architecture, points: pd.DataFrame, spec: GpuSpec, prefill_tokens: int | None = 16384,
+                     method: str = "exact") -> pd.DataFrame:
+    """The roofline of what a sweep in prefix mode measures: one wave per (n_in, batch) group.
+
+    In prefix mode (the grids' default) the points of one prompt length and batch share one measured wave, run
+    to the group's longest output; shorter outputs are read off its prefix, and the other waves of a point are
+    not measured. The sum of ``time_s`` is the shortest time the sweep's measured windows can take on ``spec``.
+
+    Args:
+        arch: The architecture.
+        points: One row per point with ``n_in``, ``n_out`` (tokens) and ``batch`` (requests per wave; 1000 when
+            absent).
+        spec: The GPU.
+        prefill_tokens: Prompt tokens per prefill chunk.
+        method: ``"exact"`` or ``"textbook"`` counts.
+
+    Returns:
+        One row per group, by ``n_in`` then ``batch``: ``n_in``, ``batch``, ``n_out`` (the group's longest, tokens),
+        ``points``, ``prefill_s``, ``decode_s`` and ``time_s`` (seconds of one wave at the roofline).
+
+    Used in :doc:`/book/comparison`.
+    """
+    missing = [c for c in ("n_in", "n_out") if c not in points.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}")
+    table = points.assign(batch=points["batch"] if "batch" in points.columns else 1000)
+    rows = []
+    for (n_in, batch), g in table.groupby(["n_in", "batch"], sort=True):
+        n_in, batch, n_out = int(n_in), int(batch), int(g["n_out"].max())
+        pre = prefill_bound(arch, n_in, batch, spec, prefill_tokens, method)
+        dec = decode_bound(arch, n_in, n_out, batch, spec, method)
+        rows.append(dict(n_in=n_in, batch=batch, n_out=n_out, points=len(g), prefill_s=pre.time_s,
+                         decode_s=dec.time_s, time_s=pre.time_s + dec.time_s))
+    return pd.DataFrame(rows)

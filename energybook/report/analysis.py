@@ -479,3 +479,40 @@ def offgrid_errors(grid: pd.DataFrame, offgrid: pd.DataFrame, calibration=None,
                .agg(lambda e: float(np.mean(np.abs(e)) * 100))
                .rename(columns=lambda c: c.replace("_error", "_mape_pct")))
     return points, summary
+
+
+def measuring_time(table: pd.DataFrame, spec, prefill_tokens: dict[str, int] | int | None = 16384) -> pd.DataFrame:
+    """Measured windows against their roofline, per (model, n_in, batch) group of a prefix-mode grid.
+
+    A prefix-mode sweep measures one wave per group, to the group's longest output; that point's ``window_s`` is
+    the wave's measured time. Its bound is :func:`energybook.model.roofline.measuring_bounds` on ``spec``.
+
+    Args:
+        table: A measured table (:func:`measured_table`) with ``model``, ``n_in``, ``n_out``, ``batch`` and
+            ``window_s``.
+        spec: The GPU (:class:`energybook.model.roofline.GpuSpec`).
+        prefill_tokens: Prompt tokens per prefill chunk, one for all models or ``{model: tokens}`` (each grid's
+            engine setting).
+
+    Returns:
+        One row per group: ``model``, ``n_in``, ``batch``, ``n_out`` (tokens), ``window_s`` (measured),
+        ``bound_s`` (roofline, seconds) and ``bound_share`` (bound over measured).
+
+    Used in :doc:`/book/comparison`.
+    """
+    from energybook.model import roofline as R
+
+    missing = [c for c in ("model", "n_in", "n_out", "batch", "window_s") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}")
+    out = []
+    for model in _models(table):
+        t = table[table["model"] == model]
+        tokens = prefill_tokens.get(model, 16384) if isinstance(prefill_tokens, dict) else prefill_tokens
+        bounds = R.measuring_bounds(A.load(model), t, spec, prefill_tokens=tokens)
+        longest = t.loc[t.groupby(["n_in", "batch"])["n_out"].idxmax(), ["n_in", "batch", "window_s"]]
+        merged = bounds.merge(longest.astype({"n_in": int, "batch": int}), on=["n_in", "batch"])
+        out.append(merged.assign(model=model, bound_s=merged["time_s"]))
+    result = pd.concat(out, ignore_index=True)
+    result["bound_share"] = result["bound_s"] / result["window_s"]
+    return result[["model", "n_in", "batch", "n_out", "window_s", "bound_s", "bound_share"]]

@@ -698,3 +698,31 @@ def efficiency_by_model(table: pd.DataFrame, group: dict[str, str], ax: Axes | N
     ax.grid(axis="x", visible=False)
     ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(kinds))
     return ax
+
+
+def measuring_time(table: pd.DataFrame, model: str, ax: Axes | None = None) -> Axes:
+    """One model's measured windows and their roofline, one pair of bars per (n_in, batch) group, in seconds.
+
+    Args:
+        table: :func:`energybook.report.analysis.measuring_time`'s table.
+        model: The model to draw.
+        ax: Axes to draw on; a new figure when None.
+
+    Used in :doc:`/book/comparison`.
+    """
+    _check(table, ("model", "n_in", "batch", "n_out", "window_s", "bound_s"))
+    rows = table[table["model"] == model].sort_values(["n_in", "batch"])
+    if rows.empty:
+        raise ValueError(f"no rows for model {model!r}; the table has {sorted(set(table['model']))}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(PANEL_WIDTH_IN, 0.45 * len(rows)), 3.4))
+    x = np.arange(len(rows))
+    palette = sns.color_palette("colorblind", n_colors=2)
+    ax.bar(x - 0.2, rows["window_s"], width=0.4, color=palette[0], label="measured window")
+    ax.bar(x + 0.2, rows["bound_s"], width=0.4, color=palette[1], label="roofline of the same wave")
+    ax.set_xticks(x, [f"{a}\n{b}\n{c}" for a, b, c in zip(rows["n_in"], rows["batch"], rows["n_out"])], fontsize=7)
+    ax.set_xlabel("group: n_in / batch / longest n_out (tokens, requests, tokens)")
+    ax.set_ylabel("one measured wave (s)")
+    ax.set_title(model_label(model))
+    _legend(ax)
+    return ax
