@@ -225,7 +225,7 @@ def table(result: dict) -> str:
 # ----- the grid-time model ------------------------------------------------------------------------------------
 def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, cooldown_s: float = 2.0,
                  min_window_s: float = 2.0, warmup_steps: int = 32, points: list | None = None,
-                 once_s: float = 0.0) -> dict:
+                 once_s: float = 0.0, spec=None) -> dict:
     """GPU-minutes of the 7x7 grid as the runner would measure it (prefix mode, the grids' defaults).
 
     The runner's plan (:func:`energybook.measure.protocol.plan`) with ``engine.batch_limit``; per group: graph
@@ -243,6 +243,9 @@ def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, c
         warmup_steps: Decode steps of the warm-up.
         points: (n_in, n_out) pairs; default the 7x7 grid.
         once_s: Seconds once per distinct batch size (compilation, kernel selection).
+        spec: The GPU's measured peaks (:class:`energybook.model.roofline.GpuSpec`); when given, ``bound_minutes``
+            is the roofline of the same groups' measured waves (:func:`energybook.model.roofline.measuring_bounds`),
+            the floor under ``minutes`` that no engine goes below.
     """
     from energybook.measure.protocol import Point, plan
     from energybook.model import complexity as C
@@ -269,7 +272,15 @@ def grid_minutes(engine, step_s, prefill_flops_per_s: float, capture_s: float, c
             window = prefill(g.n_in, g.batch) + decode(g.n_in, n, g.batch)
             if window < min_window_s:
                 total += math.ceil(min_window_s / window) * window + cooldown_s
-    return {"minutes": total / 60, "groups": len(groups), "points": len(points),
+    bound = None
+    if spec is not None:
+        import pandas as pd
+
+        from energybook.model import roofline as R
+
+        rows = pd.DataFrame([dict(n_in=g.n_in, n_out=max(g.n_outs), batch=g.batch) for g in groups])
+        bound = float(R.measuring_bounds(arch, rows, spec).groupby(["n_in", "batch"])["time_s"].max().sum()) / 60
+    return {"minutes": total / 60, "bound_minutes": bound, "groups": len(groups), "points": len(points),
             "method": "model: the runner's plan, measured step/prefill/capture times, prefix mode, cooldown "
                       f"{cooldown_s} s, min_window {min_window_s} s; not a measured grid"}
 
@@ -672,11 +683,16 @@ def _lean_side(eng, name: str, rec: dict, peaks: dict, say):
     bw = max(x["ways"][x["best"]]["fraction_of_copy"] for x in att) * peaks["copy_Bps"]
     step_s = step_model(samples, 64, arch.kv_bytes_per_token, bw)
     rate = statistics.median(r["tflops"] for r in rec["prefill"]) * 1e12
-    grid = grid_minutes(eng, step_s, rate, rec["capture_s_per_graph"], once_s=once)
+    from energybook.model.roofline import GpuSpec
+
+    spec = GpuSpec("this GPU", peak_flops=peaks["matmul_flops"], bandwidth_bytes_s=peaks["copy_Bps"],
+                   power_cap_w=700.0, source="measured in this run (the cap does not enter a time)")
+    grid = grid_minutes(eng, step_s, rate, rec["capture_s_per_graph"], once_s=once, spec=spec)
     rec["grid_gpu_minutes_llama_3_2_1b"] = grid["minutes"]
     rec["grid_model"] = dict(grid, step_samples_ms={b: s * 1e3 for b, s in samples.items()},
                              attention_bandwidth_Bps=bw, prefill_flops_per_s=rate)
-    say(f"[{name}] grid estimate: {grid['minutes']:.1f} GPU-minutes ({grid['groups']} groups)")
+    say(f"[{name}] grid estimate: {grid['minutes']:.1f} GPU-minutes ({grid['groups']} groups; roofline of the "
+        f"measured waves {grid['bound_minutes']:.1f})")
     return step_s
 
 

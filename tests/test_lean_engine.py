@@ -515,6 +515,12 @@ def test_benchmark_grid_estimate_on_the_cpu(tmp_path):
                                   once_s=10.0)
     batches = {g.batch for g in _plan(eng)}
     assert compiled["minutes"] - fast["minutes"] == pytest.approx(10.0 * len(batches) / 60)
+    assert fast["bound_minutes"] is None
+    from energybook.model.roofline import GpuSpec
+
+    spec = GpuSpec("test GPU", peak_flops=8e14, bandwidth_bytes_s=3e12, power_cap_w=700.0, source="test")
+    bounded = bench.grid_minutes(eng, step_s=lambda b, c: 0.005, prefill_flops_per_s=4e14, capture_s=0.03, spec=spec)
+    assert 0 < bounded["bound_minutes"] < bounded["minutes"] == fast["minutes"]
 
 
 def _plan(eng):
