@@ -96,6 +96,50 @@ def test_kernel_matches_softmax_attention_in_the_interpreter():
         assert err < (2e-3 if case[6] == "float16" else 5e-5 if capped else 1e-5), (case, err)
 
 
+_ROUNDED_ALIBI = _SCRIPT.split("torch.manual_seed(0)")[0] + textwrap.dedent("""
+    from energybook.measure.lean_engine import alibi_slopes
+
+    torch.manual_seed(0)
+    b, k, h, s, live = 2, 8, 64, 512, 500  # positions past 256, where bf16 rounds them
+    q, kc, vc = torch.randn(b, k, 1, h), torch.randn(b, s, k, h), torch.randn(b, s, k, h)
+    slopes = alibi_slopes(64)[::8].to(torch.bfloat16).float()  # Falcon-RW-7B's, not powers of two
+    n = torch.arange(s).float()
+
+    def trunc(x):  # what Triton's interpreter does for a float32 -> bfloat16 cast
+        return (x.contiguous().view(torch.int32) & -65536).view(torch.float32)
+
+    def rtne(x):
+        return x.to(torch.bfloat16).float()
+
+    errs = {}
+    got = T.decode_attention(q, kc, vc, torch.tensor([live - 1]), 1 / math.sqrt(h), s, alibi=slopes,
+                             alibi_scale=1 / math.sqrt(h))
+    for name, rnd in (("trunc", trunc), ("rtne", rtne)):
+        for positions in ("rounded", "exact"):
+            pos = rnd(n) if positions == "rounded" else n
+            bias = rnd(slopes[:, None] * pos[None, :]) / math.sqrt(h)
+            logits = q @ kc[:, :live].permute(0, 2, 3, 1) / math.sqrt(h) + bias.view(1, k, 1, -1)[..., :live]
+            ref = torch.softmax(logits, -1) @ vc[:, :live].permute(0, 2, 1, 3)
+            errs[f"{name} {positions}"] = float((got - ref).norm() / ref.norm())
+    print(json.dumps(errs))
+""")
+
+
+@pytest.mark.skipif(not T.available(), reason="Triton is not installed (it comes with PyTorch's CUDA builds)")
+def test_rounded_alibi_rounds_the_position_as_torch_does():
+    """Falcon's ALiBi as transformers builds it, ``slopes.bfloat16() * positions``: torch casts the integer positions
+    to bfloat16 before the product, so past 256 they are rounded too. The kernel matches that bias, under whichever
+    rounding the interpreter applies to its casts, and not the one with exact positions (the cause of Falcon-RW's
+    failed construction check on the GPU)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", _ROUNDED_ALIBI], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    errs = json.loads(res.stdout.strip().splitlines()[-1])
+    best = min(errs, key=errs.get)
+    assert best.endswith("rounded") and errs[best] < 1e-5, errs
+    assert errs[best.replace("rounded", "exact")] > 1e-3, errs  # the check can tell the two biases apart
+
+
 @pytest.mark.skipif(not T.available(), reason="Triton is not installed")
 def test_chunks_that_do_not_cover_the_keys_are_refused():
     torch = pytest.importorskip("torch")

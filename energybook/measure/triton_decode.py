@@ -110,10 +110,14 @@ if triton is not None:
             if HAS_SOFTCAP:  # Gemma 2: softcap * tanh(s / softcap), tanh written through the sigmoid
                 s = softcap * (2.0 * tl.sigmoid(2.0 * s / softcap) - 1.0)
             if HAS_ALIBI:
-                bias = slope[:, None] * n[None, :].to(tl.float32)
-                if ROUND_ALIBI:  # as transformers builds it: slope x position in bf16, then the scale in q's dtype
-                    bias = bias.to(tl.bfloat16).to(tl.float32) * alibi_scale
-                    bias = bias.to(Q.dtype.element_ty).to(tl.float32)
+                if ROUND_ALIBI:  # as transformers builds it: slope x position in bf16 (the position itself
+                    # rounded to bf16 first, as torch casts an integer operand), then the scale in q's dtype
+                    # (round to nearest even, said explicitly: Triton's interpreter truncates by default)
+                    bias = slope[:, None] * n[None, :].to(tl.float32).to(tl.bfloat16, fp_downcast_rounding="rtne")
+                    bias = bias.to(tl.float32).to(tl.bfloat16, fp_downcast_rounding="rtne").to(tl.float32)
+                    bias = (bias * alibi_scale).to(Q.dtype.element_ty, fp_downcast_rounding="rtne").to(tl.float32)
+                else:
+                    bias = slope[:, None] * n[None, :].to(tl.float32)
                 s += bias
             s = tl.where(mask_n[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -150,7 +154,8 @@ def decode_attention(q, kc, vc, pos, scale: float, max_keys: int, splits: tuple[
         alibi: (K * G,) float32 per query head (KV head major): ``slope * scale``, added to the scaled logit of the
             key at position ``n`` times ``n`` (ALiBi); None: no bias.
         alibi_scale: With ``alibi`` holding the raw slopes: the bias of key ``n`` is rounded as transformers
-            rounds it, ``(slope * n)`` to bfloat16, times ``alibi_scale``, rounded to q's dtype (Falcon's
+            rounds it, ``(slope * n)`` to bfloat16 with ``n`` itself rounded to bfloat16 first (torch casts the
+            integer positions to the slopes' dtype), times ``alibi_scale``, rounded to q's dtype (Falcon's
             ``build_alibi_tensor`` and the scale of the logits); None: ``alibi`` already holds ``slope * scale``,
             unrounded.
         softcap: Logit soft-capping (Gemma 2): each scaled logit ``s`` becomes ``softcap * tanh(s / softcap)``.
