@@ -115,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="lean engines: these corners only, as N_INxN_OUT,... (default: the four, or (64, 256) "
                          "with --quick)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--merge-models", default=None, metavar="FILE",
+                    help="no measuring: add the 'models' of another run's engine_targets.json (same kind of GPU) to "
+                         "the one under --out")
     args = ap.parse_args(argv)
     if args.corners is not None:
         try:
@@ -749,8 +752,41 @@ def environment(meter) -> dict:
     return info
 
 
+def merge_models(target: Path, other: Path) -> dict:
+    """Add ``other``'s measured models to the engine_targets.json at ``target`` (rewritten, with its .txt).
+
+    The extra models take a run of their own when the targets' run fills a call's time limit; both runs must be
+    on the same kind of GPU, each model keeps its own GPU UUID and commit.
+
+    Raises:
+        ValueError: when either file lacks a GPU, the GPUs' names differ, or ``other`` has no model.
+    """
+    a, b = (json.loads(Path(p).read_text()) for p in (target, other))
+    if not a.get("gpu") or not b.get("gpu") or a["gpu"] != b["gpu"]:
+        raise ValueError(f"{other} was measured on {b.get('gpu')!r} and {target} on {a.get('gpu')!r}: the models "
+                         "join a file of the same kind of GPU only")
+    if not b.get("models"):
+        raise ValueError(f"{other} has no measured models (run engine_targets.py --models ... there)")
+    for name, rec in b["models"].items():
+        a.setdefault("models", {})[name] = dict(rec, gpu_uuid=b.get("gpu_uuid"), commit=b.get("commit"),
+                                                 source=str(other))
+    target.write_text(json.dumps(a, indent=1, default=str))
+    txt = target.with_suffix(".txt")
+    head = txt.read_text().split("\n\n")[0] if txt.exists() else ""
+    txt.write_text(head + f"\n(models merged from {other})\n\n" + table(a))
+    return a
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge_models:
+        try:
+            merged = merge_models(Path(args.out) / "engine_targets.json", Path(args.merge_models))
+        except (OSError, ValueError) as exc:
+            print(f"engine_targets.py --merge-models: {exc}", file=sys.stderr)
+            return 2
+        print(f"merged {', '.join(merged['models'])} into {Path(args.out) / 'engine_targets.json'}")
+        return 0
     torch = _torch()
     if not torch.cuda.is_available():
         print("engine_targets.py measures on an NVIDIA GPU: no CUDA device here", file=sys.stderr)

@@ -613,3 +613,27 @@ def test_teacher_forced_and_graph_logits(pair, monkeypatch):
     for a, b in zip(graphed, free):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert eng._wave is None and not eng._probe
+
+
+def test_benchmark_merges_another_runs_models_of_the_same_gpu(tmp_path, capsys):
+    """``engine_targets.py --merge-models``: a second run's models join the targets' file, each with its own UUID
+    and commit; a file of another GPU, or one without models, is refused with exit status 2."""
+    bench = _bench()
+    targets = dict(bench.empty_result(bench.parse_args([])), gpu="NVIDIA H100 80GB HBM3", gpu_uuid="GPU-a",
+                   commit="c1")
+    (tmp_path / "engine_targets.json").write_text(json.dumps(targets))
+    other = dict(targets, gpu_uuid="GPU-b", commit="c2",
+                 models={"OPT-1.3B": {"engine": "lean", "tokens_per_j": {"64x256": 150.0}, "error": None}})
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(other))
+    assert bench.main(["--out", str(tmp_path), "--merge-models", str(path)]) == 0
+    merged = json.loads((tmp_path / "engine_targets.json").read_text())
+    assert merged["gpu_uuid"] == "GPU-a" and merged["models"]["OPT-1.3B"]["gpu_uuid"] == "GPU-b"
+    assert merged["models"]["OPT-1.3B"]["commit"] == "c2"
+    assert "OPT-1.3B (lean): 64x256 150" in (tmp_path / "engine_targets.txt").read_text()
+    path.write_text(json.dumps(dict(other, gpu="NVIDIA H200")))
+    assert bench.main(["--out", str(tmp_path), "--merge-models", str(path)]) == 2
+    assert "same kind of GPU" in capsys.readouterr().err
+    path.write_text(json.dumps(dict(other, models={})))
+    assert bench.main(["--out", str(tmp_path), "--merge-models", str(path)]) == 2
+    assert "no measured models" in capsys.readouterr().err

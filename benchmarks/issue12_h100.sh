@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 12's H100 records, in parts that each fit one 10-minute call of the lent machine (run from the checkout,
+# on one H100; nothing is installed but what the machine has). Every part writes under OUT and names the GPU,
+# its UUID and the commit; copy the files to benchmarks/results/ (engine_targets.json where the book reads it).
+#
+#   bash benchmarks/issue12_h100.sh OUT targets   # the four engines side by side, the targets (about 8 min)
+#   bash benchmarks/issue12_h100.sh OUT model OPT-1.3B    # one more model at the four corners (about 5.5 min);
+#   bash benchmarks/issue12_h100.sh OUT model Qwen2-1.5B  # then, on any machine, into the targets' file:
+#       python3 benchmarks/engine_targets.py --merge-models OUT/OPT-1.3B/engine_targets.json --out OUT
+#   bash benchmarks/issue12_h100.sh OUT logits    # the 13 study architectures' logits against transformers
+#   bash benchmarks/issue12_h100.sh OUT order     # alone against inside a sweep, and the n_in scan
+#   bash benchmarks/issue12_h100.sh OUT profile   # the kernel-time profile the comparison chapter explains
+#
+# The times are those of H200 runs of the same scripts (benchmarks/results/h200/), an H100 being slower at
+# long contexts; set ENERGYBOOK_COMMIT when the checkout on the machine has no git metadata.
+set -uo pipefail
+OUT=${1:?usage: issue12_h100.sh OUT targets|model|logits|order|profile}
+PART=${2:?usage: issue12_h100.sh OUT targets|model|logits|order|profile}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export ENERGYBOOK_COMMIT=${ENERGYBOOK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+mkdir -p "$OUT"
+nvidia-smi -L | tee "$OUT/gpu.txt"
+if ! grep -q "H100" "$OUT/gpu.txt"; then
+    echo "issue12_h100.sh: this GPU is not an H100; the issue's figures are H100 figures (for a diagnostic on" \
+         "another GPU, run the scripts themselves and keep their files apart, as benchmarks/results/h200/ does)" >&2
+    exit 2
+fi
+case "$PART" in
+    targets) python3 "$ROOT/benchmarks/engine_targets.py" --out "$OUT" ;;
+    model) M=${3:?usage: issue12_h100.sh OUT model MODEL}
+           python3 "$ROOT/benchmarks/engine_targets.py" --out "$OUT/$M" --engines "" --models "$M" ;;
+    logits) python3 "$ROOT/benchmarks/gpu_logits.py" --out "$OUT/gpu_logits" ;;
+    order) python3 "$ROOT/benchmarks/order_check.py" --out "$OUT/order_check" --engine lean ;;
+    profile) for b in 1000 1; do
+                 python3 "$ROOT/benchmarks/profile_step.py" --engine lean --batch "$b" --context 128 --compile \
+                     --steps 20 > "$OUT/profile_lean_batch$b.txt" 2>&1
+             done
+             tail -n 4 "$OUT"/profile_lean_batch*.txt ;;
+    *) echo "issue12_h100.sh: unknown part '$PART': choose targets, model, logits, order or profile" >&2; exit 2 ;;
+esac
