@@ -1,5 +1,6 @@
 """Reading the committed benchmark outputs (``energybook.report.bench``)."""
 
+import pandas as pd
 import pytest
 
 from energybook.model import architecture
@@ -81,3 +82,25 @@ def test_engine_targets_are_read_from_an_h100_run_only(tmp_path):
     path.write_text(json.dumps(dict(result, targets={})))
     with pytest.raises(ValueError, match="no 'targets'"):
         bench.engine_targets(path)
+
+
+def test_engine_corners_set_every_model_against_the_study_fit(tmp_path):
+    """The headline model's corners and the merged models', each over the study's fitted surface; H100 runs only."""
+    import json
+
+    from energybook.model import paper
+    from energybook.report import bench
+
+    assert bench.engine_corners(tmp_path / "absent.json") is None
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "engine": "lean", "model": "Llama-3.2-1B",
+              "tokens_per_j": {"64x256": 150.0, "4096x64": None},
+              "models": {"OPT-1.3B": {"engine": "lean", "tokens_per_j": {"64x256": 120.0}}}}
+    path = tmp_path / "engine_targets.json"
+    path.write_text(json.dumps(result))
+    t = bench.engine_corners(path).set_index(["model", "n_in", "n_out"])
+    fit = paper.paper_surface("OPT-1.3B").set_index(["n_in", "n_out"]).loc[(64, 256), "tokens_per_j"]
+    assert t.loc[("OPT-1.3B", 64, 256), "ratio"] == pytest.approx(120.0 / fit)
+    assert pd.isna(t.loc[("Llama-3.2-1B", 4096, 64), "ratio"]) and len(t) == 3
+    path.write_text(json.dumps(dict(result, gpu="NVIDIA H200")))
+    with pytest.raises(ValueError, match="not an H100"):
+        bench.engine_corners(path)

@@ -81,6 +81,48 @@ def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B
     return pd.DataFrame(rows)
 
 
+def _h100_targets(path: str | Path | None) -> tuple[Path, dict | None]:
+    """The path and JSON of ``engine_targets.json`` (None while absent); refuses a run on another GPU."""
+    path = Path(path) if path is not None else RESULTS_DIR / "engine_targets.json"
+    if not path.is_file():
+        return path, None
+    result = json.loads(path.read_text())
+    gpu = str(result.get("gpu") or "")
+    if "H100" not in gpu:
+        raise ValueError(f"{path}: measured on {gpu or 'an unnamed GPU'}, not an H100; the book's figures come from "
+                         "H100s: keep other GPUs' runs under benchmarks/results/<gpu>/")
+    return path, dict(result, gpu=gpu)
+
+
+def engine_corners(path: str | Path | None = None) -> pd.DataFrame | None:
+    """The grid's four corners of every model in ``engine_targets.json`` against the study's fitted surface.
+
+    One row per (model, corner): ``model``, ``n_in``, ``n_out`` (tokens), ``engine``, ``tokens_per_j`` (measured),
+    ``study_fit`` (the study's fitted tokens/J, :func:`energybook.model.paper.paper_surface`) and ``ratio``
+    (measured over the fit). None while no H100 run is committed.
+
+    Raises:
+        ValueError: for a run on another GPU than an H100.
+    """
+    from energybook.model import paper
+
+    _, result = _h100_targets(path)
+    if result is None:
+        return None
+    runs = {result.get("model", "Llama-3.2-1B"): (result.get("engine"), result.get("tokens_per_j") or {})}
+    for name, rec in (result.get("models") or {}).items():
+        runs[name] = (rec.get("engine"), rec.get("tokens_per_j") or {})
+    rows = []
+    for model, (engine, corners) in runs.items():
+        surface = paper.paper_surface(model).set_index(["n_in", "n_out"])["tokens_per_j"]
+        for key, value in corners.items():
+            n_in, n_out = (int(x) for x in key.split("x"))
+            fit = float(surface.get((n_in, n_out), float("nan")))
+            rows.append(dict(model=model, n_in=n_in, n_out=n_out, engine=engine, tokens_per_j=value, study_fit=fit,
+                             ratio=float("nan") if value is None else value / fit))
+    return pd.DataFrame(rows)
+
+
 def engine_targets(path: str | Path | None = None) -> pd.DataFrame | None:
     """Issue 12's targets against ``benchmarks/engine_targets.py``'s H100 run, or None while none is committed.
 
@@ -91,14 +133,10 @@ def engine_targets(path: str | Path | None = None) -> pd.DataFrame | None:
         ValueError: for a file measured on another GPU than an H100 (the book's figures come from H100s; other GPUs'
             runs belong under ``benchmarks/results/<gpu>/``), or one without the targets.
     """
-    path = Path(path) if path is not None else RESULTS_DIR / "engine_targets.json"
-    if not path.is_file():
+    path, result = _h100_targets(path)
+    if result is None:
         return None
-    result = json.loads(path.read_text())
-    gpu = str(result.get("gpu") or "")
-    if "H100" not in gpu:
-        raise ValueError(f"{path}: measured on {gpu or 'an unnamed GPU'}, not an H100; the book's figures come from "
-                         "H100s: keep other GPUs' runs under benchmarks/results/<gpu>/")
+    gpu = result["gpu"]
     targets = result.get("targets")
     if not isinstance(targets, dict) or not targets:
         raise ValueError(f"{path}: no 'targets'; rerun benchmarks/engine_targets.py")
