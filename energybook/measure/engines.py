@@ -150,5 +150,5 @@ register_engine("vllm", "command", "energybook.measure.external:VllmBenchEngine"
 register_engine("hf", "wave", "energybook.measure.torch_engine:TorchEngine", tested=True,
                 summary="the torch engine under its descriptive name: transformers modules, every registered family")
 register_engine("lean", "wave", "energybook.measure.lean_engine:LeanEngine",
-                summary="gpt-fast-style decoder for llama, mistral, qwen2, granite (fused weights, static KV cache, "
-                        "CUDA graphs per bucket); not yet measured on a GPU")
+                summary="gpt-fast-style decoder for every registered family (fused weights, static KV cache, "
+                        "compiled blocks, CUDA graphs per bucket); checked on H200s, no data of this repository yet")
