@@ -236,8 +236,8 @@ def test_measuring_time_draws_a_pair_of_bars_per_group():
     table = pd.DataFrame({"model": ["Llama-3.2-1B"] * 2, "n_in": [64, 64], "batch": [500, 1000],
                           "n_out": [4096, 1024], "window_s": [90.0, 19.0], "bound_s": [51.0, 7.6]})
     ax = plot.measuring_time(table, "Llama-3.2-1B")
-    heights = sorted(p.get_height() for p in ax.patches)
-    assert heights == [7.6, 19.0, 51.0, 90.0]
-    assert "(s)" in ax.get_ylabel() and len(ax.get_xticks()) == 2
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert widths == [7.6, 19.0, 51.0, 90.0]
+    assert "(s)" in ax.get_xlabel() and len(ax.get_yticks()) == 2
     with pytest.raises(ValueError, match="no rows for model"):
         plot.measuring_time(table, "OPT-1.3B")

@@ -701,7 +701,8 @@ def efficiency_by_model(table: pd.DataFrame, group: dict[str, str], ax: Axes | N
 
 
 def measuring_time(table: pd.DataFrame, model: str, ax: Axes | None = None) -> Axes:
-    """One model's measured windows and their roofline, one pair of bars per (n_in, batch) group, in seconds.
+    """One model's measured windows and their roofline, one pair of horizontal bars per (n_in, batch) group, in
+    seconds (groups top to bottom by n_in, then batch).
 
     Args:
         table: :func:`energybook.report.analysis.measuring_time`'s table.
@@ -715,14 +716,15 @@ def measuring_time(table: pd.DataFrame, model: str, ax: Axes | None = None) -> A
     if rows.empty:
         raise ValueError(f"no rows for model {model!r}; the table has {sorted(set(table['model']))}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(PANEL_WIDTH_IN, 0.45 * len(rows)), 3.4))
-    x = np.arange(len(rows))
+        _, ax = plt.subplots(figsize=(PANEL_WIDTH_IN, 1.0 + 0.28 * len(rows)))
+    y = np.arange(len(rows))[::-1]
     palette = sns.color_palette("colorblind", n_colors=2)
-    ax.bar(x - 0.2, rows["window_s"], width=0.4, color=palette[0], label="measured window")
-    ax.bar(x + 0.2, rows["bound_s"], width=0.4, color=palette[1], label="roofline of the same wave")
-    ax.set_xticks(x, [f"{a}\n{b}\n{c}" for a, b, c in zip(rows["n_in"], rows["batch"], rows["n_out"])], fontsize=7)
-    ax.set_xlabel("group: n_in / batch / longest n_out (tokens, requests, tokens)")
-    ax.set_ylabel("one measured wave (s)")
+    ax.barh(y + 0.2, rows["window_s"], height=0.4, color=palette[0], label="measured window")
+    ax.barh(y - 0.2, rows["bound_s"], height=0.4, color=palette[1], label="roofline, same wave")
+    ax.set_yticks(y, [f"{a} / {b} / {c}" for a, b, c in zip(rows["n_in"], rows["batch"], rows["n_out"])], fontsize=8)
+    ax.set_ylabel("n_in / batch / longest n_out")
+    ax.set_xlabel("one measured wave (s)")
     ax.set_title(model_label(model))
-    _legend(ax)
+    ax.grid(axis="y", visible=False)
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)  # below: the bars fill the axes
     return ax
