@@ -10,12 +10,16 @@
 #   bash benchmarks/issue12_h100.sh OUT logits    # the 13 study architectures' logits against transformers
 #   bash benchmarks/issue12_h100.sh OUT order     # alone against inside a sweep, and the n_in scan
 #   bash benchmarks/issue12_h100.sh OUT profile   # the kernel-time profile the comparison chapter explains
+#   bash benchmarks/issue12_h100.sh OUT grid [PREV] # the 7x7 grid with the lean engine, 7.5 minutes of groups per
+#                                                 # call; PREV: the folder a previous call brought back (its
+#                                                 # lean-grid/, copied into the checkout), resumed where it stopped.
+#                                                 # The sidecar's measuring minutes are the issue's grid figure.
 #
 # The times are those of H200 runs of the same scripts (benchmarks/results/h200/), an H100 being slower at
 # long contexts; set ENERGYBOOK_COMMIT when the checkout on the machine has no git metadata.
 set -uo pipefail
-OUT=${1:?usage: issue12_h100.sh OUT targets|model|logits|order|profile}
-PART=${2:?usage: issue12_h100.sh OUT targets|model|logits|order|profile}
+OUT=${1:?usage: issue12_h100.sh OUT targets|model|logits|order|profile|grid}
+PART=${2:?usage: issue12_h100.sh OUT targets|model|logits|order|profile|grid}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export ENERGYBOOK_COMMIT=${ENERGYBOOK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -37,5 +41,11 @@ case "$PART" in
                      --steps 20 > "$OUT/profile_lean_batch$b.txt" 2>&1
              done
              tail -n 4 "$OUT"/profile_lean_batch*.txt ;;
-    *) echo "issue12_h100.sh: unknown part '$PART': choose targets, model, logits, order or profile" >&2; exit 2 ;;
+    grid) mkdir -p "$OUT/lean-grid"
+          if [ -n "${3:-}" ]; then cp "$3/grid.csv" "$3/grid.json" "$OUT/lean-grid/" || exit 2; fi
+          python3 -m energybook.cli sweep --engine lean --model Llama-3.2-1B --data "$OUT/lean-grid" \
+              --output "$OUT/lean-grid/grid.csv" \
+              --time-limit 450 --no-progress ;;
+    *) echo "issue12_h100.sh: unknown part '$PART': choose targets, model, logits, order, profile or grid" >&2
+       exit 2 ;;
 esac
