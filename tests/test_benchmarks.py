@@ -62,3 +62,27 @@ def test_study_experiments_are_ordinary_sweeps_inside_the_data_folder(tmp_path, 
     assert bench.main(["--data", str(tmp_path)]) == 0 and capsys.readouterr().out.count("energybook sweep") == 89
     offgrid = parser.parse_args(cmds["offgrid"][0][1][1:])
     assert len(offgrid.pairs) == 12 and offgrid.output.endswith("Llama-3.2-1B/offgrid.csv")
+
+
+def test_issue12_runbook_runs_on_an_h100_only(tmp_path):
+    """``benchmarks/issue12_h100.sh`` refuses any GPU but an H100 (the issue's figures are H100 figures) and an
+    unknown part, each with exit status 2 and a message that names it (a stand-in ``nvidia-smi`` names the GPU)."""
+    import os
+    import subprocess
+
+    script = ROOT / "benchmarks" / "issue12_h100.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+
+    def run(gpu: str, part: str):
+        (fake / "nvidia-smi").write_text(f"#!/bin/sh\necho 'GPU 0: NVIDIA {gpu} (UUID: GPU-0000)'\n")
+        (fake / "nvidia-smi").chmod(0o755)
+        env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", ENERGYBOOK_COMMIT="test")
+        return subprocess.run(["bash", str(script), str(tmp_path / "out"), part], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    h200 = run("H200", "targets")
+    assert h200.returncode == 2 and "not an H100" in h200.stderr
+    bogus = run("H100 80GB HBM3", "everything")
+    assert bogus.returncode == 2 and "unknown part 'everything'" in bogus.stderr
+    assert (tmp_path / "out" / "gpu.txt").read_text().startswith("GPU 0: NVIDIA H100")
