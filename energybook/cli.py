@@ -3,7 +3,7 @@
 Sub-commands:
 
 * ``energybook models``: the shipped architectures with their sizes;
-* ``energybook counts MODEL --n-in N --n-out M [--batch B]``: FLOPs and bytes of a workload;
+* ``energybook counts --model M --n-in N --n-out M [--batch B]``: FLOPs and bytes of a workload;
 * ``energybook sweep --model M [M ...]``: measure energy over an (n_in, n_out) grid on the GPU (resumable); under
   ``torchrun`` each rank measures its share on its own GPU (:mod:`energybook.measure.launch`), ``--plan``
   prints the shares;
@@ -14,34 +14,58 @@ Sub-commands:
   truncation that minimises joules per output token (:mod:`energybook.report.advise`);
 * ``energybook book``: build the book from the committed data (CPU only, in a checkout).
 
-Errors are printed as one line that names the problem and what to do, with exit status 2; an
-interrupted sweep says how to resume (exit status 130).
+The conventions of Python tools: ``python -m energybook`` runs it too and ``--version`` prints the version;
+``--help`` shows the defaults; the commands that print results (``models``, ``counts``, ``predict``,
+``advise`` and ``sweep --plan``) take ``--json`` and then print one JSON document on stdout, with the units
+in the key names (``energy_j``, ``duration_s``, ``flops``, ``bytes`` ...). Errors are one line on stderr that
+names the problem and what to do. Exit status: 0 done, 1 a runtime error (no GPU or NVML, a corrupt data
+file, an engine failure), 2 a usage error (a bad argument or parameter, an unknown model), 130 interrupted
+(an interrupted sweep says how to resume), 141 a closed pipe (``energybook models | head -1``, quietly).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
+import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import energybook
 from energybook.model.complexity import GRID
 
 logger = logging.getLogger(__name__)
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+"""Exit statuses besides 0 (141 = 128 + SIGPIPE, what a shell reports for a tool that a closed pipe stops)."""
+INSTALL_GPU = 'pip install -e ".[gpu]" in a checkout of energybook'
+"""How to get the GPU packages (energybook is installed from its repository, not from an index)."""
+
+
+def _print_json(obj: Any) -> None:
+    """Print ``obj`` as one JSON document (numpy scalars as plain numbers)."""
+    print(json.dumps(obj, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _models(args: argparse.Namespace) -> int:
     from energybook.model import architecture as A
 
-    names = A.available()  # raises when the package data are missing
+    archs = [A.load(name) for name in A.available()]  # available() raises when the package data are missing
+    if args.json:
+        _print_json({"models": [dict(model=a.name, params=a.num_params, layers=a.num_layers, hidden_size=a.hidden_size,
+                                     heads=a.num_heads, kv_heads=a.num_kv_heads, ffn=a.ffn_kind,
+                                     kv_bytes_per_token=a.kv_bytes_per_token, dtype=a.dtype) for a in archs]})
+        return 0
     print(f"{'model':24s} {'params (B)':>10s} {'layers':>6s} {'d':>5s} {'q/kv heads':>10s} {'FFN':>6s} "
           f"{'KV B/token':>10s} dtype")
-    for name in names:
-        a = A.load(name)
-        print(f"{name:24s} {a.num_params / 1e9:10.3f} {a.num_layers:6d} {a.hidden_size:5d} "
+    for a in archs:
+        print(f"{a.name:24s} {a.num_params / 1e9:10.3f} {a.num_layers:6d} {a.hidden_size:5d} "
               f"{a.num_heads:>4d}/{a.num_kv_heads:<5d} {a.ffn_kind:>6s} {a.kv_bytes_per_token:10d} {a.dtype}")
     return 0
 
@@ -50,11 +74,24 @@ def _counts(args: argparse.Namespace) -> int:
     from energybook.model import architecture as A
     from energybook.model import complexity as C
 
-    arch = A.load(args.model)
-    for method in C.METHODS:
-        pre = C.prefill(arch, args.n_in, args.batch, method)
-        step = C.decode_step(arch, args.n_in, args.batch, method)
-        total = C.request(arch, args.n_in, args.n_out, args.batch, method)
+    if args.model and args.model_arg and args.model != args.model_arg:
+        raise ValueError(f"two models given ({args.model_arg!r} and --model {args.model!r}): give one, with --model")
+    model = args.model or args.model_arg
+    if not model:
+        raise ValueError("give the model with --model NAME (a shipped name, see `energybook models`, or a "
+                         "config.json path)")
+    arch = A.load(model)
+    counts = {method: dict(prefill=C.prefill(arch, args.n_in, args.batch, method),
+                           decode_step=C.decode_step(arch, args.n_in, args.batch, method),
+                           workload=C.request(arch, args.n_in, args.n_out, args.batch, method))
+              for method in C.METHODS}
+    if args.json:  # per method, FLOPs and bytes of the prefill, of one decode step at context n_in, of the whole
+        _print_json(dict(model=arch.name, n_in=args.n_in, n_out=args.n_out, batch=args.batch,
+                         **{m: {k: dict(flops=c.flops, bytes=c.bytes) for k, c in parts.items()}
+                            for m, parts in counts.items()}))
+        return 0
+    for method, c in counts.items():
+        pre, step, total = c["prefill"], c["decode_step"], c["workload"]
         print(f"[{method}] {arch.name}, batch {args.batch}, n_in {args.n_in}, n_out {args.n_out}")
         print(f"  prefill           {pre.flops / 1e12:12.3f} TFLOP {pre.bytes / 1e9:10.3f} GB")
         print(f"  decode step (c={args.n_in}) {step.flops / 1e12:8.3f} TFLOP {step.bytes / 1e9:10.3f} GB")
@@ -67,11 +104,11 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     from energybook.model import physics as P
 
     arch = A.load(args.model)
-    cal = P.load_calibration(args.gpu)
+    cal = _calibration(args.gpu)
     pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
                      calibration=cal)
     if args.json:
-        print(json.dumps(pred.to_dict(), sort_keys=True))
+        _print_json(pred.to_dict())
         return 0
     d = pred.to_dict()
     print(f"{arch.name} on {cal.gpu_name} ({cal.engine} engine): {args.n_req} requests of n_in {args.n_in}, "
@@ -90,16 +127,41 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration(gpu: str):
+    """The shipped calibration of ``gpu``: a usage error for an uncalibrated GPU, a runtime error (exit 1) for a
+    damaged file."""
+    from energybook.model import physics as P
+
+    try:
+        return P.load_calibration(gpu)
+    except ValueError as exc:
+        if str(gpu).strip().lower() not in P.calibrated_gpus():
+            raise  # names the calibrated GPUs
+        raise RuntimeError(f"{exc}: the calibration shipped with energybook is damaged; reinstall energybook "
+                           "(pip install -e . in a checkout)") from None
+
+
 def _advise_cmd(args: argparse.Namespace) -> int:
     from energybook.model import architecture as A
-    from energybook.model import physics as P
     from energybook.report import advise as ADV
 
     arch = A.load(args.model)
-    cal = P.load_calibration(args.gpu)
+    cal = _calibration(args.gpu)
+    path = Path(args.workload.strip())
+    if path.suffix.lower() == ".csv" and not path.is_file():
+        raise ValueError(f"--workload {args.workload}: no such file; give a CSV with n_in and n_out columns or a "
+                         'spec such as "n_in=512,n_out<=2048"')
     workload = ADV.parse_workload(args.workload)
     advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch)
     base, best = advice.baseline, advice.best
+    plot = ADV.plot_advice(advice, args.plot) if args.plot else None
+    if args.json:
+        options = [dict(dataclasses.asdict(o), j_per_token=o.j_per_token, label=o.label)
+                   for o in [base, *advice.options]]
+        _print_json(dict(model=arch.name, gpu=cal.gpu, workload=workload.source, n_req=workload.n_req,
+                         baseline=options[0], options=options[1:], best=best.label, warning=advice.warning,
+                         plot=None if plot is None else str(plot)))
+        return 0
     print(f"{arch.name} on {cal.gpu_name}: workload {workload.source} ({workload.n_req} requests)")
     print(f"  energy as given: {base.energy_j:.4g} J in total, {base.j_per_request:.4g} J per request, "
           f"{base.j_per_token:.4g} J per output token")
@@ -113,8 +175,8 @@ def _advise_cmd(args: argparse.Namespace) -> int:
         print(f"  lowest joules per output token: {best.label} ({best.j_per_token:.4g} J per output token, saves "
               f"{best.saving_j_per_request:.4g} J per request, {best.saving_j:.4g} J in total)")
     print(f"  note: {advice.warning}")
-    if args.plot:
-        print(f"  plot: {ADV.plot_advice(advice, args.plot)}")
+    if plot is not None:
+        print(f"  plot: {plot}")
     return 0
 
 
@@ -174,13 +236,16 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
     from energybook.measure import launch
 
     config = _config(args)  # checked before anything runs
+    if args.json and not args.plan:
+        raise ValueError("--json goes with --plan: a sweep writes its results to CSV files")
     if args.output and len(args.model) > 1:
         raise ValueError("--output names one file: give one --model with it, or leave --output out")
     ranks = launch.Ranks.from_env()  # None outside torchrun
     if args.plan:
         world = args.ranks if args.ranks is not None else (ranks.world_size if ranks else launch.local_gpu_count())
+        plan = launch.make_plan(args.model, config, world)
         if ranks is None or ranks.rank == 0:
-            print(launch.make_plan(args.model, config, world).describe())
+            _print_json(_plan_dict(plan)) if args.json else print(plan.describe())
         return 0
     common = dict(output=args.output, workspace=args.data, device=args.device, time_limit_s=args.time_limit,
                   allow_test_data=args.allow_test_data, engine_kwargs=_engine_kwargs(args),
@@ -194,6 +259,16 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
               f"{res.seconds / 60:.2f} min")
         print(f"{res.path}: results")
     return 0
+
+
+def _plan_dict(plan) -> dict[str, Any]:
+    """A launch plan (:class:`energybook.measure.launch.Plan`) as JSON-ready data: per rank, its units."""
+    ranks = [dict(rank=r, est_duration_s=load / 1e3,
+                  units=[dict(model=u.name, n_in=u.n_in, rep=u.rep, n_points=len(u.points),
+                              est_duration_s=u.cost_ms / 1e3, file=plan.target(u, r)) for u in plan.for_rank(r)])
+             for r, load in enumerate(plan.loads_ms)]
+    return dict(plan=plan.fingerprint, models=list(plan.models), world_size=plan.world_size, by=plan.by,
+                n_units=len(plan.units), ranks=ranks)
 
 
 def _literal(text: str) -> Any:
@@ -243,7 +318,7 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=1024, help="largest batch (study: 1024)")
     p.add_argument("--repeats", type=int, default=1, help="measurements per point (at most 100)")
     p.add_argument("--mode", choices=MODES, default="prefix", help="prefix (fast, shared generations) or full")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order, the dummy weights and the prompts")
     p.add_argument("--min-window", type=float, default=2.0, help="shortest energy window (seconds)")
     p.add_argument("--cooldown", type=float, default=2.0, help="idle pause after each group (seconds)")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N (the meter reads that GPU, by UUID)")
@@ -267,76 +342,115 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=3600.0, help="trtllm/vllm: time limit per command (seconds)")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, except the empty ones (None, False, "") that would say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == "":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``energybook`` command."""
-    parser = argparse.ArgumentParser(prog="energybook", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="energybook", description=__doc__.split("\n\n")[0],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {energybook.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=_HelpFormatter)
+    json_help = "print one JSON document on stdout (units in the key names)"
 
-    p = sub.add_parser("models", help="list the shipped architectures")
+    p = add("models", help="list the shipped architectures")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_models)
 
-    p = sub.add_parser("counts", help="FLOPs and bytes of a workload")
-    p.add_argument("model", help="shipped model name or path to a config.json")
+    model_help = "shipped model name, or a config.json / checkpoint directory of any registered family"
+    p = add("counts", help="FLOPs and bytes of a workload")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help="the model, as --model (older form)")
     p.add_argument("--n-in", type=int, default=64, help="prompt length (tokens)")
     p.add_argument("--n-out", type=int, default=256, help="output length (tokens)")
     p.add_argument("--batch", type=int, default=1, help="requests decoded together")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_counts)
 
-    model_help = "shipped model name, or a config.json / checkpoint directory of any registered family"
-    p = sub.add_parser("predict", help="predict the energy of a workload on a calibrated GPU (no GPU needed)")
+    p = add("predict", help="predict the energy of a workload on a calibrated GPU (no GPU needed)")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--n-in", type=int, required=True, help="prompt length (tokens)")
     p.add_argument("--n-out", type=int, required=True, help="output length (tokens)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=None, help="requests per wave (default: the engine's KV-memory rule)")
-    g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (default 1024)")
-    p.add_argument("--n-req", type=int, default=1000, help="requests (default 1000)")
-    p.add_argument("--gpu", default="h100", help="calibrated GPU (default h100)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap")
+    p.add_argument("--n-req", type=int, default=1000, help="requests")
+    p.add_argument("--gpu", default="h100", help="calibrated GPU")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_predict_cmd)
 
-    p = sub.add_parser("advise", help="a workload's energy and the length caps that save most (no GPU needed)")
+    p = add("advise", help="a workload's energy and the length caps that save most (no GPU needed)")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--workload", required=True, help='a CSV with n_in and n_out columns, or a spec such as '
                    '"n_in=512,n_out<=2048"')
-    p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (default 1024)")
-    p.add_argument("--gpu", default="h100", help="calibrated GPU (default h100)")
+    p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap")
+    p.add_argument("--gpu", default="h100", help="calibrated GPU")
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
+    p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_advise_cmd)
 
-    p = sub.add_parser("book", help="build the book from the committed data (CPU only, in a checkout)")
-    p.add_argument("--builder", default=None, help="Sphinx builder (default html)")
+    p = add("book", help="build the book from the committed data (CPU only, in a checkout)")
+    p.add_argument("--builder", default=None, help="Sphinx builder (default: html)")
     p.set_defaults(func=_book)
 
     data_help = "data folder (default: $ENERGYBOOK_DATA, else data/ of the checkout you are in, else here)"
-    p = sub.add_parser("sweep", help="measure energy over an (n_in, n_out) grid on the GPU (resumable)")
+    p = add("sweep", help="measure energy over an (n_in, n_out) grid on the GPU (resumable)")
     p.add_argument("--model", required=True, nargs="+", help="shipped model names, config.json files or "
                    "checkpoint directories, measured one after the other")
-    p.add_argument("--output", default=None, help="results CSV (default <data>/measured/<gpu>/<model>/grid.csv)")
+    p.add_argument("--output", default=None, help="results CSV (default: <data>/measured/<gpu>/<model>/grid.csv)")
     p.add_argument("--data", default=None, help=data_help)
     p.add_argument("--plan", action="store_true", help="print how a torchrun launch shares the work among its "
                    "ranks, and measure nothing")
     p.add_argument("--ranks", type=int, default=None, help="with --plan: the number of ranks (default: torchrun's "
                    "WORLD_SIZE, else the GPUs here)")
+    p.add_argument("--json", action="store_true", help="with --plan: " + json_help)
     _add_sweep_arguments(p)
     p.set_defaults(func=_sweep_cmd)
 
-    p = sub.add_parser("measure", help="measure through the papermill notebook (executed copy kept)")
+    p = add("measure", help="measure through the papermill notebook (executed copy kept)")
     p.add_argument("--model", required=True, nargs="+", help="models, measured one after the other")
     p.add_argument("--output", default=None, help="results CSV (notebook parameter 'output')")
     p.add_argument("--data", default=None, help=data_help)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="notebook parameter (JSON value), e.g. -p n_req 1000 -p n_in '[64,128]'")
     p.add_argument("--notebook-output", default=None,
-                   help="executed notebook (default book/measurements/<model>.ipynb in a checkout)")
-    p.add_argument("--kernel", default="python3")
+                   help="executed notebook (default: book/measurements/<model>.ipynb in a checkout)")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebook")
     p.set_defaults(func=_measure_cmd)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``energybook`` console script."""
+    """Entry point of the ``energybook`` console script (and of ``python -m energybook``).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or :data:`EXIT_RUNTIME`, :data:`EXIT_USAGE`, :data:`EXIT_INTERRUPTED` or
+        :data:`EXIT_BROKEN_PIPE` (argparse's own usage errors exit 2 through ``SystemExit``).
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here rather than as "Exception ignored" at exit
+    except BrokenPipeError:
+        # The reader went away (`energybook models | head -1`): the recipe of Python's signal module docs,
+        # stdout to devnull so that the flush at exit says nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -347,10 +461,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = " Every point finished so far is saved: rerun the same command to resume." if resume else ""
         print(f"energybook: interrupted.{hint}", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"energybook: error: {exc}{_resume_hint(exc) if resume else ''}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
+    except ImportError as exc:
+        print(f"energybook: error: {exc}: install the GPU packages with {INSTALL_GPU}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"energybook: error: {message}{_resume_hint(exc) if resume else ''}", file=sys.stderr)
+        return _exit_status(exc)
+
+
+def _exit_status(exc: Exception) -> int:
+    """:data:`EXIT_USAGE` for bad input (ValueError, LookupError: a bad parameter, an unknown model), else
+    :data:`EXIT_RUNTIME` (RuntimeError, OSError: no GPU or NVML, an engine failure; and a corrupt data file,
+    :class:`~energybook.store.results.DataError`, although it is a ValueError)."""
+    from energybook.store.results import DataError
+
+    if isinstance(exc, (ValueError, LookupError)) and not isinstance(exc, DataError):
+        return EXIT_USAGE
+    return EXIT_RUNTIME
 
 
 def _resume_hint(exc: BaseException) -> str:

@@ -1,4 +1,7 @@
-"""The command line: one-line errors that say what to do, and a resume hint when a sweep stops."""
+"""The command line: one-line errors that say what to do, and a resume hint when a sweep stops.
+
+The conventions shared by every command (exit statuses, --json, --version, --help, pipes) are in
+test_cli_conventions.py."""
 
 import pytest
 
@@ -18,12 +21,12 @@ def test_models_fails_loudly_without_package_data(monkeypatch, capsys):
         raise FileNotFoundError("the package data architectures is missing: reinstall energybook")
 
     monkeypatch.setattr(resources, "path", missing)
-    assert cli.main(["models"]) == 2
+    assert cli.main(["models"]) == 1  # a broken installation is a runtime error, not a usage error
     assert "reinstall energybook" in capsys.readouterr().err
 
 
 def test_unknown_model_is_named(capsys):
-    assert cli.main(["counts", "Llama-9", "--n-in", "64"]) == 2
+    assert cli.main(["counts", "--model", "Llama-9", "--n-in", "64"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'Llama-9'" in err and "Llama-3.2-1B" in err
 
@@ -46,7 +49,7 @@ def test_os_errors_are_one_line_with_the_resume_hint(monkeypatch, capsys):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(runner, "run_sweep", disk_full)
-    assert cli.main(["sweep", "--model", "Llama-3.2-1B"]) == 2
+    assert cli.main(["sweep", "--model", "Llama-3.2-1B"]) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "rerun the same command to resume" in err
 

@@ -22,6 +22,7 @@ ALLOWED = {
     "cli": {"model", "store", "measure", "report", "cli"},
     "resources": {"resources"},
     "__init__": {"__init__"},
+    "__main__": {"cli"},
 }
 
 

@@ -18,7 +18,7 @@ KEYS = {"j_per_token", "tokens_per_j", "j_per_request", "duration_s", "power_w",
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "energybook.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "energybook", *args], capture_output=True, text=True)
 
 
 def test_predict_json_contract():

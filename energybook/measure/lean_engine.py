@@ -120,7 +120,8 @@ def _torch():
     try:
         import torch
     except ImportError as exc:  # pragma: no cover
-        raise EngineUnavailable("the lean engine needs PyTorch: pip install 'energybook[gpu]'") from exc
+        raise EngineUnavailable('the lean engine needs PyTorch: pip install -e ".[gpu]" in a checkout of '
+                                'energybook') from exc
     return torch
 
 
@@ -943,7 +944,8 @@ class LeanEngine:
         try:
             from transformers import AutoModelForCausalLM
         except ImportError as exc:  # pragma: no cover
-            raise EngineUnavailable("loading a checkpoint needs transformers: pip install 'energybook[gpu]'") from exc
+            raise EngineUnavailable('loading a checkpoint needs transformers: pip install -e ".[gpu]" in a '
+                                    'checkout of energybook') from exc
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
         self._pack(model.state_dict())
         del model

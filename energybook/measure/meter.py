@@ -104,7 +104,7 @@ def _pynvml():
         import pynvml  # nvidia-ml-py
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MeterUnavailable("the meter needs NVIDIA's NVML bindings: pip install nvidia-ml-py "
-                               "(or pip install 'energybook[gpu]')") from exc
+                               '(or pip install -e ".[gpu]" in a checkout of energybook)') from exc
     return pynvml
 
 

@@ -109,7 +109,7 @@ def run_notebook(model: str | Path, output_notebook: str | Path | None = None,
         import papermill as pm
     except ImportError as exc:
         raise RuntimeError("`energybook measure` runs a notebook through papermill: pip install papermill ipykernel "
-                           "(or pip install 'energybook[gpu]')") from exc
+                           '(or pip install -e ".[gpu]" in a checkout of energybook)') from exc
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     label = model_label(model)
     params = dict(parameters or {}, model=str(model), workspace=str(ws.root))

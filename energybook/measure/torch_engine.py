@@ -69,7 +69,7 @@ def _torch():
         import transformers  # noqa: F401
     except ImportError as exc:  # pragma: no cover
         raise EngineUnavailable("the torch engine needs PyTorch and transformers: "
-                                "pip install 'energybook[gpu]'") from exc
+                                'pip install -e ".[gpu]" in a checkout of energybook') from exc
     return torch
 
 
@@ -188,6 +188,12 @@ def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scal
     """
     import torch.nn.functional as F
 
+    if alibi_slopes is None and type(module).__name__.endswith("FalconAttention"):
+        # Falcon: the engine's requests are never padded, so its mask is causal and is built here; Falcon-RW's
+        # ALiBi, which transformers folds into that mask, is taken from the module's slopes instead.
+        attention_mask = None
+        if module.config.alibi:
+            alibi_slopes = _falcon_slopes(module, query.device)
     for name in _REFUSED_KWARGS:
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"energybook's attention does not implement {name!r}: measure this model "
@@ -235,64 +241,105 @@ def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scal
     return out.transpose(1, 2).contiguous(), None
 
 
-def _falcon_attention() -> type:
-    """Register, under :data:`ATTN_NAME`, a Falcon attention class that calls :func:`_attention`.
+def falcon_dispatches_attention() -> bool:
+    """Whether this transformers' Falcon attention calls the ``AttentionInterface`` (the public extension point).
 
-    Falcon's modelling code picks its attention class by name (``FALCON_ATTENTION_CLASSES``), not through
-    ``AttentionInterface``: this subclass keeps its projections and rotary embedding, caches K/V heads
-    (not their broadcast to every query head, as the new decoder architecture's own code does) and passes
-    ALiBi slopes to :func:`_attention` rather than a materialised bias.
+    Newer releases do; older ones (5.17 among them) pick a whole attention class by name from a private table,
+    and then :func:`_adopt_falcon_attention` gives each layer energybook's subclass after the model is built.
     """
+    from transformers.models.falcon import modeling_falcon as mf
+
+    return not hasattr(mf, "FALCON_ATTENTION_CLASSES")
+
+
+def _falcon_slopes(module, device):
+    """Falcon-RW's ALiBi slopes (H,), float32, as transformers' ``build_alibi_tensor`` makes them; cached on the
+    attention module."""
     import torch
     from transformers.models.falcon import modeling_falcon as mf
 
-    if ATTN_NAME in mf.FALCON_ATTENTION_CLASSES:
-        return mf.FALCON_ATTENTION_CLASSES[ATTN_NAME]
+    slopes = getattr(module, "_eb_slopes", None)
+    if slopes is None or slopes.device != device:
+        ones = torch.ones(1, 2, dtype=torch.long, device=device)
+        alibi = mf.build_alibi_tensor(ones, module.num_heads, dtype=torch.float32)  # (H, 1, 2): 0, slope
+        slopes = alibi.view(module.num_heads, 2)[:, 1].contiguous()
+        module._eb_slopes = slopes
+    return slopes
+
+
+def _falcon_split(module, fused):
+    """Query (B, H, S, h), key and value (B, K, S, h) of Falcon's fused QKV output (B, S, ...), for each of its
+    three layouts: grouped (new decoder), multi-query, and interleaved per head."""
+    b, s, _ = fused.shape
+    hd = module.head_dim
+    if module.new_decoder_architecture:
+        qkv = fused.view(b, s, module.num_kv_heads, module.num_heads // module.num_kv_heads + 2, hd)
+        query = qkv[:, :, :, :-2].reshape(b, s, module.num_heads, hd)
+        key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
+    elif module.multi_query:
+        query, key, value = fused.view(b, s, module.num_heads + 2, hd).split([module.num_heads, 1, 1], dim=2)
+    else:
+        query, key, value = fused.view(b, s, module.num_heads, 3, hd).unbind(3)
+    return (x.transpose(1, 2) for x in (query, key, value))
+
+
+def _adopt_falcon_attention(model) -> int:
+    """Give every Falcon attention module of ``model`` energybook's forward (transformers releases whose Falcon
+    does not call the ``AttentionInterface``); returns how many modules were adopted.
+
+    The modules keep their weights, projections and rotary embedding: only the class changes, to a subclass of
+    transformers' own ``FalconAttention`` whose forward calls :func:`_attention` with the ALiBi slopes, as the
+    ``AttentionInterface`` path does on newer releases.
+    """
+    from transformers.models.falcon import modeling_falcon as mf
 
     class EnergybookFalconAttention(mf.FalconAttention):
         """Falcon attention through energybook's :func:`_attention` (same weights as ``FalconAttention``)."""
 
-        _eb_slopes = None
-
-        def _slopes(self, device):
-            if self._eb_slopes is None or self._eb_slopes.device != device:
-                ones = torch.ones(1, 2, dtype=torch.long, device=device)
-                alibi = mf.build_alibi_tensor(ones, self.num_heads, dtype=torch.float32)  # (H, 1, 2): 0, slope
-                self._eb_slopes = alibi.view(self.num_heads, 2)[:, 1].contiguous()
-            return self._eb_slopes
-
         def forward(self, hidden_states, alibi=None, attention_mask=None, position_ids=None, layer_past=None,
                     use_cache=False, output_attentions=False, position_embeddings=None, **kwargs):
-            fused = self.query_key_value(hidden_states)
-            b, s, _ = fused.shape
-            hd = self.head_dim
-            if self.new_decoder_architecture:
-                qkv = fused.view(b, s, self.num_kv_heads, self.num_heads // self.num_kv_heads + 2, hd)
-                query = qkv[:, :, :, :-2].reshape(b, s, self.num_heads, hd)
-                key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
-            else:
-                query, key, value = self._split_heads(fused)
-            query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (B, heads, S, h)
+            b, s, _ = hidden_states.shape
+            query, key, value = _falcon_split(self, self.query_key_value(hidden_states))
             if not self.config.alibi:
                 cos, sin = position_embeddings
                 query, key = mf.apply_rotary_pos_emb(query, key, cos, sin)
             if layer_past is not None:
                 key, value = layer_past.update(key, value, self.layer_idx)
-            slopes = self._slopes(query.device) if self.config.alibi else None
-            out, _ = _attention(self, query, key, value, None, scaling=self.inv_norm_factor, alibi_slopes=slopes)
-            return self.dense(out.reshape(b, s, self.num_heads * hd)), None
+            out, _ = _attention(self, query, key, value, None, scaling=self.inv_norm_factor)
+            return self.dense(out.reshape(b, s, self.num_heads * self.head_dim)), None
 
-    mf.FALCON_ATTENTION_CLASSES[ATTN_NAME] = EnergybookFalconAttention
-    return EnergybookFalconAttention
+    adopted = 0
+    for module in model.modules():
+        if type(module) is mf.FalconAttention:
+            module.__class__ = EnergybookFalconAttention
+            adopted += 1
+    return adopted
+
+
+def _mask(config=None, dtype=None, device=None, **kwargs):
+    """The attention mask transformers builds for :data:`ATTN_NAME`: none, as :func:`_attention` builds what it
+    needs (the engine's requests are never padded).
+
+    Only Falcon-RW's ALiBi path insists on a mask to fold its bias into: it gets a single zero, which broadcasts,
+    and :func:`_attention` takes the slopes from the module instead.
+    """
+    import torch
+
+    if config is not None and getattr(config, "model_type", None) == "falcon" and getattr(config, "alibi", False):
+        return torch.zeros(1, 1, 1, 1, dtype=dtype, device=device)
+    return None
 
 
 def register_attention() -> str:
-    """Register :func:`_attention` with transformers under :data:`ATTN_NAME`; returns the name."""
+    """Register :func:`_attention` with transformers' ``AttentionInterface``, and its mask (:func:`_mask`) with
+    ``AttentionMaskInterface``, under :data:`ATTN_NAME`; returns the name."""
     _torch()
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(ATTN_NAME, _attention)
-    AttentionInterface.register(_OLD_ATTN_NAME, _attention)
+    for name in (ATTN_NAME, _OLD_ATTN_NAME):
+        AttentionInterface.register(name, _attention)
+        AttentionMaskInterface.register(name, _mask)
     return ATTN_NAME
 
 
@@ -603,8 +650,8 @@ class TorchEngine:
         from transformers import AutoModelForCausalLM
 
         attn = register_attention()
-        if self.arch.model_type == "falcon":
-            _falcon_attention()
+        falcon_legacy = self.arch.model_type == "falcon" and not falcon_dispatches_attention()
+        build_attn = "sdpa" if falcon_legacy else attn  # such a Falcon knows no other name; adopted below
         cfg = dict(cfg_dict)
         positions_extended = None
         declared = self.arch.max_position_embeddings
@@ -613,13 +660,13 @@ class TorchEngine:
             cfg["max_position_embeddings"] = min_positions
         t0 = time.perf_counter()
         if checkpoint is not None:
-            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=self.dtype, attn_implementation=attn)
+            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=self.dtype, attn_implementation=build_attn)
             model.to(self.device)
         else:
             config = transformers_config(cfg)
-            config._attn_implementation = attn
+            config._attn_implementation = build_attn
             with self.device:
-                model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, attn_implementation=attn)
+                model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, attn_implementation=build_attn)
             gen = torch.Generator(device=self.device).manual_seed(self.seed)
             norms = {id(m.weight) for m in model.modules() if _is_norm(m) and getattr(m, "weight", None) is not None}
             with torch.no_grad():
@@ -628,6 +675,9 @@ class TorchEngine:
                         p.fill_(1.0)
                     else:
                         init_dummy_(p, self.weight_init, gen)
+        if falcon_legacy:
+            _adopt_falcon_attention(model)
+            model.config._attn_implementation = attn
         model.eval()
         model.requires_grad_(False)
         self.model = model
@@ -643,8 +693,8 @@ class TorchEngine:
         self.graph_attention = self._pick_graph_attention()
         self.settings = {
             "engine": "torch", "attention": _describe_attention(self.attention),
-            "attention_path": (f"{attn}: energybook's FalconAttention subclass -> _attention"
-                               if self.arch.model_type == "falcon" else f"{attn}: AttentionInterface -> _attention"),
+            "attention_path": (f"{attn}: energybook's FalconAttention subclass -> _attention" if falcon_legacy
+                               else f"{attn}: AttentionInterface -> _attention"),
             "attention_features": self.attention,
             "max_positions": self.max_positions,
             "kv_cache": "preallocated per wave at n_in+n_out, written in place", "decode_graphs": str(self.cuda_graphs),
