@@ -12,15 +12,22 @@ and ``repository.branch`` of ``_config.yml``: the code and the committed data th
 installs the package with its ``book`` extra, and changes into the page's folder, as the book's
 build does. Pages matching ``eb_no_launch`` (the GPU measurement pages) are skipped.
 
+The same script writes the repository URL of a build into ``_config.yml`` (``repository.url``, the
+one place where it is set; committed, it is the placeholder ``eb_placeholder_url``). CI's Pages build
+runs it first with the repository that builds it, so that the book's buttons, the lab's ``git clone``
+command, the citation and these notebooks point to where the book is published, forks included.
+
 Usage::
 
     python scripts/make_notebooks.py --out _build/notebooks      # or: make notebooks
+    python scripts/make_notebooks.py --set-repository-url https://github.com/<owner>/<repo>
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import sys
 from pathlib import Path
 
@@ -49,16 +56,43 @@ if "google.colab" in sys.modules:
 
 
 def book_config(root: Path = ROOT) -> dict:
-    """The settings of ``_config.yml`` that the notebooks need: repository URL and branch, the
-    pages without launch buttons, and the branch that holds the notebooks."""
+    """The settings of ``_config.yml`` that the notebooks need: repository URL and branch, whether
+    the URL is a real one (``published``: not the placeholder ``eb_placeholder_url``), the pages
+    without launch buttons, and the branch that holds the notebooks."""
     cfg = yaml.safe_load((root / "_config.yml").read_text())
     repo = cfg.get("repository") or {}
     sphinx = (cfg.get("sphinx") or {}).get("config") or {}
     if not repo.get("url"):
         raise ValueError(f"{root / '_config.yml'} has no repository.url")
-    return {"url": str(repo["url"]).rstrip("/"), "branch": str(repo.get("branch", "main")),
+    url = str(repo["url"]).rstrip("/")
+    placeholder = str(sphinx.get("eb_placeholder_url", "")).rstrip("/")
+    return {"url": url, "branch": str(repo.get("branch", "main")),
+            "placeholder": placeholder, "published": url != placeholder,
             "no_launch": list(sphinx.get("eb_no_launch", [])),
             "notebooks_branch": str(sphinx.get("eb_notebooks_branch", "notebooks"))}
+
+
+#: ``repository:`` of ``_config.yml``, up to the value of its ``url:`` (comments and other keys kept).
+_URL_LINE = re.compile(r"(?m)^(repository:[ \t]*\n(?:(?:[ \t]+.*|[ \t]*#.*|[ \t]*)\n)*?[ \t]+url:[ \t]*)(\S.*?)[ \t]*$")
+
+
+def set_repository_url(url: str, root: Path = ROOT) -> str:
+    """Write ``url`` as ``repository.url`` of ``root/_config.yml``, in place, leaving the rest of the file
+    as it is; returns the URL it replaced. CI's Pages build calls it with the repository that builds it."""
+    url = url.strip().rstrip("/")
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:\d+)?/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", url):
+        raise ValueError(f"not a repository URL https://<host>/<owner>/<name>: {url!r}")
+    path = root / "_config.yml"
+    text = path.read_text()
+    match = _URL_LINE.search(text)
+    if match is None:
+        raise ValueError(f"{path} has no `url:` under `repository:`")
+    old = book_config(root)["url"]
+    path.write_text(text[:match.start(2)] + url + text[match.end(2):])
+    if book_config(root)["url"] != url:
+        path.write_text(text)
+        raise ValueError(f"could not write repository.url = {url} into {path}")
+    return old
 
 
 def toc_pages(root: Path = ROOT) -> list[str]:
@@ -132,7 +166,17 @@ def make_notebooks(out: Path, root: Path = ROOT) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "_build" / "notebooks"), help="output folder")
+    parser.add_argument("--set-repository-url", metavar="URL",
+                        help="write URL as repository.url of _config.yml (CI's Pages build) and write no notebooks")
     args = parser.parse_args(argv)
+    if args.set_repository_url:
+        old = set_repository_url(args.set_repository_url)
+        print(f"_config.yml repository.url: {old} -> {book_config()['url']}")
+        return 0
+    cfg = book_config()
+    if not cfg["published"]:
+        print(f"note: repository.url is the placeholder {cfg['url']}: the notebooks' set-up cells clone it",
+              file=sys.stderr)
     written = make_notebooks(Path(args.out))
     print(f"{len(written)} notebooks in {args.out}")
     return 0

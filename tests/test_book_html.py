@@ -4,7 +4,10 @@ Every page of ``_toc.yml`` is opened twice, at a desktop width (1400 px) and a p
 A page fails when
 
 * it did not render: no title, a broken image, math that MathJax did not typeset, a traceback or an
-  error in a cell's output, a failed request, a request that leaves localhost, a console error;
+  error in a cell's output, a failed request, a request that leaves localhost, a console error, or an
+  uncaught JavaScript exception (Playwright's ``pageerror``: a script that throws, or does not even
+  parse, such as a ``const`` declared twice by a script included twice);
+* its HTML includes the same script twice (the cause of the error above, caught without a browser);
 * at 390 px the page scrolls sideways (``document.documentElement.scrollWidth > clientWidth + 1``;
   the message names the widest elements);
 * at 390 px a content image (a figure of the page, not the theme's icons or logos, nor an image
@@ -14,8 +17,13 @@ A page fails when
 * its HTML holds a local absolute path (``/root/``, ``/home/``, ``/tmp/``, ``/work/``, ``.venv``,
   ``site-packages``): a sign that a cell printed where the build ran.
 
-Needs the built book (``make book``) and Debian's Chromium at /usr/bin/chromium; skipped without
-them, except under ``make test`` (``EB_REQUIRE_BOOK=1``), where their absence is a failure.
+And no page of a local build (``repository.url`` of ``_config.yml`` still the committed placeholder)
+links to the placeholder repository, nor has a repository, issues or launch button; a build for a
+real repository (CI's Pages build) has them, pointing at it.
+
+Needs the built book (``make book``; ``EB_BOOK_HTML`` names another built ``html`` folder) and Debian's
+Chromium at /usr/bin/chromium; skipped without them, except under ``make test``
+(``EB_REQUIRE_BOOK=1``), where their absence is a failure.
 The site is served from a local HTTP server, as file:// URLs can block scripts such as MathJax.
 """
 
@@ -35,7 +43,7 @@ import pytest
 from scripts import make_notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("EB_BOOK_HTML") or ROOT / "_build" / "html")
 CHROMIUM = os.environ.get("EB_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -110,6 +118,52 @@ def test_page_has_no_local_paths(page):
     assert not hits, f"{page}: local paths in the HTML: {hits[:5]}"
 
 
+# Every <script> element of a page, with its attributes and its inline body.
+SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.S)
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_page_includes_each_script_once(page):
+    """A script included twice runs twice: a `const` it declares then throws a SyntaxError (sphinx-thebe's
+    THEBE_JS_URL did, through Sphinx 7's double inline scripts; book/_ext/eb_book.py removes the copies)."""
+    path = HTML / f"{page}.html"
+    if not path.is_file():
+        _missing(f"{path} was not built: run `make book` first")
+    scripts = [re.sub(r"\s+", " ", m.group(0)) for m in SCRIPT.finditer(path.read_text(encoding="utf-8"))]
+    twice = sorted({s[:160] for s in scripts if scripts.count(s) > 1})
+    assert not twice, f"{page}: scripts included more than once: {twice}"
+
+
+def _links(text: str) -> list[str]:
+    return re.findall(r"""\bhref\s*=\s*["']([^"']+)["']""", text)
+
+
+def test_no_link_goes_nowhere():
+    """While repository.url is the committed placeholder (a local build), no page links to it and none has
+    a repository, issues or launch button; a build for a real repository links to it from every page."""
+    if not (HTML / "index.html").is_file():
+        _missing(f"{HTML} has no built book: run `make book` first")
+    cfg = make_notebooks.book_config()
+    owner_name = urlparse(cfg["url"]).path.strip("/")
+    pages = sorted(HTML.rglob("*.html"))
+    buttons = re.compile(r"source-repository-button|source-issues-button|source-edit-button|launch-buttons")
+    if not cfg["published"]:
+        found = {}
+        for path in pages:
+            text = path.read_text(encoding="utf-8")
+            bad = [u for u in _links(text) if owner_name in u] + buttons.findall(text)
+            if bad:
+                found[str(path.relative_to(HTML))] = sorted(set(bad))[:3]
+        assert not found, (f"a local build (repository.url is the placeholder {cfg['url']}) links to it or shows "
+                           f"repository/launch buttons: {dict(list(found.items())[:5])}")
+    else:
+        physics = (HTML / "book" / "physics.html").read_text(encoding="utf-8")
+        links = _links(physics)
+        assert cfg["url"] in links, f"the repository button does not point at {cfg['url']}"
+        assert any(u.startswith("https://colab.research.google.com/github/" + owner_name + "/") for u in links)
+        assert any(u.startswith("https://mybinder.org/v2/gh/" + owner_name + "/") for u in links)
+
+
 # The elements that stick out furthest to the right of the viewport, for the horizontal-scroll message.
 OVERFLOW_JS = """() => {
   const width = document.documentElement.clientWidth;
@@ -154,6 +208,7 @@ def test_page_renders(site, browser, page, width):
     tab = context.new_page()
     failures: list[str] = []
     console_errors: list[str] = []
+    page_errors: list[str] = []
     external: list[str] = []
 
     def on_request(request):
@@ -170,6 +225,8 @@ def test_page_renders(site, browser, page, width):
     tab.on("requestfailed", lambda r: failures.append(f"failed {r.url}") if "127.0.0.1" in r.url else None)
     tab.on("console", lambda m: console_errors.append(m.text)
            if m.type == "error" and not BENIGN_CONSOLE.match(m.text) else None)
+    # An uncaught exception (a script that throws or does not parse) is a "pageerror", not a console message.
+    tab.on("pageerror", lambda error: page_errors.append(f"{error.name}: {error.message}"))
     # Nothing may depend on the network: CI has none.
     tab.route(re.compile(r"^https?://(?!127\.0\.0\.1)"), lambda route: route.abort())
     try:
@@ -220,5 +277,6 @@ def test_page_renders(site, browser, page, width):
         assert not failures, f"{page}: failed requests: {failures}"
         assert not external, f"{page}: requests left localhost (no network in CI): {external[:5]}"
         assert not console_errors, f"{page}: console errors: {console_errors[:5]}"
+        assert not page_errors, f"{page}: uncaught JavaScript errors: {page_errors[:5]}"
     finally:
         context.close()

@@ -153,10 +153,61 @@ def test_fix_launch_buttons_repoints_colab_and_tidies_binder():
     assert buttons["Binder"].endswith("urlpath=lab/tree/book/physics.md")
 
 
+def test_fix_launch_buttons_drops_colab_for_a_repository_off_github():
+    app, context = _App({"repository_url": "https://git.example.org/o/r"}), _context()
+    eb_book.fix_launch_buttons(app, "book/physics", "page.html", context, None)
+    assert [b["text"] for b in context["header_buttons"][1]["buttons"]] == ["Binder"]
+
+
 def test_fix_launch_buttons_removes_the_group_on_gpu_pages():
     app, context = _App({"repository_url": "https://github.com/o/r"}), _context()
     eb_book.fix_launch_buttons(app, "book/measurements/OPT-1.3B", "page.html", context, None)
     assert [b["label"] for b in context["header_buttons"]] == ["download-buttons"]
+
+
+def test_is_published_only_for_a_real_url():
+    placeholder = CONFIG["sphinx"]["config"]["eb_placeholder_url"]
+    assert not eb_book.is_published(placeholder, placeholder)
+    assert not eb_book.is_published(placeholder + "/", placeholder)
+    assert not eb_book.is_published("", placeholder)
+    assert eb_book.is_published("https://github.com/someone/energybook", placeholder)
+
+
+def _config(theme_options: dict, placeholder: str):
+    return type("Config", (), {"html_theme_options": theme_options, "eb_placeholder_url": placeholder})()
+
+
+def test_placeholder_url_turns_every_repository_and_launch_button_off():
+    placeholder = CONFIG["sphinx"]["config"]["eb_placeholder_url"]
+    options = {"repository_url": placeholder, "use_repository_button": True, "use_issues_button": True,
+               "launch_buttons": dict(CONFIG["launch_buttons"])}
+    eb_book.hide_unpublished_buttons(None, _config(options, placeholder))
+    assert not any(options[k] for k in eb_book.REPOSITORY_BUTTONS)
+    assert options["launch_buttons"] == {} and options["repository_url"] == ""
+
+
+def test_a_real_url_keeps_the_buttons():
+    placeholder = CONFIG["sphinx"]["config"]["eb_placeholder_url"]
+    options = {"repository_url": "https://github.com/someone/fork", "use_repository_button": True,
+               "use_issues_button": True, "launch_buttons": dict(CONFIG["launch_buttons"])}
+    before = {k: (dict(v) if isinstance(v, dict) else v) for k, v in options.items()}
+    eb_book.hide_unpublished_buttons(None, _config(options, placeholder))
+    assert options == before
+
+
+def test_each_script_is_written_once():
+    """Sphinx 7 holds an inline script added after the builder started twice, as None and as ''."""
+    from sphinx.builders.html._assets import _JavaScript
+
+    thebe = "const THEBE_JS_URL = 'x'"
+    scripts = [_JavaScript("_static/doctools.js", priority=200), _JavaScript(None, body=thebe),
+               _JavaScript("_static/sphinx-thebe.js", **{"async": "async"}), _JavaScript("", body=thebe),
+               _JavaScript("", body="var other = 1")]
+    context = {"script_files": scripts}
+    eb_book.dedupe_scripts(None, "book/physics", "page.html", context, None)
+    assert context["script_files"] is scripts  # the builder's own list, changed in place
+    assert [(s.filename, s.attributes.get("body")) for s in scripts] == [
+        ("_static/doctools.js", None), (None, thebe), ("_static/sphinx-thebe.js", None), ("", "var other = 1")]
 
 
 def _build_exercises(tmp_path: Path, hide: bool) -> str:
@@ -245,6 +296,44 @@ def test_the_repository_url_is_one_value():
     typed = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "book").rglob("*.md"))
              if URL.rstrip("/") in p.read_text() or f"github.com/{owner_name}" in p.read_text()]
     assert not typed, f"pages that type the repository URL instead of reading _config.yml: {typed}"
+
+
+def test_set_repository_url_rewrites_only_that_line(tmp_path):
+    config = (ROOT / "_config.yml").read_text()
+    (tmp_path / "_config.yml").write_text(config)
+    fork = "https://github.com/someone/energybook-fork"
+    assert make_notebooks.set_repository_url(fork + "/", tmp_path) == URL.rstrip("/")
+    new = (tmp_path / "_config.yml").read_text()
+    changed = [(a, b) for a, b in zip(config.splitlines(), new.splitlines(), strict=True) if a != b]
+    assert changed == [(f"  url: {URL}", f"  url: {fork}")]
+    cfg = make_notebooks.book_config(tmp_path)
+    assert cfg["url"] == fork and cfg["published"]
+    assert yaml.safe_load(new) == {**yaml.safe_load(config), "repository": {**CONFIG["repository"], "url": fork}}
+    for bad in ("github.com/o/r", "https://github.com/o", "https://github.com/o/r extra", 'https://x/o/"r'):
+        with pytest.raises(ValueError):
+            make_notebooks.set_repository_url(bad, tmp_path)
+    assert make_notebooks.book_config(tmp_path)["url"] == fork
+
+
+def test_the_pages_build_writes_its_repository_before_building():
+    """CI's Pages build points the book at the repository that builds it (forks included), before the build
+    and before the notebooks, through the one writer of repository.url."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = workflow["jobs"]["build"]["steps"]
+    runs = [" ".join(str(v) for v in (step.get("run"), step.get("env")) if v) for step in steps]
+    where = next(i for i, r in enumerate(runs) if "--set-repository-url" in r)
+    build = next(i for i, r in enumerate(runs) if "jupyter-book build" in r)
+    notebooks = next(i for i, r in enumerate(runs) if "make_notebooks.py --out" in r)
+    assert where < build < notebooks
+    assert "github.server_url" in runs[where] and "github.repository" in runs[where]
+
+
+def test_licenses_are_in_the_repository_and_on_every_page():
+    cc = (ROOT / "LICENSE-CC-BY-4.0").read_text()
+    assert "Attribution 4.0 International" in cc and "https://creativecommons.org/licenses/by/4.0/legalcode" in cc
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    footer = CONFIG["html"]["extra_footer"]
+    assert "https://creativecommons.org/licenses/by/4.0/" in footer and "MIT" in footer
 
 
 def test_citation_agrees_with_the_readme_on_the_study():
