@@ -1,7 +1,11 @@
 # energybook: build the book and run the tests.
-#   make book   build the Jupyter Book into _build/html
-#   make test   ruff, pytest, the wheel job, the book build, and a headless-Chromium check of every page
-# Both create .venv on first use; the install step re-runs only when pyproject.toml changes.
+#   make book         build the Jupyter Book into _build/html (the book's packages only: no torch, no test tools)
+#   make test         ruff, pytest (and again under the oldest tested transformers), the wheel job, the book build,
+#                     and a headless-Chromium check of every page
+#   make lock         re-resolve requirements/*.txt from pyproject.toml (the only command that changes the lock)
+#   make test-latest  the unit tests under the newest releases pyproject.toml allows; reports, never fails CI
+# Every install comes from the committed lock (requirements/*.txt, exact versions with hashes), so a fresh clone
+# next year installs what CI installed today. An install re-runs only when its lock file changes.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -11,25 +15,51 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.energybook-installed
+BOOK_VENV ?= .venv-book
+BOOK_BIN := $(BOOK_VENV)/bin
+BOOK_STAMP := $(BOOK_VENV)/.energybook-installed
+# The floor job: the packages that differ under the oldest tested transformers, on top of $(VENV).
+FLOOR := $(VENV)/floor
+FLOOR_STAMP := $(FLOOR)/.installed
+LATEST_VENV ?= .venv-latest
 CHROMIUM ?= /usr/bin/chromium
-# torch is pinned and installed first: on the project's machines this picks a CPU wheel from
-# local disk; an unpinned torch would download the CUDA build (gigabytes).
-# Elsewhere, pass TORCH_PIP_ARGS="--index-url <your CPU wheel index>" to avoid the CUDA build.
-TORCH ?= torch==2.13.0
-TORCH_PIP_ARGS ?=
+# The test lock pins torch's CPU build (torch==X+cpu), which PyPI does not serve: pip finds it on PyTorch's CPU
+# wheel index, read here as a find-links page (one request). Without it pip would take PyPI's CUDA build, gigabytes.
+# (On a machine that already lists that file through pip's own find-links, an unreachable index only costs a retry.)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu/torch/
+# The lock's tool, pinned like everything else.
+PIP_TOOLS ?= pip-tools==7.6.2
+LOCKED := -m pip install --quiet --require-hashes --no-deps
+EDITABLE := -m pip install --quiet --no-deps --no-build-isolation -e .
+COMPILE := -m piptools compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test install chromium lint unit browser wheel clean
+.PHONY: book test install install-book chromium lint unit unit-floor browser wheel clean lock test-latest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+$(BOOK_BIN)/python:
+	$(PYTHON) -m venv $(BOOK_VENV)
+
+$(STAMP): requirements/test.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python $(LOCKED) --find-links $(TORCH_CPU_INDEX) -r requirements/test.txt
+	$(BIN)/python $(EDITABLE)
+	touch $@
+
+$(BOOK_STAMP): requirements/book.txt pyproject.toml | $(BOOK_BIN)/python
+	$(BOOK_BIN)/python $(LOCKED) -r requirements/book.txt
+	$(BOOK_BIN)/python $(EDITABLE)
+	touch $@
+
+$(FLOOR_STAMP): requirements/floor.txt $(STAMP)
+	rm -rf $(FLOOR)
+	$(BIN)/python $(LOCKED) --target $(FLOOR) -r requirements/floor.txt
 	touch $@
 
 install: $(STAMP)
+install-book: $(BOOK_STAMP)
 
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \
@@ -39,8 +69,8 @@ chromium:
 
 # --all: every page is re-read and re-executed on every build, so that a warning or a cell
 # error can never be hidden by Sphinx's incremental build.
-book: $(STAMP)
-	$(BIN)/jupyter-book build . --all -W -n --keep-going
+book: $(BOOK_STAMP)
+	$(BOOK_BIN)/jupyter-book build . --all -W -n --keep-going
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -49,16 +79,24 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not book" || [ $$? -eq 5 ]
 
+# The tests that touch transformers, again under the oldest release pyproject.toml allows (the lent GPUs' release).
+FLOOR_TESTS ?= tests/test_engine.py tests/test_lean_engine.py tests/test_lock.py
+unit-floor: $(FLOOR_STAMP)
+	PYTHONPATH=$(FLOOR) EB_EXPECT_TRANSFORMERS=$$(sed -n 's/^transformers==\([^ ]*\).*/\1/p' requirements/floor.txt) \
+		$(BIN)/python -m pytest -m "not book" -p no:cacheprovider $(FLOOR_TESTS)
+
 browser: $(STAMP) chromium
 	EB_REQUIRE_BOOK=1 $(BIN)/python -m pytest -m book tests/test_book_html.py
 
-# The wheel job: a non-editable install with base dependencies only, used from outside the checkout.
+# The wheel job: a non-editable install with base dependencies only (from requirements/base.txt), used from
+# outside the checkout.
 wheel: | $(BIN)/python
 	PYTHON=$(BIN)/python bash scripts/check_wheel.sh
 
 test: $(STAMP) chromium
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) unit-floor
 	$(MAKE) wheel
 	$(MAKE) book
 	$(MAKE) browser
@@ -66,14 +104,49 @@ test: $(STAMP) chromium
 clean:
 	rm -rf _build
 
+# Re-resolve every lock file from pyproject.toml, for CPython 3.11 on Linux x86-64 (CI's platform). Run it after
+# changing a dependency in pyproject.toml; tests/test_lock.py fails until the lock agrees with it.
+#   base.txt   the base dependencies (the wheel job)
+#   book.txt   base + the book extra (make book; the Pages workflow)
+#   test.txt   base + book + test, with torch's CPU build (make test)
+#   floor.txt  what differs from test.txt under the oldest tested transformers (requirements/floor.in)
+LOCK_VENV ?= .venv-lock
+lock:
+	[ -x $(LOCK_VENV)/bin/python ] || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet "$(PIP_TOOLS)"
+	$(LOCK_VENV)/bin/python $(COMPILE) -o requirements/base.txt pyproject.toml requirements/build.in
+	$(LOCK_VENV)/bin/python $(COMPILE) --extra book -o requirements/book.txt pyproject.toml requirements/build.in
+	$(LOCK_VENV)/bin/python $(COMPILE) --find-links $(TORCH_CPU_INDEX) --extra book --extra test \
+		-o requirements/test.txt pyproject.toml requirements/build.in requirements/torch-cpu.in
+	$(LOCK_VENV)/bin/python $(COMPILE) --find-links $(TORCH_CPU_INDEX) --extra test \
+		-o $(LOCK_VENV)/floor-full.txt pyproject.toml requirements/torch-cpu.in requirements/floor.in
+	$(PYTHON) scripts/lock_overlay.py requirements/test.txt $(LOCK_VENV)/floor-full.txt > requirements/floor.txt
+
+# The newest releases that pyproject.toml allows, in a throw-away environment (torch stays the lock's CPU build: the
+# newest torch on PyPI is a CUDA build of gigabytes): the unit tests, and a list of what failed. Never part of `make test` or CI: a new release upstream must not turn CI red; this says what it would break.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --find-links $(TORCH_CPU_INDEX) \
+		"$$(sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements/test.txt)"
+	$(LATEST_VENV)/bin/python -m pip install --quiet -e ".[book,test]"
+	@$(LATEST_VENV)/bin/python -m pip list --format=freeze > $(LATEST_VENV)/versions.txt
+	@echo "+ newest allowed: $$(grep -iE '^(torch|transformers|numpy|pandas|scipy|lmfit|matplotlib|seaborn)==' \
+		$(LATEST_VENV)/versions.txt | tr '\n' ' ')"
+	@set +e; $(LATEST_VENV)/bin/python -m pytest -m "not book" -q -p no:cacheprovider -rfE \
+		> $(LATEST_VENV)/pytest.txt 2>&1; rc=$$?; \
+	tail -n 40 $(LATEST_VENV)/pytest.txt; \
+	if [ $$rc -eq 0 ]; then echo "test-latest: every unit test passes on the newest releases"; \
+	else echo "test-latest: failures above (full log: $(LATEST_VENV)/pytest.txt); CI is not affected"; fi
+
 # For teachers: the whole book with every solution of the exercises left out (text and code), into
 # _build/students/_build/html. book/_ext/eb_book.py sets sphinx-exercise's hide_solutions when
 # EB_HIDE_SOLUTIONS=1. The recipe is `book`'s with that variable and another output folder.
 .PHONY: book-students notebooks
-book-students: $(STAMP)
-	EB_HIDE_SOLUTIONS=1 $(BIN)/jupyter-book build . --all -W -n --keep-going --path-output _build/students
+book-students: $(BOOK_STAMP)
+	EB_HIDE_SOLUTIONS=1 $(BOOK_BIN)/jupyter-book build . --all -W -n --keep-going --path-output _build/students
 
 # The .ipynb copies of the book's pages that the Colab buttons open (each with an install cell),
 # into _build/notebooks; CI publishes them to the branch named by eb_notebooks_branch in _config.yml.
-notebooks: $(STAMP)
-	$(BIN)/python scripts/make_notebooks.py --out _build/notebooks
+notebooks: $(BOOK_STAMP)
+	$(BOOK_BIN)/python scripts/make_notebooks.py --out _build/notebooks

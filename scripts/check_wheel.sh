@@ -15,7 +15,10 @@ tar --exclude=./.venv --exclude=./_build --exclude=./.git --exclude=./build --ex
 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src"
 "$PYTHON" -m venv "$WORK/venv"
 echo "+ installing $(basename "$WORK"/dist/*.whl) into a fresh venv (base dependencies only)"
-"$WORK/venv/bin/python" -m pip install --quiet "$WORK"/dist/*.whl
+# The base dependencies from the lock (exact versions, hashes), then the wheel itself.
+"$WORK/venv/bin/python" -m pip install --quiet --require-hashes --no-deps -r requirements/base.txt
+"$WORK/venv/bin/python" -m pip install --quiet --no-deps "$WORK"/dist/*.whl
+"$WORK/venv/bin/python" -m pip check
 mkdir -p "$WORK/elsewhere"
 cd "$WORK/elsewhere"
 if "$WORK/venv/bin/python" -c "import torch" 2>/dev/null; then
@@ -26,7 +29,8 @@ listed=$(($(wc -l < models.txt) - 1))
 if [ "$listed" -ne 13 ]; then
     echo "energybook models listed $listed models, expected the 13 shipped ones" >&2; exit 1
 fi
-"$WORK/venv/bin/energybook" counts Llama-3.2-1B --n-in 64 --n-out 256
+"$WORK/venv/bin/energybook" --version
+"$WORK/venv/bin/python" -m energybook counts --model Llama-3.2-1B --n-in 64 --n-out 256
 "$WORK/venv/bin/energybook" predict --model Llama-3.2-1B --n-in 64 --n-out 256 --json | tee predict.json
 "$WORK/venv/bin/python" -c "import json; d = json.load(open('predict.json')); assert d['tokens_per_j'] > 0, d"
 "$WORK/venv/bin/python" - <<'PY'
@@ -52,8 +56,9 @@ set +e
 rc=$?
 set -e
 cat err.txt
-if [ "$rc" -ne 2 ] || ! grep -q "energybook: error:" err.txt; then
-    echo "energybook sweep without the gpu extra should fail with a one-line error (exit 2), got $rc" >&2; exit 1
+if [ "$rc" -ne 1 ] || ! grep -q "energybook: error:" err.txt || ! grep -qF 'pip install -e ".[gpu]"' err.txt; then
+    echo "energybook sweep without the gpu extra should fail with a one-line error naming the install (exit 1)," \
+         "got $rc" >&2; exit 1
 fi
 if ls "$WORK"/venv/lib/python*/site-packages/energybook/measured "$WORK"/venv/lib/python*/site-packages/measured \
     >/dev/null 2>&1; then

@@ -322,9 +322,10 @@ def test_the_pages_build_writes_its_repository_before_building():
     steps = workflow["jobs"]["build"]["steps"]
     runs = [" ".join(str(v) for v in (step.get("run"), step.get("env")) if v) for step in steps]
     where = next(i for i, r in enumerate(runs) if "--set-repository-url" in r)
-    build = next(i for i, r in enumerate(runs) if "jupyter-book build" in r)
-    notebooks = next(i for i, r in enumerate(runs) if "make_notebooks.py --out" in r)
-    assert where < build < notebooks
+    install = next(i for i, r in enumerate(runs) if r.strip() == "make install-book")
+    build = next(i for i, r in enumerate(runs) if r.strip() == "make book")
+    notebooks = next(i for i, r in enumerate(runs) if r.strip() == "make notebooks")
+    assert install < where < build < notebooks  # the lock's install, as `make book` does locally
     assert "github.server_url" in runs[where] and "github.repository" in runs[where]
 
 
