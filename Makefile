@@ -24,8 +24,9 @@ FLOOR_STAMP := $(FLOOR)/.installed
 LATEST_VENV ?= .venv-latest
 CHROMIUM ?= /usr/bin/chromium
 # The test lock pins torch's CPU build (torch==X+cpu), which PyPI does not serve: pip finds it on PyTorch's CPU
-# wheel index, read here as a find-links page (one request). Without it pip would take PyPI's CUDA build, gigabytes.
-# (On a machine that already lists that file through pip's own find-links, an unreachable index only costs a retry.)
+# wheel index, read as a find-links page by an install of torch alone (pip reads find-links pages once per package
+# it looks up). Without it pip would take PyPI's CUDA build, gigabytes. (On a machine that already lists that file
+# through pip's own find-links, an unreachable index only costs one round of retries.)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu/torch/
 # The lock's tool, pinned like everything else.
 PIP_TOOLS ?= pip-tools==7.6.2
@@ -44,7 +45,9 @@ $(BOOK_BIN)/python:
 	$(PYTHON) -m venv $(BOOK_VENV)
 
 $(STAMP): requirements/test.txt pyproject.toml | $(BIN)/python
-	$(BIN)/python $(LOCKED) --find-links $(TORCH_CPU_INDEX) -r requirements/test.txt
+	$(PYTHON) scripts/lock_overlay.py --select torch requirements/test.txt > $(VENV)/torch-lock.txt
+	$(BIN)/python $(LOCKED) --find-links $(TORCH_CPU_INDEX) -r $(VENV)/torch-lock.txt
+	$(BIN)/python $(LOCKED) -r requirements/test.txt
 	$(BIN)/python $(EDITABLE)
 	touch $@
 

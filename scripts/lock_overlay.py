@@ -4,7 +4,11 @@ transformers) that the test lock (TEST) does not pin the same way, to stdout.
 ``make test`` installs them with ``pip install --target`` and puts that folder first on ``PYTHONPATH`` for the
 floor job, so the unit tests run again under the old transformers and its own dependencies. Run by ``make lock``.
 
+``--select NAME LOCK`` prints one package's entry of a lock instead: ``make test`` installs torch's CPU build on its
+own first (from PyTorch's CPU wheel index), so that no other package is looked up there.
+
 Usage: python scripts/lock_overlay.py requirements/test.txt FLOOR_FULL > requirements/floor.txt
+       python scripts/lock_overlay.py --select torch requirements/test.txt
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def entries(text: str) -> dict[str, tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--select":
+        entry = entries(Path(argv[2]).read_text()).get(argv[1])
+        if entry is None:
+            print(f"{argv[2]} has no entry for {argv[1]}", file=sys.stderr)
+            return 1
+        sys.stdout.write(entry[1])
+        return 0
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
