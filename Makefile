@@ -130,7 +130,7 @@ lock:
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
-	$(LATEST_VENV)/bin/python -m pip install --quiet --find-links $(TORCH_CPU_INDEX) \
+	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps --find-links $(TORCH_CPU_INDEX) \
 		"$$(sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements/test.txt)"
 	$(LATEST_VENV)/bin/python -m pip install --quiet -e ".[book,test]"
 	@$(LATEST_VENV)/bin/python -m pip list --format=freeze > $(LATEST_VENV)/versions.txt

@@ -326,8 +326,7 @@ def test_a_true_wrap_in_a_running_meter_is_unwrapped_and_counted():
 
 def test_throttle_reasons_are_the_union_over_the_window():
     fake = fake_nvml(reasons=pynvml.nvmlClocksEventReasonSwPowerCap)
-    m = make_meter(fake, poll_s=0.001, power_period_s=0.02)
-    m._sampler.state_period_s = 0.05  # state every 50 ms instead of every second
+    m = make_meter(fake, poll_s=0.001, power_period_s=0.02, state_period_s=0.05)  # state every 50 ms, not 1 s
     with m:
         t0 = m.now()
         time.sleep(0.1)
@@ -341,7 +340,8 @@ def test_throttle_reasons_are_the_union_over_the_window():
 @pytest.mark.parametrize("reasons_fn, mask, want", [("throttle", 0, ""), (None, 0, "unknown"),
                                                     ("event", pynvml.nvmlClocksEventReasonGpuIdle, "gpu_idle")])
 def test_throttle_reasons_none_unsupported_or_older_api(reasons_fn, mask, want):
-    m = make_meter(fake_nvml(reasons_fn=reasons_fn, reasons=mask), poll_s=0.001, power_period_s=0.02)
+    m = make_meter(fake_nvml(reasons_fn=reasons_fn, reasons=mask), poll_s=0.001, power_period_s=0.02,
+                   state_period_s=0.05)
     assert measure(m, 0.25).throttle_reasons == want
 
 
@@ -364,12 +364,12 @@ def _threads() -> int:
 
 
 def test_process_sampler_measures_with_no_extra_thread_here():
-    m = make_meter(fake_nvml(), poll_s=0.001, power_period_s=0.02, sampler="process")
+    m = make_meter(fake_nvml(), poll_s=0.001, power_period_s=0.02, sampler="process", state_period_s=0.05)
     m._child_nvml = child_nvml
     before = _threads()
     with m:
         during = _threads()
-        assert m._thread is None and m._proc.is_alive()
+        assert isinstance(m._runner, M.ProcessSampler) and m._runner.proc.is_alive()
         t0 = m.now()
         time.sleep(0.4)
         t1 = m.now()
@@ -378,7 +378,7 @@ def test_process_sampler_measures_with_no_extra_thread_here():
     assert r.energy_j == pytest.approx(300 * (t1 - t0), rel=0.05)
     assert r.energy_j_power100 == pytest.approx(300 * (t1 - t0), rel=0.01)
     assert r.ticks >= 3 and r.throttle_reasons == ""
-    assert m._proc is None and m.device_info()["meter_sampler"] == "process"
+    assert m._runner is None and m.device_info()["meter_sampler"] == "process"
     assert m.reading(t0, t1, wait=False).energy_j == r.energy_j  # the recording outlives the process
 
 
@@ -388,8 +388,8 @@ def test_process_sampler_death_makes_later_windows_invalid():
     m.start()
     try:
         t0 = m.now()
-        m._proc.kill()
-        m._proc.join(5)
+        m._runner.proc.kill()
+        m._runner.proc.join(5)
         time.sleep(0.3)
         with pytest.raises(M.MeterError, match="no counter tick at or after the window end"):
             m.reading(t0, m.now())
@@ -501,3 +501,76 @@ def test_cli_without_gpu_prints_an_error_not_a_traceback(capsys):
     assert "energybook: error:" in capsys.readouterr().err
 
 
+
+
+# ----- 5. nothing absurd is ever recorded (issue #21, item 9) -------------------------------------
+
+
+def test_a_single_read_of_2_64_minus_1_is_not_a_wrap_and_is_refused():
+    """A sweep wrote a 1.8e16 J row: one bogus read of 2**64-1 was taken for a wrap (+2**64 mJ)."""
+    steady, bad, when = steady_counter(300.0), [], []
+
+    def counter():
+        if bad:
+            when.append(time.perf_counter())
+            return bad.pop()
+        return steady() + 5 * 10**9
+
+    m = make_meter(fake_nvml(counter=counter), poll_s=0.001, power_period_s=0.02)
+    with m:
+        t0 = m.now()
+        time.sleep(0.15)
+        bad.append(2**64 - 1)
+        time.sleep(0.45)
+        t1 = m.now()
+        with pytest.raises(M.MeterError):
+            m.reading(t0, t1)
+        after = m.reading(when[0] + 0.15, t1)  # a window after the bad read reads right
+    assert m.wraps == 0 and after.wraps == 0
+    assert after.energy_j == pytest.approx(300 * after.duration_s, rel=0.1)
+
+
+def test_zero_reads_inside_a_window_do_not_invent_energy():
+    """0.2 s of zero reads gave 4.2e5 J (the whole counter since the driver loaded) where 135 J was true."""
+    steady, zero = steady_counter(300.0), {"from": float("inf"), "to": float("inf")}
+
+    def counter():
+        now = time.perf_counter()
+        return 0 if zero["from"] <= now < zero["to"] else steady() + 420_000_000  # 4.2e5 J since the driver loaded
+
+    m = make_meter(fake_nvml(counter=counter), poll_s=0.001, power_period_s=0.02)
+    with m:
+        time.sleep(0.05)
+        now = time.perf_counter()
+        zero.update({"from": now, "to": now + 0.2})
+        time.sleep(0.03)  # the first zero read is recorded
+        t0 = m.now()
+        time.sleep(0.45)  # true energy: 300 W x 0.45 s = 135 J
+        t1 = m.now()
+        with pytest.raises(M.MeterError, match="power cap|power timeline"):
+            m.reading(t0, t1)
+
+
+def test_a_counter_jump_of_1e12_mj_is_refused_not_taken_as_1e9_j():
+    steady, jump = steady_counter(300.0), {"at": float("inf")}
+
+    def counter():
+        return steady() + (10**12 if time.perf_counter() >= jump["at"] else 0)
+
+    m = make_meter(fake_nvml(counter=counter), poll_s=0.001, power_period_s=0.02)
+    with m:
+        t0 = m.now()
+        time.sleep(0.15)
+        jump["at"] = time.perf_counter()
+        time.sleep(0.45)
+        t1 = m.now()
+        with pytest.raises(M.MeterError, match="power cap"):
+            m.reading(t0, t1)
+        after = m.reading(jump["at"] + 0.15, t1)
+    assert after.energy_j == pytest.approx(300 * after.duration_s, rel=0.1)
+
+
+def test_throttle_reasons_of_a_window_shorter_than_the_state_sampling_are_unknown():
+    """Clock events shorter than the 1 s state sampling were recorded as none ("")."""
+    m = make_meter(fake_nvml(reasons=0), poll_s=0.001, power_period_s=0.02)  # state sampled once a second
+    assert measure(m, 0.25).throttle_reasons == "unknown"

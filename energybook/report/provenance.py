@@ -6,8 +6,8 @@ provenance sidecars into tidy tables: one row per measured run (:func:`run_table
 and engine settings of each run (:func:`environment_table`), the protocol (:func:`protocol_table`),
 and the package versions of the build itself (:func:`versions`). :func:`method_summary` condenses
 the per-point difference of the power integrations from the energy counter, and
-:func:`replay_meter` rebuilds a :class:`energybook.measure.meter.Meter` from a recorded (or illustrative)
-timeline, so that its integration rules can be shown without a GPU.
+:func:`replay_meter` rebuilds the meter's :class:`energybook.measure.timeline.Timeline` from a recorded
+(or illustrative) timeline, so that its integration rules can be shown without a GPU.
 
 The folder read is the workspace's ``measured/`` (:class:`energybook.store.workspace.Workspace`):
 ``data/measured/`` in a checkout, or the folder named by ``ENERGYBOOK_DATA`` (to preview your own
@@ -36,7 +36,6 @@ import json
 import logging
 import platform
 import re
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,29 +228,25 @@ def method_summary(table: pd.DataFrame, others: tuple[str, ...] = ("energy_j_pow
     return pd.concat(parts, axis=1)
 
 
-def replay_meter(tick_t, tick_mj, power_t, power_w):
-    """A :class:`energybook.measure.meter.Meter` that reads a recorded timeline instead of NVML.
+def replay_meter(tick_t, tick_mj, power_t, power_w, **settings):
+    """The meter's :class:`energybook.measure.timeline.Timeline` of a recorded (or illustrative) timeline.
 
-    Its :meth:`~energybook.measure.meter.Meter.reading` (call it with ``wait=False``) applies the meter's
-    own rules (counter interpolation between ticks, trapezoids over every power sample and over
-    every 5th) to the given series; nothing is measured.
+    Its :meth:`~energybook.measure.timeline.Timeline.reading` (``reading(t0, t1)``; ``wait=False`` is
+    accepted, as for the meter) applies the meter's own rules (counter interpolation between ticks,
+    trapezoids over every power sample and over every 5th, the validity and physics checks) to the
+    given series; nothing is measured.
 
     Args:
         tick_t: Times of the counter's updates (seconds).
         tick_mj: Counter values at those times (millijoules).
         power_t: Times of the power samples (seconds).
         power_w: Power samples (watts).
+        **settings: Other :class:`~energybook.measure.timeline.Timeline` attributes (``power_cap_w`` in
+            watts, ``update_period_s`` in seconds...).
     """
-    from energybook.measure import meter as M
+    from energybook.measure.timeline import Timeline
 
-    m = M.Meter.__new__(M.Meter)
-    m.index, m.poll_s, m.power_period_s, m.sync = 0, 0.002, 0.1, None
-    m.has_counter, m.method, m.wraps = True, "counter", 0
-    m._tl = M._Timeline([float(t) for t in tick_t], [float(e) for e in tick_mj],
-                        [float(t) for t in power_t], [float(p) for p in power_w])
-    m._lock = threading.Lock()
-    m._thread = None
-    return m
+    return Timeline.from_series(tick_t, tick_mj, power_t, power_w, **settings)
 
 
 def timeline_files(root: str | Path | None = None) -> list[Path]:
