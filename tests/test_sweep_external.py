@@ -11,7 +11,8 @@ from energybook.measure import engines
 from energybook.measure import runner as sweep
 from energybook.measure.meter import SimulatedMeter
 from energybook.store import results as R
-from tests.test_external import FAKE_TRTLLM, FAKE_VLLM, fake_executable
+from tests.test_external import fake_executable
+from tests.test_external_engines import FAKE_TRTLLM, FAKE_VLLM
 
 FAKE_BUILD = """
 import pathlib, sys
@@ -67,3 +68,29 @@ def test_missing_engine_gives_a_clear_message(tmp_path, monkeypatch):
         sweep.run_sweep("org/model", n_in=[16], n_out=[8], n_req=2, device="cpu", meter=SimulatedMeter(),
                         allow_test_data=True, engine="vllm", workspace=tmp_path, cooldown_s=0,
                         progress=False, output=tmp_path / "r.csv")
+
+
+def test_the_external_engines_are_plugins_labelled_untested():
+    from energybook.measure.external import trtllm, vllm
+
+    for name, module, cls in (("trtllm", trtllm, trtllm.TrtllmBenchEngine), ("vllm", vllm, vllm.VllmBenchEngine)):
+        spec = engines.get_engine(name)
+        assert (spec.kind, spec.tested, spec.load()) == ("command", False, cls) and "untested" in spec.summary
+        assert f"{module.__name__}:register" in engines.PLUGINS
+    assert engines.engine_names()[-2:] == ("trtllm", "vllm")  # in the order of PLUGINS, however they were imported
+
+
+def test_a_broken_plugin_is_left_out_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(engines, "_REGISTRY", dict(engines._REGISTRY))
+    monkeypatch.setattr(engines, "_plugins_loaded", False)
+    monkeypatch.setattr(engines, "PLUGINS", (*engines.PLUGINS, "energybook.no_such_plugin:register"))
+    with caplog.at_level("WARNING", logger=engines.__name__):
+        assert "vllm" in engines.engine_names()
+    assert "energybook.no_such_plugin:register could not be loaded" in caplog.text
+
+
+def test_a_registered_engine_replaces_the_plugins_of_that_name(monkeypatch):
+    monkeypatch.setattr(engines, "_REGISTRY", dict(engines._REGISTRY))
+    monkeypatch.setattr(engines, "_plugins_loaded", False)  # the plugins load first, then this replaces theirs
+    engines.register_engine("vllm", "command", lambda model, workspace_dir: "mine")
+    assert engines.make_engine("vllm", "org/m") == "mine"

@@ -8,12 +8,18 @@
 :func:`register_engine` adds an engine under a name; :func:`make_engine` builds one by name; both kinds
 raise :class:`EngineUnavailable` when they cannot run here.
 
+Engines outside this module are plugins: a function that calls :func:`register_engine`. The registry
+calls its plugins once, on first use, in order: those in :data:`PLUGINS` (the external engines,
+TensorRT-LLM's and vLLM's), then those named by the ``energybook.engines`` entry points of installed packages.
+
 Used in :doc:`/book/reproduce`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +97,36 @@ class EngineSpec:
         return getattr(importlib.import_module(module), attr)
 
 
+logger = logging.getLogger(__name__)
+
 _REGISTRY: dict[str, EngineSpec] = {}
+PLUGINS = ("energybook.measure.external.trtllm:register", "energybook.measure.external.vllm:register")
+"""``"module:function"`` of the plugins: each function registers its engines with :func:`register_engine`."""
+ENTRY_POINTS = "energybook.engines"
+"""Entry-point group of further plugins (a package's ``[project.entry-points."energybook.engines"]``, same form)."""
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Call the plugins once (:data:`PLUGINS`, then the :data:`ENTRY_POINTS`); they register their engines.
+
+    A plugin that fails to load is left out with a warning naming it and the error.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # first: a plugin's own register_engine call comes back here
+    names = list(PLUGINS)
+    try:
+        names += [ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)]
+    except Exception as exc:  # noqa: BLE001 - broken package metadata must not stop the built-in engines
+        logger.warning("could not read the %s entry points: %s", ENTRY_POINTS, exc)
+    for name in names:
+        module, _, function = name.partition(":")
+        try:
+            getattr(importlib.import_module(module), function or "register")()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("engine plugin %s could not be loaded, its engines are left out: %s", name, exc)
 
 
 def register_engine(name: str, kind: str, target: str | Callable[..., Any], tested: bool = False,
@@ -105,6 +140,11 @@ def register_engine(name: str, kind: str, target: str | Callable[..., Any], test
         tested: Whether it produced this repository's data on a real GPU.
         summary: One line for ``--help``.
     """
+    load_plugins()  # so that an engine registered here replaces a plugin's of the same name, not the reverse
+    return _add(name, kind, target, tested, summary)
+
+
+def _add(name: str, kind: str, target: str | Callable[..., Any], tested: bool, summary: str) -> EngineSpec:
     if kind not in ("wave", "command"):
         raise ValueError(f"engine kind must be 'wave' or 'command', got {kind!r}")
     spec = EngineSpec(name, kind, target, tested, summary)
@@ -114,11 +154,13 @@ def register_engine(name: str, kind: str, target: str | Callable[..., Any], test
 
 def engine_names() -> tuple[str, ...]:
     """Names of the registered engines."""
+    load_plugins()
     return tuple(_REGISTRY)
 
 
 def get_engine(name: str) -> EngineSpec:
     """The registered engine of this name; ``ValueError`` naming the known ones otherwise."""
+    load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -141,14 +183,11 @@ def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None =
     return factory(str(model), workspace_dir, **kwargs)
 
 
-register_engine("torch", "wave", "energybook.measure.torch_engine:TorchEngine", tested=True,
-                summary="energybook's PyTorch engine (in-process, CUDA graphs)")
-register_engine("trtllm", "command", "energybook.measure.external:TrtllmBenchEngine",
-                summary="TensorRT-LLM through trtllm-bench (untested here)")
-register_engine("vllm", "command", "energybook.measure.external:VllmBenchEngine",
-                summary="vLLM through `vllm bench throughput` (untested here)")
-register_engine("hf", "wave", "energybook.measure.torch_engine:TorchEngine", tested=True,
-                summary="the torch engine under its descriptive name: transformers modules, every registered family")
-register_engine("lean", "wave", "energybook.measure.lean_engine:LeanEngine",
-                summary="gpt-fast-style decoder for every registered family (fused weights, static KV cache, "
-                        "compiled blocks, CUDA graphs per bucket); checked on H200s, no data of this repository yet")
+# The engines of this package that load on first use; the external engines are plugins (PLUGINS).
+_add("torch", "wave", "energybook.measure.torch_engine:TorchEngine", True,
+     "energybook's PyTorch engine (in-process, CUDA graphs)")
+_add("hf", "wave", "energybook.measure.torch_engine:TorchEngine", True,
+     "the torch engine under its descriptive name: transformers modules, every registered family")
+_add("lean", "wave", "energybook.measure.lean_engine:LeanEngine", False,
+     "gpt-fast-style decoder for every registered family (fused weights, static KV cache, compiled blocks, CUDA "
+     "graphs per bucket); checked on H200s, no data of this repository yet")
