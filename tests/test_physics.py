@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from energybook import resources
 from energybook.model import architecture as A
+from energybook.model import batch as B
 from energybook.model import complexity as C
 from energybook.model import physics as P
 
@@ -20,7 +22,8 @@ MODELS = ["Llama-3.2-1B", "OPT-1.3B", "Qwen2-1.5B"]
 @pytest.mark.parametrize("name", ["Llama-3.2-1B", "OPT-1.3B", "Gemma-2-2B"])
 def test_pass_counts_add_up_to_complexity(name):
     arch = A.load(name)
-    c = P.pass_counts(arch, 700, 300, n_req=40, batch=40, prefill_tokens=None)
+    c = P.pass_counts(arch, 700, 300, n_req=40, batch=40,
+                      profile=dataclasses.replace(B.HF_PROFILE, prefill_tokens=10**9))  # one chunk per wave
     total = C.request(arch, 700, 300, batch=40)
     flops = float(((c.matmul_flops + c.attention_flops) * c.repeat).sum())
     nbytes = float(((c.weight_bytes + c.kv_bytes + c.other_bytes) * c.repeat).sum())
@@ -228,8 +231,11 @@ def test_attention_pairs_and_graph_captures():
     # decode feeds positions 200..318: the first step and the one at 256 open a graph bucket
     assert c.graph_captures[~pre].sum() == 2 and c.graph_captures[pre].sum() == 0
     assert c.attention_pairs[~pre][0] == 8 * llama.num_heads * llama.num_layers * 201
-    eager = P.pass_counts(llama, 200, 120, n_req=8, batch=8, graph_bucket=None)
+    eager = P.pass_counts(llama, 200, 120, n_req=8, batch=8, profile=dataclasses.replace(B.HF_PROFILE, graphs=False))
     assert eager.graph_captures.sum() == 0
+    # the lean engine's 32-token buckets below 1024 keys: 200 (the first step), 224, 256 and 288 open one
+    lean = P.pass_counts(llama, 200, 120, n_req=8, batch=8, profile=B.LEAN_PROFILE)
+    assert lean.graph_captures[lean.phase == 1].sum() == 4
     zero = P.PhysicsParams(**{**P.START.__dict__, "graph_capture_s": 0.0})
     one = P.PhysicsParams(**{**P.START.__dict__, "graph_capture_s": 0.1})
     extra = P.phase_energy(c, one, "smooth", "add").decode_s - P.phase_energy(c, zero, "smooth", "add").decode_s

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from energybook.measure.protocol import Group, SweepConfig
 from energybook.model import architecture as A
-from energybook.model import complexity as C
+from energybook.model import batch as BATCH
 from energybook.model import roofline as RL
+from energybook.model.batch import HF_PROFILE, EngineProfile
 
 #: The GPU the planner prices work on: the H100 SXM's datasheet limits (bf16 dense tensor FLOP/s, HBM3
 #: bytes/s, watts). Only the ratios between units matter to the plan.
@@ -32,20 +33,22 @@ ETA_FACTOR = (1.8, 2.5)
 
 
 def nominal_batch_limit(arch: A.Architecture, n_in: int, n_out: int, max_batch: int,
-                        memory_bytes: float = NOMINAL_MEMORY_BYTES) -> int:
-    """Requests of (n_in, n_out) whose KV cache fits beside the weights in ``memory_bytes`` (at least 1, at most
-    ``max_batch``): the planner's stand-in for the engine's :meth:`batch_limit`, which needs the GPU.
+                        memory_bytes: float = NOMINAL_MEMORY_BYTES, profile: EngineProfile = HF_PROFILE) -> int:
+    """Requests of (n_in, n_out) that fit in a wave (at least 1, at most ``max_batch``): the engine's batch rule
+    (:func:`energybook.model.batch.batch_limit`) with the free memory of a GPU of ``memory_bytes`` that holds the
+    weights, the planner's stand-in for the engine's ``batch_limit``, which needs the GPU.
 
     Args:
         arch: The model.
         n_in: Prompt tokens per request.
         n_out: Output tokens per request.
-        max_batch: The protocol's batch cap.
+        max_batch: The protocol's batch cap (requests).
         memory_bytes: GPU memory (bytes).
+        profile: The profile of the engine that will run the sweep
+            (:func:`energybook.model.batch.profile_for` of its name).
     """
-    usable = 0.9 * memory_bytes - C.weight_bytes(arch) - (1 << 30)
-    per_request = arch.kv_bytes_per_token * (n_in + n_out) + 16 * arch.vocab_size
-    return max(1, min(max_batch, int(usable // per_request)))
+    free = memory_bytes - arch.num_params * arch.bytes_per_element
+    return max(1, BATCH.batch_limit(arch, n_in, n_out, free, profile, max_batch))
 
 
 def group_cost_s(arch: A.Architecture, g: Group, config: SweepConfig, spec: RL.GpuSpec = NOMINAL_GPU) -> float:

@@ -1,0 +1,551 @@
+"""The parameters of the physical model (:mod:`energybook.model.physics`), its time and energy of a workload's
+passes, the calibration record and its fit with lmfit, the batch rule with a calibration's memory, and the stored
+calibrations. The module docstring of :mod:`energybook.model.physics` states the model.
+
+Used in :doc:`/book/physics`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from energybook import resources
+from energybook.model import batch as B
+from energybook.model import complexity as C
+from energybook.model.architecture import Architecture
+from energybook.model.batch import HF_PROFILE, EngineProfile
+from energybook.model.physics_passes import PassCounts, pass_counts
+
+logger = logging.getLogger(__name__)
+
+COMBINES = ("max", "smooth", "sum")
+OVERHEADS = ("overlap", "add")
+#: Exponent of the ``"smooth"`` combination.
+SMOOTH_P = 4.0
+#: The parameters, in the order of the covariance matrix, with their units.
+PARAM_UNITS = {
+    "matmul_flops_s": "FLOP/s", "attention_flops_s": "FLOP/s", "weight_bytes_s": "bytes/s",
+    "kv_bytes_s": "bytes/s", "pass_overhead_s": "s", "busy_power_w": "W", "overhead_power_w": "W",
+    "elementwise_bytes_s": "bytes/s", "attention_block_s": "s", "attention_pairs_s": "pairs/s",
+    "graph_capture_s": "s",
+}
+PARAM_NAMES = tuple(PARAM_UNITS)
+#: Scale of each parameter inside the fit (lmfit sees values of order 1-1000).
+_SCALE = {"matmul_flops_s": 1e12, "attention_flops_s": 1e12, "weight_bytes_s": 1e12, "kv_bytes_s": 1e12,
+          "pass_overhead_s": 1e-6, "busy_power_w": 1.0, "overhead_power_w": 1.0, "elementwise_bytes_s": 1e12,
+          "attention_block_s": 1e-9, "attention_pairs_s": 1e12, "graph_capture_s": 1e-3}
+#: Rates (must be positive) and fixed times (non-negative) among the parameters.
+_RATES = ("matmul_flops_s", "attention_flops_s", "weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s",
+          "attention_pairs_s")
+_TIMES = ("pass_overhead_s", "attention_block_s", "graph_capture_s")
+#: How :func:`calibrate` weighs the residuals of a point's two phases.
+WEIGHTS = ("share", "equal")
+
+# ----- the engine's batch rule --------------------------------------------------------------
+balanced_batch = C.balanced_batch  # the sweep's batch rule, one definition in complexity
+
+
+def batch_limit(arch: Architecture, n_in: int, n_out: int, memory_bytes: float, max_batch: int = 1024,
+                profile: EngineProfile = HF_PROFILE) -> int:
+    """Largest batch whose KV cache fits, by the engine's rule (requests; 0 when none fits).
+
+    :func:`energybook.model.batch.batch_limit` with the free memory ``memory_bytes`` minus the weights
+    (``num_params`` elements): a calibration keeps the device memory before the weights, so that one value serves
+    every model.
+
+    Args:
+        arch: The architecture.
+        n_in: Prompt length (tokens).
+        n_out: Output length (tokens).
+        memory_bytes: Device memory available to the engine before the weights (bytes; a calibration value).
+        max_batch: The engine's batch cap (requests).
+        profile: The engine's profile.
+    """
+    free = memory_bytes - arch.num_params * arch.bytes_per_element
+    return B.batch_limit(arch, n_in, n_out, free, profile, max_batch)
+
+
+# ----- parameters and the model ---------------------------------------------------------------
+@dataclass(frozen=True)
+class PhysicsParams:
+    """The shared parameters of one GPU and engine.
+
+    Attributes:
+        matmul_flops_s: Effective matmul throughput R_mm (FLOP/s).
+        attention_flops_s: Effective attention throughput R_att (FLOP/s).
+        weight_bytes_s: Effective bandwidth of weight (and logits) traffic B_w (bytes/s).
+        kv_bytes_s: Effective bandwidth of KV-cache traffic B_kv (bytes/s).
+        pass_overhead_s: Fixed cost of every forward pass t_pass (seconds).
+        busy_power_w: Power while kernels run P_busy (watts).
+        overhead_power_w: Power during the per-pass overhead P_oh (watts).
+        elementwise_bytes_s: Effective bandwidth of the elementwise kernels B_el (bytes/s).
+        attention_block_s: Fixed time of one decode attention block t_blk (seconds).
+        attention_pairs_s: Rate of the per-pair attention work R_pair ((query, key) pairs x heads per second).
+        graph_capture_s: Fixed time of one decode graph capture with its eager step t_cap (seconds).
+    """
+
+    matmul_flops_s: float
+    attention_flops_s: float
+    weight_bytes_s: float
+    kv_bytes_s: float
+    pass_overhead_s: float
+    busy_power_w: float
+    overhead_power_w: float
+    elementwise_bytes_s: float
+    attention_block_s: float
+    attention_pairs_s: float
+    graph_capture_s: float
+
+    def __post_init__(self) -> None:
+        for key in PARAM_NAMES:
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a non-negative finite number, got {value!r}")
+        for key in _RATES:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+
+    def vector(self) -> np.ndarray:
+        """The values in :data:`PARAM_NAMES` order (SI units)."""
+        return np.array([getattr(self, k) for k in PARAM_NAMES], dtype=float)
+
+    @classmethod
+    def from_vector(cls, values) -> PhysicsParams:
+        """Parameters from values in :data:`PARAM_NAMES` order (SI units)."""
+        return cls(**{k: float(v) for k, v in zip(PARAM_NAMES, values)})
+
+
+def _combine(a: np.ndarray, b: np.ndarray, combine: str) -> np.ndarray:
+    if combine == "max":
+        return np.maximum(a, b)
+    if combine == "sum":
+        return a + b
+    if combine == "smooth":
+        m = np.maximum(np.maximum(a, b), 1e-300)
+        return m * ((a / m) ** SMOOTH_P + (b / m) ** SMOOTH_P) ** (1 / SMOOTH_P)
+    raise ValueError(f"unknown combination {combine!r}; use one of {COMBINES}")
+
+
+@dataclass(frozen=True)
+class PhaseEnergy:
+    """Modelled time and energy of one workload, by phase.
+
+    Attributes:
+        prefill_s: Prefill time (seconds).
+        decode_s: Decode time (seconds).
+        prefill_energy_j: Prefill energy (joules).
+        decode_energy_j: Decode energy (joules).
+    """
+
+    prefill_s: float
+    decode_s: float
+    prefill_energy_j: float
+    decode_energy_j: float
+
+    @property
+    def duration_s(self) -> float:
+        """Total time (seconds)."""
+        return self.prefill_s + self.decode_s
+
+    @property
+    def energy_j(self) -> float:
+        """Total energy (joules)."""
+        return self.prefill_energy_j + self.decode_energy_j
+
+
+def phase_energy(counts: PassCounts, params: PhysicsParams, combine: str = "smooth",
+                 overhead: str = "overlap") -> PhaseEnergy:
+    """Time and energy of the passes of a workload under the model (see the module docstring).
+
+    Args:
+        counts: The passes (:func:`pass_counts`).
+        params: The GPU's parameters.
+        combine: ``"max"``, ``"smooth"`` or ``"sum"``.
+        overhead: ``"overlap"`` (the per-pass cost hides behind running kernels: a pass takes
+            ``comb(busy, t_pass)``) or ``"add"`` (a pass takes ``busy + t_pass``); a decode step that opens a
+            graph bucket adds ``t_cap`` to its ``t_pass``.
+    """
+    p = params
+    busy = (_combine(counts.matmul_flops / p.matmul_flops_s, (counts.weight_bytes + counts.other_bytes)
+                     / p.weight_bytes_s, combine)
+            + _combine(counts.attention_flops / p.attention_flops_s + counts.attention_pairs / p.attention_pairs_s,
+                       counts.kv_bytes / p.kv_bytes_s, combine)
+            + counts.elementwise_bytes / p.elementwise_bytes_s + counts.attention_blocks * p.attention_block_s)
+    launch = p.pass_overhead_s + counts.graph_captures * p.graph_capture_s
+    if overhead == "overlap":
+        step = _combine(busy, launch, combine)
+    elif overhead == "add":
+        step = busy + launch
+    else:
+        raise ValueError(f"unknown overhead mode {overhead!r}; use one of {OVERHEADS}")
+    time = step * counts.repeat
+    energy = (p.busy_power_w * busy + p.overhead_power_w * (step - busy)) * counts.repeat
+    pre = counts.phase == 0
+    return PhaseEnergy(float(time[pre].sum()), float(time[~pre].sum()), float(energy[pre].sum()),
+                       float(energy[~pre].sum()))
+
+
+# ----- calibration --------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """The calibrated parameters of one GPU and engine, with their uncertainty and provenance.
+
+    Attributes:
+        gpu: Short key (``"h100"``).
+        gpu_name: The GPU's name as NVML reports it.
+        engine: The engine measured (``"torch"`` for the ``hf`` engine, ``"lean"``): it picks the batch profile
+            (:func:`energybook.model.batch.profile_for`) that :func:`energybook.model.physics.predict` schedules by.
+        combine: The combination of compute and memory time (:data:`COMBINES`).
+        overhead: How the per-pass overhead meets the kernels' time (:data:`OVERHEADS`).
+        params: The parameters.
+        stderr: lmfit's standard error of each parameter (SI units).
+        covariance: Covariance of the parameters in :data:`PARAM_NAMES` order (SI units squared).
+        memory_bytes: Device memory available to the engine before the weights (bytes), for :func:`batch_limit`.
+        power_cap_w: The power limit the grids ran under (watts).
+        model_error_log: The model's own error: rms of log(predicted / measured) energy over the
+            leave-one-model-out predictions (dimensionless; 0.05 is about 5%).
+        provenance: What it was calibrated from (grids with sha256, commit, date, command).
+    """
+
+    gpu: str
+    gpu_name: str
+    engine: str
+    combine: str
+    params: PhysicsParams
+    stderr: dict[str, float]
+    covariance: np.ndarray = field(repr=False)
+    overhead: str = "overlap"
+    memory_bytes: float = 85.0e9
+    power_cap_w: float = 700.0
+    model_error_log: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record (SI units; the units are listed under ``units``)."""
+        return dict(schema="energybook.calibration/1", gpu=self.gpu, gpu_name=self.gpu_name, engine=self.engine,
+                    combine=self.combine, overhead=self.overhead,
+                    params={k: getattr(self.params, k) for k in PARAM_NAMES},
+                    stderr=self.stderr, units=PARAM_UNITS, covariance=np.asarray(self.covariance).tolist(),
+                    memory_bytes=self.memory_bytes, power_cap_w=self.power_cap_w,
+                    model_error_log=self.model_error_log, provenance=self.provenance)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """Read :meth:`to_dict`'s record.
+
+        Raises:
+            ValueError: when a key is missing or a value is malformed.
+        """
+        try:
+            cov = np.asarray(d["covariance"], dtype=float)
+            if cov.shape != (len(PARAM_NAMES),) * 2:
+                raise ValueError(f"covariance has shape {cov.shape}")
+            params = PhysicsParams(**{k: float(d["params"][k]) for k in PARAM_NAMES})
+            return cls(gpu=str(d["gpu"]), gpu_name=str(d["gpu_name"]), engine=str(d["engine"]),
+                       combine=str(d["combine"]), params=params,
+                       stderr={k: float(v) for k, v in d["stderr"].items()}, covariance=cov,
+                       overhead=str(d.get("overhead", "overlap")), memory_bytes=float(d["memory_bytes"]),
+                       power_cap_w=float(d["power_cap_w"]),
+                       model_error_log=float(d["model_error_log"]), provenance=dict(d.get("provenance", {})))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed calibration record: {exc!r}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the record as JSON (``indent=1``, sorted keys) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+        return path
+
+    def sample_params(self, n: int = 200, seed: int = 0) -> list[PhysicsParams]:
+        """Up to ``n`` parameter sets drawn from the fitted normal distribution, keeping only physical draws (rates
+        positive, times and powers non-negative): a truncated normal. An unidentified parameter (a roofline branch
+        that never binds, whose stderr is huge) then draws large values that keep the branch idle."""
+        rng = np.random.default_rng(seed)
+        mean = self.params.vector()
+        cov = np.nan_to_num(np.asarray(self.covariance, dtype=float))
+        # Drawn in standard units (the correlation matrix, then scaled by each stderr): the variances span some 47
+        # orders of magnitude (FLOP/s squared to seconds squared), beyond what one eigendecomposition in float64
+        # resolves; drawn directly, the smallest parameters took errors of the largest (t_pass by 1000x and more).
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        unit = np.where(sd > 0, sd, 1.0)
+        corr = cov / np.outer(unit, unit)
+        np.fill_diagonal(corr, 1.0)
+        z = rng.multivariate_normal(np.zeros(len(mean)), corr, size=4 * n, method="eigh", check_valid="ignore")
+        draws = mean + z * sd
+        rates = [PARAM_NAMES.index(k) for k in _RATES]
+        keep = (draws[:, rates] > 0).all(axis=1) & (draws >= 0).all(axis=1)
+        draws = draws[keep][:n]
+        if len(draws) < min(n, 10):
+            logger.warning("the covariance of %s gives too few valid parameter draws; the interval holds the "
+                           "model error only", self.gpu)
+            return []
+        return [PhysicsParams.from_vector(v) for v in draws]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured workload for calibration.
+
+    Attributes:
+        counts: Its passes (:func:`pass_counts`).
+        prefill_energy_j: Measured prefill energy (joules).
+        decode_energy_j: Measured decode energy (joules).
+        prefill_s: Measured prefill time (seconds).
+        decode_s: Measured decode time (seconds).
+        model: Model label.
+    """
+
+    counts: PassCounts
+    prefill_energy_j: float
+    decode_energy_j: float
+    prefill_s: float
+    decode_s: float
+    model: str = ""
+
+    @property
+    def energy_j(self) -> float:
+        """Measured total energy (joules)."""
+        return self.prefill_energy_j + self.decode_energy_j
+
+
+def observations(arch: Architecture, table, profile: EngineProfile = HF_PROFILE) -> list[Observation]:
+    """Calibration points from a measured grid (columns of ``energybook.report.analysis.measured_table``).
+
+    Each row's schedule is the one it ran with: its ``n_req``, ``batch`` and ``waves`` columns.
+
+    Args:
+        arch: The architecture the grid measured.
+        table: Rows with ``n_in``, ``n_out``, ``n_req``, ``batch``, ``waves``, ``prefill_energy_j``,
+            ``decode_energy_j`` (joules), ``prefill_s``, ``decode_s`` (seconds).
+        profile: The profile of the engine that measured the grid (its prefill chunks and graph buckets).
+
+    Raises:
+        ValueError: when a column is missing.
+    """
+    need = ["n_in", "n_out", "n_req", "batch", "waves", "prefill_energy_j", "decode_energy_j", "prefill_s",
+            "decode_s"]
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"the grid of {arch.name} lacks column(s) {missing}")
+    out = []
+    for r in table.itertuples(index=False):
+        counts = pass_counts(arch, int(r.n_in), int(r.n_out), int(r.n_req), int(r.batch), int(r.waves),
+                             profile)
+        out.append(Observation(counts, float(r.prefill_energy_j), float(r.decode_energy_j), float(r.prefill_s),
+                               float(r.decode_s), arch.name))
+    return out
+
+
+#: Start values of the fit (SI units): a H100-like GPU.
+START = PhysicsParams(matmul_flops_s=400e12, attention_flops_s=200e12, weight_bytes_s=2.5e12, kv_bytes_s=2.5e12,
+                      pass_overhead_s=1e-3, busy_power_w=690.0, overhead_power_w=400.0,
+                      elementwise_bytes_s=2.5e12, attention_block_s=10e-9, attention_pairs_s=4e12,
+                      graph_capture_s=20e-3)
+
+
+@dataclass
+class CalibrationFit:
+    """What :func:`calibrate` returns: the calibration and the fit's diagnostics.
+
+    Attributes:
+        calibration: The calibration (without provenance and model error; the caller adds them).
+        report: lmfit's fit report.
+        residual_rms_log: rms of the log residuals (dimensionless).
+        success: Whether lmfit reported success.
+    """
+
+    calibration: Calibration
+    report: str
+    residual_rms_log: float
+    success: bool
+
+
+def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "overlap", power_cap_w: float = 700.0,
+              start: PhysicsParams = START, gpu: str = "h100", gpu_name: str = "", engine: str = "torch",
+              memory_bytes: float = 85.0e9, fixed: dict[str, float] | None = None,
+              weights: str = "share") -> CalibrationFit:
+    """Fit the shared parameters to measured workloads with lmfit (least squares on log ratios).
+
+    The residuals are ``log(model / measured)`` of each point's prefill energy, decode energy, prefill time and
+    decode time: relative errors, so short and long workloads weigh alike. With ``weights="share"`` each phase's
+    residual is multiplied by ``sqrt(2 f)``, ``f`` the phase's share of the point's measured energy (for the
+    energies) or time (for the times): a point's weighted sum of squares then approximates twice the squared
+    relative error of its total, and a phase that is a sliver of its workload (whose measurement carries
+    allocator stalls and the energy counter's lag at the phase boundary) weighs as little as it counts.
+    ``"equal"`` weighs the four alike. ``busy_power_w`` and ``overhead_power_w`` are bounded by ``power_cap_w``.
+
+    Args:
+        obs: The measured workloads (:func:`observations`), of one or more models.
+        combine: ``"max"``, ``"smooth"`` or ``"sum"``.
+        overhead: ``"overlap"`` or ``"add"`` (:func:`phase_energy`).
+        power_cap_w: The GPU's power limit (watts).
+        start: Start values.
+        gpu: Short GPU key for the record.
+        gpu_name: The GPU's name.
+        engine: The engine measured.
+        memory_bytes: Device memory for the batch rule (bytes), stored with the calibration.
+        fixed: Parameters held at the given values (SI units) instead of fitted (stderr 0, covariance 0).
+        weights: ``"share"`` or ``"equal"`` (see above).
+
+    Raises:
+        ValueError: for no observations, an unknown combination or an unknown weighting.
+    """
+    import lmfit  # the analysis half; predict() does not need it
+
+    if not obs:
+        raise ValueError("calibration needs at least one measured workload")
+    if combine not in COMBINES:
+        raise ValueError(f"unknown combination {combine!r}; use one of {COMBINES}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weighting {weights!r}; use one of {WEIGHTS}")
+    measured = np.array([[o.prefill_energy_j, o.decode_energy_j, o.prefill_s, o.decode_s] for o in obs])
+    if not (np.isfinite(measured).all() and (measured > 0).all()):
+        raise ValueError("measured energies and times must be positive and finite")
+    log_measured = np.log(measured)
+    if weights == "share":
+        f_e = measured[:, 0] / (measured[:, 0] + measured[:, 1])
+        f_t = measured[:, 2] / (measured[:, 2] + measured[:, 3])
+        weight = np.sqrt(2 * np.column_stack([f_e, 1 - f_e, f_t, 1 - f_t]))
+    else:
+        weight = np.ones_like(measured)
+
+    params = lmfit.Parameters()
+    for k in PARAM_NAMES:
+        value = getattr(start, k) / _SCALE[k]
+        if k.endswith("power_w"):
+            params.add(k, value=min(value, power_cap_w * 0.999), min=0.0, max=power_cap_w)
+        elif k in _TIMES:
+            params.add(k, value=value, min=0.0, max=1e5)
+        else:
+            params.add(k, value=value, min=value * 1e-3, max=value * 1e3)
+    for k, v in (fixed or {}).items():
+        params[k].set(value=v / _SCALE[k], vary=False, min=-np.inf, max=np.inf)
+
+    def unpack(p) -> PhysicsParams:
+        return PhysicsParams(**{k: p[k].value * _SCALE[k] for k in PARAM_NAMES})
+
+    def residual(p):
+        pp = unpack(p)
+        rows = []
+        for o in obs:
+            e = phase_energy(o.counts, pp, combine, overhead)
+            rows.append([e.prefill_energy_j, e.decode_energy_j, e.prefill_s, e.decode_s])
+        return (weight * (np.log(np.maximum(np.array(rows), 1e-300)) - log_measured)).ravel()
+
+    result = lmfit.minimize(residual, params, method="least_squares")
+    best = unpack(result.params)
+    scale = np.array([_SCALE[k] for k in PARAM_NAMES])
+    k = len(PARAM_NAMES)
+    if result.covar is not None and result.var_names == list(PARAM_NAMES):
+        cov = np.asarray(result.covar) * np.outer(scale, scale)
+        identified = np.ones(k, dtype=bool)
+    else:
+        cov, identified = _pinv_covariance(residual, result.params, result.residual, scale)
+    for i, name in enumerate(PARAM_NAMES):
+        if name in (fixed or {}):
+            cov[i, :] = cov[:, i] = 0.0
+            identified[i] = True
+    stderr = {name: float(np.sqrt(cov[i, i])) if identified[i] else float("nan")
+              for i, name in enumerate(PARAM_NAMES)}
+    rms = float(np.sqrt(np.mean(result.residual ** 2)))
+    cal = Calibration(gpu=gpu, gpu_name=gpu_name, engine=engine, combine=combine, params=best, stderr=stderr,
+                      covariance=cov, overhead=overhead, memory_bytes=memory_bytes, power_cap_w=power_cap_w)
+    return CalibrationFit(cal, lmfit.fit_report(result), rms, bool(result.success))
+
+
+def _pinv_covariance(residual, params, r0: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Covariance s^2 (J^T J)^+ from a forward-difference Jacobian, when lmfit has none.
+
+    With ``combine="max"`` a roofline branch that never binds leaves its parameter without any gradient: J^T J is
+    singular. The pseudo-inverse gives such a parameter zero variance (the data say nothing about it, and any
+    larger value predicts the same); it is reported as not identified (stderr nan).
+    """
+    names = list(PARAM_NAMES)
+    base = np.array([params[n].value for n in names])
+    cols = []
+    for i, n in enumerate(names):
+        if not params[n].vary:
+            cols.append(np.zeros_like(r0))
+            continue
+        h = max(abs(base[i]) * 1e-4, 1e-9)
+        p = params.copy()
+        p[n].set(value=base[i] + h)
+        cols.append((residual(p) - r0) / h)
+    jac = np.column_stack(cols)
+    dof = max(len(r0) - len(names), 1)
+    s2 = float(r0 @ r0) / dof
+    norms = np.linalg.norm(jac, axis=0)
+    identified = norms > 1e-8 * max(norms.max(), 1e-300)
+    cov = np.zeros((len(names), len(names)))
+    sub = np.ix_(identified, identified)
+    cov[sub] = np.linalg.pinv(jac[:, identified].T @ jac[:, identified]) * s2
+    return cov * np.outer(scale, scale), identified
+
+
+def memory_for_batches(archs_and_rows: list[tuple[Architecture, list[tuple[int, int, int, int]]]],
+                       max_batch: int = 1024, lo: float = 60e9, hi: float = 100e9, step: float = 0.05e9,
+                       profile: EngineProfile = HF_PROFILE) -> tuple[float, float] | None:
+    """The range of ``memory_bytes`` for which :func:`batch_limit` reproduces every measured batch.
+
+    Args:
+        archs_and_rows: For each architecture, its measured (n_in, n_out, n_req, batch) tuples.
+        max_batch: The engine's batch cap.
+        lo: Lowest memory tried (bytes).
+        hi: Highest memory tried (bytes).
+        step: Step of the scan (bytes).
+        profile: The profile of the engine that measured the batches.
+
+    Returns:
+        (lowest, highest) memory that reproduces all batches, or None when no value does.
+    """
+    good = []
+    for m in np.arange(lo, hi + step / 2, step):
+        ok = all(balanced_batch(n_req, min(n_req, max_batch, batch_limit(a, n_in, n_out, m, max_batch, profile)))[0]
+                 == b for a, rows in archs_and_rows for n_in, n_out, n_req, b in rows
+                 if batch_limit(a, n_in, n_out, m, max_batch, profile) >= 1)
+        if ok:
+            good.append(float(m))
+    return (min(good), max(good)) if good else None
+
+
+# ----- stored calibrations --------------------------------------------------------------------
+def calibrated_gpus() -> list[str]:
+    """GPU keys with a shipped calibration (``energybook/resources/calibration/<gpu>.json``)."""
+    try:
+        folder = resources.path("calibration")
+    except FileNotFoundError:
+        return []
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def load_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
+    """The stored calibration of a GPU.
+
+    Args:
+        gpu: GPU key (``"h100"``), case-insensitive.
+        path: A calibration JSON to read instead of the shipped one.
+
+    Raises:
+        ValueError: for an uncalibrated GPU (the message lists the calibrated ones) or a malformed file.
+    """
+    if path is None:
+        key = str(gpu).strip().lower()
+        known = calibrated_gpus()
+        if key not in known:
+            raise ValueError(f"no calibration for GPU {gpu!r}; calibrated GPUs: {', '.join(known) or 'none'} "
+                             "(scripts/calibrate.py makes one from measured grids)")
+        path = resources.path("calibration", f"{key}.json")
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    return Calibration.from_dict(record)
