@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from energybook.store import results as R
+from energybook.store import writer as W
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "data" / "measured"
@@ -294,21 +295,21 @@ def test_append_refuses_a_file_changed_under_its_lock(tmp_path):
 
 def test_an_append_interrupted_before_its_sidecar_is_recovered(tmp_path, monkeypatch, caplog):
     path = make(tmp_path, 2)
-    real = R._write_sidecar
+    real = W._write_sidecar
 
     def killed(*a, **kw):
         raise KeyboardInterrupt("killed between the CSV and its sidecar")
 
     with R.ResultsFile(path) as rf:
         rf.start(PROV)
-        monkeypatch.setattr(R, "_write_sidecar", killed)
+        monkeypatch.setattr(W, "_write_sidecar", killed)
         with pytest.raises(KeyboardInterrupt):
             rf.append(row(99))
-        monkeypatch.setattr(R, "_write_sidecar", real)
+        monkeypatch.setattr(W, "_write_sidecar", real)
     assert len(lines(path)) == 4 and prov_of(path)["rows"] == 2
     with pytest.raises(R.DataError, match="sha256.*appended after the state its sidecar records"):
         R.load_measured(path, allow_test_data=True)
-    with caplog.at_level(logging.WARNING, logger=R.__name__), R.ResultsFile(path) as rf:
+    with caplog.at_level(logging.WARNING, logger=W.__name__), R.ResultsFile(path) as rf:
         rf.start(PROV)
         assert (99, 8, 0) in rf.done()
     assert "recorded 1 complete row" in caplog.text and "99x8#0" in caplog.text
@@ -468,7 +469,7 @@ def test_start_removes_orphaned_temporary_files(tmp_path, caplog):
     kept = [tmp_path / ".other.csv.abc.tmp", tmp_path / "grid.csv.tmp", tmp_path / "notes.txt"]
     for p in orphans + kept:
         p.write_text("partial")
-    with caplog.at_level(logging.WARNING, logger=R.__name__), R.ResultsFile(path) as rf:
+    with caplog.at_level(logging.WARNING, logger=W.__name__), R.ResultsFile(path) as rf:
         rf.start(PROV)
     assert not any(p.exists() for p in orphans) and all(p.exists() for p in kept)
     assert "removed 2 temporary file(s)" in caplog.text and ".grid.csv.abc123.tmp" in caplog.text
@@ -546,6 +547,6 @@ def test_a_partial_dict_row_is_written_with_empty_cells(tmp_path):
     path = tmp_path / "grid.csv"
     with R.ResultsFile(path) as rf:
         rf.start(PROV)
-        rf.append({"model": "m", "n_in": 16, "n_out": 8, "rep": 0, "energy_j": 12.0})
+        rf.append({"model": "m", "n_in": 16, "n_out": 8, "rep": 0, "energy_j": 12.0, "duration_s": 0.5})
     df = R.load_measured(path, allow_test_data=True).data
     assert df.loc[0, "energy_j"] == 12.0 and df["power_w"].isna().all()

@@ -94,6 +94,12 @@ BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
 #: How long a rank waits for its peers to join the launch (seconds).
 STORE_TIMEOUT_S = 1800.0
 _PART = re.compile(r"\.part-([0-9]+)$")
+#: Most ranks a launch (and ``--plan --ranks``) may have.
+MAX_RANKS = 4096
+#: torchrun's variables: a process with some of them set is in a launch, or misconfigured.
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+_START = ("start the sweep with torchrun (torchrun --standalone --nproc-per-node N -m energybook.cli sweep ...), or "
+          "unset RANK, LOCAL_RANK and WORLD_SIZE for a plain sweep")
 
 
 # -- ranks --------------------------------------------------------------------------------------------------
@@ -130,8 +136,12 @@ class Ranks:
             ValueError: torchrun's variables are not integers, or the rank is not below the world size.
         """
         env = os.environ if env is None else env
-        if not all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        if not any(k in env for k in _TORCHRUN_VARS):
             return None
+        missing = [k for k in _TORCHRUN_VARS if k not in env]
+        if missing:
+            given = [k for k in _TORCHRUN_VARS if k in env]
+            raise ValueError(f"{', '.join(given)} set but not {', '.join(missing)} (torchrun sets them all): {_START}")
         try:
             world = int(env["WORLD_SIZE"])
             out = cls(rank=int(env["RANK"]), local_rank=int(env["LOCAL_RANK"]), world_size=world,
@@ -143,7 +153,25 @@ class Ranks:
                              "sweep with torchrun, or unset them") from None
         if not (0 <= out.rank < world and 0 <= out.local_rank):
             raise ValueError(f"RANK={out.rank} is not a rank of WORLD_SIZE={world}: start the sweep with torchrun")
+        if world > MAX_RANKS:
+            raise ValueError(f"WORLD_SIZE={world}: a launch has 1..{MAX_RANKS} ranks")
         return out
+
+    def check_rendezvous(self, env: dict[str, str] | None = None) -> None:
+        """Refuse a launch of several ranks without torchrun's rendezvous (``MASTER_ADDR``, ``MASTER_PORT``).
+
+        Raises:
+            ValueError: naming the missing variables and how to start the launch.
+        """
+        env = os.environ if env is None else env
+        if self.world_size <= 1:
+            return
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if missing:
+            raise ValueError(f"RANK={self.rank} of WORLD_SIZE={self.world_size} is set but not {', '.join(missing)} "
+                             f"(torchrun sets them): {_START}")
+        if not env["MASTER_PORT"].isdigit():
+            raise ValueError(f"MASTER_PORT={env['MASTER_PORT']!r} is not a port number: {_START}")
 
     def device(self, requested: str) -> str:
         """This rank's torch device: ``cuda:LOCAL_RANK`` for ``"cuda"``, ``"cpu"`` for ``"cpu"`` (tests).
@@ -211,7 +239,14 @@ class RankSimulatedMeter(SimulatedMeter):
 
 def model_name(model: str | Path) -> str:
     """The name a model's results folder is named after, as the torch engine names it: a checkpoint folder's
-    name, a ``config.json``'s stem, or the shipped name."""
+    name, a ``config.json``'s stem, or the shipped name.
+
+    Raises:
+        ValueError: a control character in the model (results files record its name on one line).
+    """
+    from energybook.measure.protocol import check_text
+
+    check_text("model", str(model))
     p = Path(str(model))
     if p.is_dir():
         return p.name
@@ -402,6 +437,8 @@ def make_plan(models: Sequence[str | Path], config: SweepConfig, world_size: int
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"the number of ranks must be a positive integer, got {world_size!r}")
+    if world_size > MAX_RANKS:
+        raise ValueError(f"the number of ranks must be 1..{MAX_RANKS}, got {world_size}")
     models = [str(m) for m in models]
     if not models:
         raise ValueError("give at least one --model")
@@ -439,63 +476,14 @@ def make_plan(models: Sequence[str | Path], config: SweepConfig, world_size: int
 # -- merging part files -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Merge:
-    """What :func:`merge_parts` did.
-
-    Attributes:
-        path: The results file.
-        parts: The part files merged (and removed).
-        merged: Points copied into the results file.
-        already: Points of the parts the results file already held, identically.
-        skipped: Part files left in place: without a sidecar and without rows (a start cut short).
-    """
-
-    path: Path
-    parts: list[Path]
-    merged: int = 0
-    already: int = 0
-    skipped: list[Path] = dataclasses.field(default_factory=list)
-
-
-_BOOKKEEPING = ("points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes")
-_RUN_KEYS = ("started_at", "command", "gpu_uuid", "host")
-
-
-def _row_key(row: dict[str, str]) -> tuple[int, int, int]:
-    return tuple(int(row[k]) for k in R.KEY)
-
-
-def _cells(row: dict[str, str]) -> dict[str, str]:
-    return {c: row.get(c) or "" for c in R.COLUMNS}
-
-
-def _verified(rf: R.ResultsFile) -> None:
-    """Check a locked results file against its sidecar; an interrupted append (complete rows after the recorded
-    state) is recovered, any other difference refused (never re-blessed)."""
-    try:
-        R.load_measured(rf.path, allow_test_data=True)
-    except R.DataError:
-        # Starting the file as its own writer records complete appended rows (marked recovered in its point
-        # log) and refuses any other difference; then it must load.
-        prov = rf.provenance()
-        rf.start({k: v for k, v in prov.items() if k not in _BOOKKEEPING})
-        R.load_measured(rf.path, allow_test_data=True)
-
-
-def _unprovenanced(path: Path) -> bool:
-    """Whether a CSV without its sidecar holds rows (True: refuse) rather than a header alone (a start cut
-    short, which its next writer adopts)."""
-    if not path.exists() or R.sidecar_path(path).exists():
-        return False
-    if len(path.read_bytes().splitlines()) > 1:
-        raise R.DataError(f"{path} has rows but no sidecar ({R.sidecar_path(path).name}): data without provenance "
-                          "are never merged; restore the sidecar from git or move the file aside")
-    return True
+#: What :func:`merge_parts` did: the results file, the parts merged (and removed), the points copied and those
+#: already there, the parts skipped (:class:`energybook.store.merge.Absorbed`).
+Merge = R.Absorbed
 
 
 def merge_parts(grid: str | Path) -> Merge:
-    """Merge the part files of a results file into it (module docstring), then remove them.
+    """Merge the part files of a results file into it, then remove them: :func:`energybook.store.merge.absorb`
+    (module docstring).
 
     Args:
         grid: The results CSV (``.../grid.csv``); its part files are ``grid.part-<rank>.csv`` beside it.
@@ -509,90 +497,7 @@ def merge_parts(grid: str | Path) -> Merge:
             another model, protocol or GPU, a CSV without a sidecar has rows, or a point is found twice
             with different values. Nothing is written then.
     """
-    grid = Path(grid)
-    out = Merge(grid, [])
-    parts = part_files(grid)
-    if not parts:
-        return out
-    held: list[R.ResultsFile] = []
-    try:
-        loaded = []
-        for p in parts:
-            if _unprovenanced(p):
-                out.skipped.append(p)
-                continue
-            rf = R.ResultsFile(p)
-            rf._lock()  # the store's writer lock, held while the part is read and until it is removed
-            held.append(rf)
-            _verified(rf)
-            loaded.append((p, rf.provenance(), rf.rows()))
-        target = R.ResultsFile(grid)
-        target._lock()
-        held.append(target)
-        if not _unprovenanced(grid) and grid.exists():
-            _verified(target)
-        have = {_row_key(r): _cells(r) for r in target.rows()}
-        seen: dict[tuple[int, int, int], tuple[Path, dict[str, str]]] = {}
-        todo = []
-        for p, prov, rows in loaded:  # every conflict is found before anything is written
-            new = []
-            for row in rows:
-                key, cells = _row_key(row), _cells(row)
-                where, first = (grid, have[key]) if key in have else seen.get(key, (None, None))
-                if first is None:
-                    seen[key] = (p, cells)
-                    new.append(cells)
-                elif first != cells:
-                    diff = sorted(c for c in R.COLUMNS if first[c] != cells[c])
-                    raise R.DataError(f"the point n_in={key[0]}, n_out={key[1]}, rep={key[2]} is in both {where} and "
-                                      f"{p} with other values ({', '.join(diff[:6])}): a point is measured once "
-                                      "(duplicates are never averaged); move one of the files aside")
-                else:
-                    out.already += 1
-            todo.append((p, prov, new))
-        runs_before = target.provenance().get("runs") or []
-        recorded = {tuple(r.get(k) for k in _RUN_KEYS) for r in runs_before if isinstance(r, dict)}
-        started = False
-        for p, prov, new in todo:
-            if not new:
-                continue
-            base = {k: v for k, v in prov.items() if k not in _BOOKKEEPING}
-            runs = [r for r in prov.get("runs") or [] if isinstance(r, dict)] or [base]
-            for run in runs:  # each run of the part becomes a run of the grid (its GPU UUIDs become the grid's)
-                fields = tuple(run.get(k) for k in _RUN_KEYS)
-                if fields not in recorded or (run is runs[-1] and not started):
-                    target.start(dict(base, **dict(zip(_RUN_KEYS, fields))))
-                    recorded.add(fields)
-                    started = True
-            hosts = {str(r["gpu_uuid"]): str(r["host"]) for r in reversed(runs) if r.get("gpu_uuid") and r.get("host")}
-            log = prov.get("points") or {}
-            for cells in new:
-                info = {k: v for k, v in (log.get("{}x{}#{}".format(*_row_key(cells))) or {}).items()
-                        if k not in ("started_at", "finished_at")}
-                info.setdefault("gpu_uuid", cells.get("gpu_uuid") or None)
-                info["part"] = p.name
-                if str(info.get("gpu_uuid")) in hosts:
-                    info["host"] = hosts[str(info["gpu_uuid"])]
-                target.append(cells, info)
-                out.merged += 1
-        target.close()
-        if grid.exists():
-            R.load_measured(grid, allow_test_data=True)
-        merged = {_row_key(r): _cells(r) for r in R.ResultsFile(grid).rows()}
-        for p, _, rows in loaded:
-            lost = [_row_key(r) for r in rows if merged.get(_row_key(r)) != _cells(r)]
-            if lost:  # pragma: no cover - would be a bug: the part is kept
-                raise R.DataError(f"{grid} lacks points {lost[:5]} of {p} after merging: the part is kept")
-        for p, _, _ in loaded:
-            p.unlink()
-            R.sidecar_path(p).unlink(missing_ok=True)
-            out.parts.append(p)
-    finally:
-        for rf in held:
-            rf.close()
-    if out.parts:
-        logger.info("%s: merged %d points from %d part files", grid, out.merged, len(out.parts))
-    return out
+    return R.absorb(grid, part_files(Path(grid)))
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -624,6 +529,7 @@ def sweep(model: str | Path, config: SweepConfig, *, output: str | Path | None =
     Raises:
         energybook.store.results.LockedError: a launch is still writing a part file of this model.
     """
+    model_name(model)  # refuses a control character before anything runs
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     if EN.get_engine(config.engine).kind == "wave" and _leftover_parts(ws, output, model_name(model),
                                                                        results_stem(config)):
@@ -764,6 +670,7 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
     t0 = time.perf_counter()
     if output is not None and len(models) > 1:
         raise ValueError("--output names one file: give one --model with it, or leave --output out")
+    ranks.check_rendezvous()
     plan = make_plan(models, config, ranks.world_size)
     dev = ranks.device(device)
     if dev == "cpu" and not allow_test_data:

@@ -57,6 +57,9 @@ def result_files(root: str | Path | None = None) -> list[Path]:
 def measured_runs(root: str | Path | None = None, allow_test_data: bool = False) -> list[R.MeasuredRun]:
     """Every measured run under the measured folder, loaded and checked (an empty list when none).
 
+    Each point counts once: the rows of a part file that its results file already holds (a merge cut short)
+    are dropped, with a warning (:func:`energybook.store.loader.count_once`).
+
     Args:
         root: Workspace or ``measured`` folder to search (default: the resolved workspace).
         allow_test_data: Accept simulated or CPU data (tests only).
@@ -64,7 +67,7 @@ def measured_runs(root: str | Path | None = None, allow_test_data: bool = False)
     Raises:
         energybook.store.results.DataError: a corrupt file, a checksum mismatch, or test data not allowed.
     """
-    return [R.load_measured(p, allow_test_data=allow_test_data) for p in result_files(root)]
+    return R.count_once([R.load_measured(p, allow_test_data=allow_test_data) for p in result_files(root)])
 
 
 def measured_table(runs: list[R.MeasuredRun]):
