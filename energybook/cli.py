@@ -21,6 +21,10 @@ in the key names (``energy_j``, ``duration_s``, ``flops``, ``bytes`` ...). Error
 names the problem and what to do. Exit status: 0 done, 1 a runtime error (no GPU or NVML, a corrupt data
 file, an engine failure), 2 a usage error (a bad argument or parameter, an unknown model), 130 interrupted
 (an interrupted sweep says how to resume), 141 a closed pipe (``energybook models | head -1``, quietly).
+
+Every number has a range, checked before anything runs and named in ``--help`` (lengths 1..2**20 tokens with
+n_in + n_out at most 2**20, requests and batches 1..10**7, ``--ranks`` 1..4096, times finite and positive;
+:mod:`energybook.measure.protocol`); text arguments (models, paths, notes) may not hold control characters.
 """
 
 from __future__ import annotations
@@ -44,8 +48,49 @@ logger = logging.getLogger(__name__)
 
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 """Exit statuses besides 0 (141 = 128 + SIGPIPE, what a shell reports for a tool that a closed pipe stops)."""
+MAX_SECONDS = 366 * 24 * 3600
+"""Longest --time-limit and --timeout (seconds: a year)."""
 INSTALL_GPU = 'pip install -e ".[gpu]" in a checkout of energybook'
 """How to get the GPU packages (energybook is installed from its repository, not from an index)."""
+
+
+def _in_range(option: str, value: Any, high: float, low: float = 1, what: str = "", strict: bool = False) -> None:
+    """Refuse ``value`` of ``option`` outside low..high (above ``low`` when ``strict``; NaN never) as a usage error
+    naming the range."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and low <= value <= high and not (strict and value == low)
+    if not ok:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        span = f"above {num(low)} and at most {num(high)}" if strict else f"{num(low)}..{num(high)}"
+        raise ValueError(f"{option} must be {span}{what}, got {value!r}")
+
+
+def _check_lengths(n_in: int, n_out: int) -> None:
+    from energybook.measure.protocol import MAX_CONTEXT
+
+    for option, v in (("--n-in", n_in), ("--n-out", n_out)):
+        if v > MAX_CONTEXT:
+            raise ValueError(f"{option} must be 1..{MAX_CONTEXT} tokens (the longest context), got {v}")
+    if n_in + n_out > MAX_CONTEXT:
+        raise ValueError(f"--n-in + --n-out must be at most {MAX_CONTEXT} tokens (the longest context), got "
+                         f"{n_in + n_out}")
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Refuse a control character in any text argument (names and paths end up in results files, one a line)."""
+    from energybook.measure.protocol import check_text
+
+    for dest, value in sorted(vars(args).items()):
+        if dest == "func":
+            continue
+        option = "MODEL" if dest == "model_arg" else "--" + dest.replace("_", "-")
+        for v in (value if isinstance(value, list) else [value]):
+            for item in (v if isinstance(v, list) else [v]):
+                if isinstance(item, str):
+                    check_text(option, item)
 
 
 def _print_json(obj: Any) -> None:
@@ -80,6 +125,8 @@ def _counts(args: argparse.Namespace) -> int:
     if not model:
         raise ValueError("give the model with --model NAME (a shipped name, see `energybook models`, or a "
                          "config.json path)")
+    _check_lengths(args.n_in, args.n_out)
+    _in_range("--batch", args.batch, _max_batch())
     arch = A.load(model)
     counts = {method: dict(prefill=C.prefill(arch, args.n_in, args.batch, method),
                            decode_step=C.decode_step(arch, args.n_in, args.batch, method),
@@ -100,9 +147,14 @@ def _counts(args: argparse.Namespace) -> int:
 
 
 def _predict_cmd(args: argparse.Namespace) -> int:
+    from energybook.measure.protocol import MAX_N_REQ
     from energybook.model import architecture as A
     from energybook.model import physics as P
 
+    _check_lengths(args.n_in, args.n_out)
+    _in_range("--batch", args.batch, _max_batch())
+    _in_range("--max-batch", args.max_batch, _max_batch())
+    _in_range("--n-req", args.n_req, MAX_N_REQ, what=" requests")
     arch = A.load(args.model)
     cal = _calibration(args.gpu)
     pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
@@ -127,6 +179,12 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _max_batch() -> int:
+    from energybook.measure.protocol import MAX_BATCH
+
+    return MAX_BATCH
+
+
 def _calibration(gpu: str):
     """The shipped calibration of ``gpu``: a usage error for an uncalibrated GPU, a runtime error (exit 1) for a
     damaged file."""
@@ -145,6 +203,7 @@ def _advise_cmd(args: argparse.Namespace) -> int:
     from energybook.model import architecture as A
     from energybook.report import advise as ADV
 
+    _in_range("--max-batch", args.max_batch, _max_batch())
     arch = A.load(args.model)
     cal = _calibration(args.gpu)
     path = Path(args.workload.strip())
@@ -152,6 +211,12 @@ def _advise_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--workload {args.workload}: no such file; give a CSV with n_in and n_out columns or a "
                          'spec such as "n_in=512,n_out<=2048"')
     workload = ADV.parse_workload(args.workload)
+    from energybook.measure.protocol import MAX_CONTEXT
+
+    longest = int(max(workload.n_in)) + int(max(workload.n_out))
+    if longest > MAX_CONTEXT:
+        raise ValueError(f"--workload {args.workload}: n_in + n_out must be at most {MAX_CONTEXT} tokens (the longest "
+                         f"context), got {longest}")
     advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch)
     base, best = advice.baseline, advice.best
     plot = ADV.plot_advice(advice, args.plot) if args.plot else None
@@ -214,7 +279,9 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _config(args: argparse.Namespace):
     from energybook.measure.protocol import SweepConfig
 
-    return SweepConfig(n_in=args.n_in, n_out=args.n_out, n_req=args.n_req, max_batch=args.max_batch,
+    if args.pairs and (args.n_in or args.n_out):
+        raise ValueError("--pairs gives the points, --n-in/--n-out a grid: give one of them")
+    return SweepConfig(n_in=args.n_in or GRID, n_out=args.n_out or GRID, n_req=args.n_req, max_batch=args.max_batch,
                        repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
                        cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, meter_sampler=args.meter_sampler,
                        weight_init=args.weight_init, prompts=args.prompts, pairs=_pairs(args.pairs),
@@ -236,6 +303,15 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
     from energybook.measure import launch
 
     config = _config(args)  # checked before anything runs
+    from energybook.measure.launch import MAX_RANKS
+
+    if args.ranks is not None and not args.plan:
+        raise ValueError("--ranks goes with --plan (a launch has the ranks torchrun starts)")
+    _in_range("--ranks", args.ranks, MAX_RANKS)
+    _in_range("--time-limit", args.time_limit, MAX_SECONDS, low=0, what=" seconds", strict=True)
+    _in_range("--timeout", args.timeout, MAX_SECONDS, low=0, what=" seconds", strict=True)
+    for model in args.model:
+        launch.model_name(model)  # a control character is refused here too
     if args.json and not args.plan:
         raise ValueError("--json goes with --plan: a sweep writes its results to CSV files")
     if args.output and len(args.model) > 1:
@@ -294,6 +370,11 @@ def _measure_cmd(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(names)}")
     SweepConfig(**{k: v for k, v in params.items() if k in SweepConfig.__dataclass_fields__})  # check first
+    from energybook.measure.protocol import check_text
+
+    for k, v in params.items():
+        if isinstance(v, str):
+            check_text(f"-p {k}", v)
     if args.output:
         params["output"] = args.output
     if len(args.model) > 1 and (args.output or args.notebook_output):
@@ -308,22 +389,28 @@ def _measure_cmd(args: argparse.Namespace) -> int:
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     from energybook.measure import engines as EN
-    from energybook.measure.protocol import MODES, PROMPTS, SAMPLERS
+    from energybook.measure.protocol import MAX_BATCH, MAX_CONTEXT, MAX_N_REQ, MODES, PROMPTS, SAMPLERS
 
-    p.add_argument("--n-in", type=int, nargs="+", default=list(GRID), help="prompt lengths (tokens)")
-    p.add_argument("--n-out", type=int, nargs="+", default=list(GRID), help="output lengths (tokens)")
+    grid = " ".join(map(str, GRID))
+    p.add_argument("--n-in", type=int, nargs="+", default=None,
+                   help=f"prompt lengths (tokens, 1..{MAX_CONTEXT}; default: {grid})")
+    p.add_argument("--n-out", type=int, nargs="+", default=None,
+                   help=f"output lengths (tokens, 1..{MAX_CONTEXT}, n_in + n_out at most that; default: {grid})")
     p.add_argument("--pairs", nargs="+", default=None, metavar="N_INxN_OUT",
-                   help="explicit (n_in, n_out) points instead of the grid, e.g. 96x300 1500x700")
-    p.add_argument("--n-req", type=int, default=1000, help="requests per point (study: 1000)")
-    p.add_argument("--max-batch", type=int, default=1024, help="largest batch (study: 1024)")
-    p.add_argument("--repeats", type=int, default=1, help="measurements per point (at most 100)")
+                   help="explicit (n_in, n_out) points instead of the grid (not with --n-in/--n-out), e.g. 96x300 "
+                   "1500x700")
+    p.add_argument("--n-req", type=int, default=1000, help=f"requests per point (1..{MAX_N_REQ}; study: 1000)")
+    p.add_argument("--max-batch", type=int, default=1024, help=f"largest batch (1..{MAX_BATCH}; study: 1024)")
+    p.add_argument("--repeats", type=int, default=1, help="measurements per point (1..100)")
     p.add_argument("--mode", choices=MODES, default="prefix", help="prefix (fast, shared generations) or full")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order, the dummy weights and the prompts")
-    p.add_argument("--min-window", type=float, default=2.0, help="shortest energy window (seconds)")
-    p.add_argument("--cooldown", type=float, default=2.0, help="idle pause after each group (seconds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order, the dummy weights and the prompts "
+                   "(0..2**63-1)")
+    p.add_argument("--min-window", type=float, default=2.0, help="shortest energy window (seconds, 0..3600)")
+    p.add_argument("--cooldown", type=float, default=2.0, help="idle pause after each group (seconds, 0..3600)")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N (the meter reads that GPU, by UUID)")
     p.add_argument("--note", default="", help="protocol note stored in the provenance")
-    p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds)")
+    p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds, "
+                   "above 0, at most a year)")
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="on", help="CUDA graphs for decode")
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
     p.add_argument("--meter-sampler", choices=SAMPLERS, default="thread",
@@ -339,7 +426,8 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-path", default=None, help="trtllm: local checkpoint folder (--model_path)")
     g.add_argument("--engine-dir", default=None, help="trtllm: an engine already built")
     g.add_argument("--executable", default=None, help="trtllm/vllm: the trtllm-bench or vllm command")
-    g.add_argument("--timeout", type=float, default=3600.0, help="trtllm/vllm: time limit per command (seconds)")
+    g.add_argument("--timeout", type=float, default=3600.0, help="trtllm/vllm: time limit per command "
+                   "(seconds, above 0, at most a year)")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -369,20 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("counts", help="FLOPs and bytes of a workload")
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("model_arg", nargs="?", default=None, metavar="MODEL", help="the model, as --model (older form)")
-    p.add_argument("--n-in", type=int, default=64, help="prompt length (tokens)")
-    p.add_argument("--n-out", type=int, default=256, help="output length (tokens)")
-    p.add_argument("--batch", type=int, default=1, help="requests decoded together")
+    p.add_argument("--n-in", type=int, default=64, help="prompt length (tokens, 1..2**20)")
+    p.add_argument("--n-out", type=int, default=256, help="output length (tokens; n_in + n_out 2..2**20)")
+    p.add_argument("--batch", type=int, default=1, help="requests decoded together (1..10**7)")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_counts)
 
     p = add("predict", help="predict the energy of a workload on a calibrated GPU (no GPU needed)")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--n-in", type=int, required=True, help="prompt length (tokens)")
-    p.add_argument("--n-out", type=int, required=True, help="output length (tokens)")
+    p.add_argument("--n-in", type=int, required=True, help="prompt length (tokens, 1..2**20)")
+    p.add_argument("--n-out", type=int, required=True, help="output length (tokens; n_in + n_out 2..2**20)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--batch", type=int, default=None, help="requests per wave (default: the engine's KV-memory rule)")
-    g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap")
-    p.add_argument("--n-req", type=int, default=1000, help="requests")
+    g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
+    p.add_argument("--n-req", type=int, default=1000, help="requests (1..10**7)")
     p.add_argument("--gpu", default="h100", help="calibrated GPU")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_predict_cmd)
@@ -391,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--workload", required=True, help='a CSV with n_in and n_out columns, or a spec such as '
                    '"n_in=512,n_out<=2048"')
-    p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap")
+    p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
     p.add_argument("--gpu", default="h100", help="calibrated GPU")
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
     p.add_argument("--json", action="store_true", help=json_help)
@@ -409,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help=data_help)
     p.add_argument("--plan", action="store_true", help="print how a torchrun launch shares the work among its "
                    "ranks, and measure nothing")
-    p.add_argument("--ranks", type=int, default=None, help="with --plan: the number of ranks (default: torchrun's "
-                   "WORLD_SIZE, else the GPUs here)")
+    p.add_argument("--ranks", type=int, default=None, help="with --plan: the number of ranks, 1..4096 (default: "
+                   "torchrun's WORLD_SIZE, else the GPUs here)")
     p.add_argument("--json", action="store_true", help="with --plan: " + json_help)
     _add_sweep_arguments(p)
     p.set_defaults(func=_sweep_cmd)
@@ -457,6 +545,7 @@ def _run(argv: list[str] | None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     resume = args.command in ("sweep", "measure")
     try:
+        _check_text(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         hint = " Every point finished so far is saved: rerun the same command to resume." if resume else ""
@@ -466,6 +555,10 @@ def _run(argv: list[str] | None) -> int:
         raise
     except ImportError as exc:
         print(f"energybook: error: {exc}: install the GPU packages with {INSTALL_GPU}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except MemoryError:
+        print("energybook: error: out of memory: use smaller lengths or fewer requests, or a machine with more "
+              "memory", file=sys.stderr)
         return EXIT_RUNTIME
     except (ValueError, LookupError, RuntimeError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

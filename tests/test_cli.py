@@ -83,3 +83,103 @@ def test_unknown_engine_is_an_argparse_error(argv, capsys):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert "invalid choice" in capsys.readouterr().err
+
+
+# -- issue 21, item 9: every number in a documented range, checked before anything runs ---------------------------
+
+
+def _no_sweep(monkeypatch):
+    """Make any sweep, launch or notebook a test failure: a refused argument must stop before them."""
+    from energybook.measure import launch, notebook, runner
+
+    def never(*a, **k):
+        raise AssertionError("a sweep ran although its arguments are impossible")
+
+    for mod, name in ((runner, "run_sweep"), (launch, "run_launch"), (notebook, "run_notebook")):
+        monkeypatch.setattr(mod, name, never)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["sweep", "--model", "Llama-3.2-1B", "--plan", "--ranks", str(10**8)], r"--ranks must be 1\.\.4096"),
+    (["sweep", "--model", "Llama-3.2-1B", "--plan", "--ranks", str(10**12)], r"--ranks must be 1\.\.4096"),
+    (["sweep", "--model", "Llama-3.2-1B", "--plan", "--ranks", "0"], r"--ranks must be 1\.\.4096"),
+    (["sweep", "--model", "Llama-3.2-1B", "--ranks", "2"], r"--ranks goes with --plan"),
+    (["sweep", "--model", "Llama-3.2-1B", "--n-req", str(10**15)], r"n_req must be at most 10000000"),
+    (["sweep", "--model", "Llama-3.2-1B", "--plan", "--n-req", str(10**15)], r"n_req must be at most"),
+    (["sweep", "--model", "Llama-3.2-1B", "--n-in", str(10**9)], r"n_in must be at most 1048576"),
+    (["sweep", "--model", "Llama-3.2-1B", "--max-batch", str(10**12)], r"max_batch must be at most"),
+    (["sweep", "--model", "Llama-3.2-1B", "--seed", str(10**30)], r"seed must be at most"),
+    (["sweep", "--model", "Llama-3.2-1B", "--time-limit", "nan"], r"--time-limit must be"),
+    (["sweep", "--model", "Llama-3.2-1B", "--time-limit", "-1"], r"--time-limit must be"),
+    (["sweep", "--model", "Llama-3.2-1B", "--engine", "vllm", "--timeout", "inf"], r"--timeout must be"),
+    (["predict", "--model", "Llama-3.2-1B", "--n-in", "8", "--n-out", "8", "--n-req", str(10**11)],
+     r"--n-req must be 1\.\.10000000"),
+    (["predict", "--model", "Llama-3.2-1B", "--n-in", "8", "--n-out", "8", "--n-req", str(10**15)],
+     r"--n-req must be 1\.\.10000000"),
+    (["predict", "--model", "Llama-3.2-1B", "--n-in", "8", "--n-out", str(10**12)], r"--n-out must be 1\.\."),
+    (["predict", "--model", "Llama-3.2-1B", "--n-in", "8", "--n-out", "8", "--batch", str(10**9)], r"--batch must be"),
+    (["counts", "--model", "Llama-3.2-1B", "--n-in", str(10**15)], r"--n-in must be 1\.\.1048576"),
+    (["counts", "--model", "Llama-3.2-1B", "--batch", str(10**15)], r"--batch must be 1\.\."),
+    (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=64,n_out=8", "--max-batch", "0"],
+     r"--max-batch must be 1\.\."),
+    (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=64,n_out<=1000000000000"], r"n_out .*at most 1048576"),
+])
+def test_impossible_numbers_are_usage_errors_naming_the_range(argv, match, monkeypatch, capsys):
+    """--ranks 1e8 ran for minutes, --ranks 1e12 and --n-req 1e15 gave tracebacks, --n-req 1e11 took 834 MB."""
+    import re
+    import time
+
+    _no_sweep(monkeypatch)
+    t0 = time.perf_counter()
+    assert cli.main(argv) == 2
+    assert time.perf_counter() - t0 < 20
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("energybook: error: ") and re.search(match, err), err
+
+
+def test_pairs_and_a_grid_are_not_both_taken(monkeypatch, capsys):
+    """--pairs silently replaced --n-in/--n-out."""
+    _no_sweep(monkeypatch)
+    assert cli.main(["sweep", "--model", "Llama-3.2-1B", "--pairs", "96x300", "--n-in", "64"]) == 2
+    assert "--pairs" in capsys.readouterr().err
+    assert cli.main(["sweep", "--model", "Llama-3.2-1B", "--pairs", "96x300", "--n-out", "64", "--plan"]) == 2
+    assert "--pairs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--model", "Llama-3.2-1B\n"],
+    ["sweep", "--model", "Llama-3.2-1B", "bad\tname.json"],
+    ["sweep", "--model", "Llama-3.2-1B", "--output", "grid\n.csv"],
+    ["sweep", "--model", "Llama-3.2-1B", "--note", "two\nlines"],
+    ["measure", "--model", "Llama-3.2-1B\r"],
+    ["measure", "--model", "Llama-3.2-1B", "-p", "output", '"a\\nb.csv"'],
+    ["counts", "--model", "Llama-3.2-1B\x00"],
+])
+def test_control_characters_are_refused_before_anything_runs(argv, monkeypatch, capsys):
+    """A newline in a model name: the sweep exited 0, then its file never loaded."""
+    _no_sweep(monkeypatch)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "control character" in err, err
+
+
+def test_a_rank_without_torchruns_rendezvous_says_to_use_torchrun(monkeypatch, capsys):
+    """RANK set without MASTER_ADDR gave a KeyError ('energybook: error: MASTER_ADDR')."""
+    from energybook.measure import runner
+
+    def never(*a, **k):
+        raise AssertionError("measured without a launch")
+
+    monkeypatch.setattr(runner, "run_sweep", never)
+    for k in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("RANK", "1")  # RANK alone: not a launch, and not a plain sweep either
+    assert cli.main(["sweep", "--model", "Llama-3.2-1B"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torchrun" in err and "unset RANK" in err, err
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a launch's variables, but no rendezvous
+    assert cli.main(["sweep", "--model", "Llama-3.2-1B", "--device", "cpu", "--allow-test-data", "--data",
+                     "/nonexistent/never-created"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MASTER_ADDR" in err and "torchrun" in err and "unset RANK" in err, err

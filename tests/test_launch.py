@@ -86,6 +86,41 @@ def test_the_plan_refuses_what_it_cannot_place(tmp_path):
         L.make_plan(["Llama-9"], SweepConfig(), 1)
 
 
+def test_the_plan_refuses_too_many_ranks_at_once():
+    """--plan --ranks 1e8 ran for minutes, 1e12 ran out of memory."""
+    import time
+
+    t0 = time.perf_counter()
+    for world in (L.MAX_RANKS + 1, 10**8, 10**12):
+        with pytest.raises(ValueError, match=r"1\.\.4096"):
+            L.make_plan(["Llama-3.2-1B"], SweepConfig(), world)
+    assert time.perf_counter() - t0 < 5
+    assert len(L.make_plan(["Llama-3.2-1B"], SweepConfig(), L.MAX_RANKS).loads_ms) == L.MAX_RANKS
+
+
+def test_a_control_character_in_a_model_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="control character"):
+        L.make_plan(["Llama-3.2-1B\n"], SweepConfig(), 2)
+    with pytest.raises(ValueError, match="control character"):
+        L.sweep("bad\tname.json", SweepConfig(), workspace=tmp_path, device="cpu")
+    assert not any(tmp_path.iterdir())
+
+
+def test_part_of_torchruns_environment_or_no_rendezvous_says_to_use_torchrun():
+    """RANK set without MASTER_ADDR gave a KeyError."""
+    with pytest.raises(ValueError, match="RANK set but not LOCAL_RANK, WORLD_SIZE.*torchrun.*unset RANK"):
+        L.Ranks.from_env(dict(RANK="0"))
+    with pytest.raises(ValueError, match="1..4096"):
+        L.Ranks.from_env(dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(10**12)))
+    ranks = L.Ranks(1, 1, 2, local_world_size=2)
+    with pytest.raises(ValueError, match="not MASTER_ADDR, MASTER_PORT.*torchrun.*unset RANK"):
+        ranks.check_rendezvous({})
+    with pytest.raises(ValueError, match="MASTER_PORT"):
+        ranks.check_rendezvous(dict(MASTER_ADDR="h", MASTER_PORT="x"))
+    ranks.check_rendezvous(dict(MASTER_ADDR="h", MASTER_PORT="29500"))
+    L.Ranks(0, 0, 1).check_rendezvous({})  # one rank needs no rendezvous
+
+
 def test_a_share_measures_its_points_and_records_the_whole_protocol():
     config = SweepConfig(n_in=[8, 16], n_out=[4, 8])
     mine = [Point(16, 4), Point(8, 8)]
@@ -238,6 +273,59 @@ def test_merge_refuses_a_part_being_written_and_an_edited_part(tmp_path):
     with pytest.raises(R.DataError, match="never re-blessed"):
         L.merge_parts(grid)
     assert not grid.exists() and L.part_files(grid) == [part]
+
+
+def _write_protocol(path, uuid, points, config):
+    with R.ResultsFile(path) as rf:
+        rf.start(dict(_prov(uuid), protocol=config.to_record()))
+        for n_in, n_out in points:
+            rf.append(_row(n_in, n_out, uuid), {"gpu_uuid": uuid})
+
+
+def test_merge_checks_every_parts_protocol_before_writing(tmp_path):
+    grid = tmp_path / "grid.csv"
+    _write(grid, "gpu-a", [(8, 4)])
+    _write(L.part_path(grid, 1), "gpu-b", [(8, 8)])
+    other = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=20)
+    _write_protocol(L.part_path(grid, 2), "gpu-c", [(16, 8)], other)
+    before = grid.read_bytes(), R.sidecar_path(grid).read_bytes()
+    with pytest.raises(R.DataError, match=r"grid.part-2.csv .*another protocol.*move .*aside") as exc:
+        L.merge_parts(grid)
+    assert "\n" not in str(exc.value)
+    assert (grid.read_bytes(), R.sidecar_path(grid).read_bytes()) == before  # nothing written
+    assert L.part_files(grid) == [L.part_path(grid, 1), L.part_path(grid, 2)]
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_resume_with_another_protocol_says_what_to_do_and_is_not_stuck(tmp_path):
+    grid = tmp_path / "grid.csv"
+    other = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=20)
+    _write(grid, "gpu-a", [(8, 4)])
+    _write_protocol(L.part_path(grid, 1), "gpu-b", [(16, 8)], other)  # a killed launch with another protocol
+    with pytest.raises(R.DataError, match=r"another protocol.*mv .*grid.part-1.csv") as exc:
+        L.merge_parts(grid)
+    assert "\n" not in str(exc.value)
+    with R.ResultsFile(grid) as rf:  # the grid is untouched and still resumes with its own protocol
+        rf.start(_prov("gpu-a"))
+        rf.append(_row(16, 4, "gpu-a"), {"gpu_uuid": "gpu-a"})
+    assert len(R.load_measured(grid, allow_test_data=True).data) == 2
+
+
+def test_the_catalog_counts_a_point_once_when_a_merge_was_cut_short(tmp_path):
+    from energybook.store import catalog
+
+    grid = tmp_path / "measured" / "simulated" / "m" / "grid.csv"
+    grid.parent.mkdir(parents=True)
+    part = L.part_path(grid, 1)
+    _write(grid, "gpu-a", [(8, 4), (8, 8)])
+    _write(part, "gpu-b", [(16, 4), (16, 8)])
+    kept = part.read_bytes(), R.sidecar_path(part).read_bytes()
+    L.merge_parts(grid)
+    part.write_bytes(kept[0])  # as if killed after writing grid.csv, before removing the part
+    R.sidecar_path(part).write_bytes(kept[1])
+    table = catalog.measured_table(catalog.measured_runs(tmp_path, allow_test_data=True))
+    assert len(table) == 4 and len(set(zip(table.n_in, table.n_out, table.rep))) == 4
+    assert len(R.load_measured(tmp_path / "measured", allow_test_data=True)) == 4
 
 
 def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):

@@ -93,3 +93,43 @@ def test_offgrid_points_are_seeded_off_the_powers_of_two():
     assert P.offgrid_points(seed=1) != pts
     with pytest.raises(ValueError, match="could not draw"):
         P.offgrid_points(n=5, low=64, high=65)
+
+
+# -- ranges (issue 21, item 9): every number in a documented range, checked before anything runs -------------------
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"n_req": 10**15}, r"n_req must be at most 10000000"),
+    ({"n_req": 10**11}, r"n_req must be at most"),
+    ({"max_batch": 10**12}, r"max_batch must be at most"),
+    ({"n_in": [2**40]}, r"n_in must be at most 1048576"),
+    ({"n_out": [64, 10**9]}, r"n_out must be at most 1048576"),
+    ({"n_in": [2**20], "n_out": [2**20]}, r"n_in \+ n_out must be at most 1048576"),
+    ({"pairs": [(2**20, 64)]}, r"n_in \+ n_out must be at most"),
+    ({"seed": 2**64}, r"seed must be at most"),
+    ({"warmup_steps": 10**9}, r"warmup_steps must be at most"),
+])
+def test_huge_values_are_refused_with_their_range(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SweepConfig(**kw)
+
+
+def test_the_ranges_admit_the_study_and_its_edges():
+    c = SweepConfig(n_in=[1, P.MAX_CONTEXT // 2], n_out=[1, P.MAX_CONTEXT // 2], n_req=P.MAX_N_REQ,
+                    max_batch=P.MAX_BATCH, seed=2**63 - 1)
+    assert c.n_req == P.MAX_N_REQ and len(c.points) == 4
+
+
+def test_pairs_and_another_grid_are_refused():
+    with pytest.raises(ValueError, match="pairs.*n_in"):
+        SweepConfig(pairs=[(96, 300)], n_in=[64])
+    with pytest.raises(ValueError, match="pairs.*n_out"):
+        SweepConfig(pairs=[(96, 300)], n_out=[64, 128])
+    c = SweepConfig(pairs=[(96, 300)])
+    assert c.replace(n_req=5).pairs == ((96, 300),)  # its own lengths are consistent
+
+
+@pytest.mark.parametrize("kw", [{"note": "two\nlines"}, {"engine": "torch\x00"}, {"note": "tab\there"}])
+def test_control_characters_in_recorded_text_are_refused(kw):
+    with pytest.raises(ValueError, match="control character"):
+        SweepConfig(**kw)

@@ -90,6 +90,17 @@ def parse_weight_init(spec: str) -> tuple[str, tuple[float, ...]]:
     return kind, values
 #: Most measurements of one point a sweep may ask for.
 MAX_REPEATS = 100
+#: Longest context (tokens): every ``n_in``, every ``n_out`` and every ``n_in + n_out`` of a point at most this
+#: (2**20, beyond the declared context of every shipped model; dummy weights may extend learned positions).
+MAX_CONTEXT = 1 << 20
+#: Most requests per point (``n_req``): the study runs 1000; more only repeats identical waves.
+MAX_N_REQ = 10**7
+#: Largest batch cap (``max_batch``, requests): a batch never exceeds the requests.
+MAX_BATCH = MAX_N_REQ
+#: Largest seed (the torch and numpy generators take 64-bit seeds).
+MAX_SEED = 2**63 - 1
+#: Most warm-up decode steps before a group.
+MAX_WARMUP_STEPS = MAX_CONTEXT
 #: Shortest counter polling period (seconds): below it the sampler would only burn a core.
 MIN_POLL_S = 0.0005
 
@@ -107,12 +118,28 @@ def _finite(name: str, value: Any, low: float = 0.0, strict: bool = False, high:
     return v
 
 
+def check_at_most(name: str, value: int, high: int, what: str = "") -> None:
+    """Raise ``ValueError`` naming the range 1..``high`` when ``value`` is above it."""
+    if value > high:
+        raise ValueError(f"{name} must be at most {high}{what}, got {value!r}")
+
+
+def check_text(name: str, value: str) -> None:
+    """Refuse a control character (a newline, a tab, NUL ...) in text that results files record: a name written
+    into a CSV cell or a sidecar must stay one printable line."""
+    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
+    if bad is not None:
+        raise ValueError(f"{name} {value!r} contains a control character (U+{ord(bad):04X}): results files record "
+                         "it on one line; remove it")
+
+
 def _lengths(name: str, values: Any) -> tuple[int, ...]:
     if isinstance(values, (int, str)) or values is None:
         raise ValueError(f"{name} must be a list of token counts, got {values!r}")
     out = []
     for v in values:
         check_positive(**{name: v})
+        check_at_most(name, v, MAX_CONTEXT, " tokens (the longest context a sweep takes)")
         if v not in out:
             out.append(int(v))
     if not out:
@@ -122,28 +149,31 @@ def _lengths(name: str, values: Any) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """The protocol of a sweep. Frozen; every value is checked when it is made.
+    """The protocol of a sweep. Frozen; every value is checked when it is made, against its range below.
 
     Attributes:
-        n_in: Prompt lengths (tokens), deduplicated and sorted.
-        n_out: Output lengths (tokens), deduplicated and sorted.
-        n_req: Requests per point (the study: 1000).
-        max_batch: Batch cap (the study: 1024).
+        n_in: Prompt lengths (tokens), deduplicated and sorted; each 1..:data:`MAX_CONTEXT`, and the longest
+            ``n_in + n_out`` at most :data:`MAX_CONTEXT`.
+        n_out: Output lengths (tokens), deduplicated and sorted; as ``n_in``.
+        n_req: Requests per point (the study: 1000), 1..:data:`MAX_N_REQ`.
+        max_batch: Batch cap (the study: 1024), 1..:data:`MAX_BATCH`.
         repeats: Measurements of every point (rows ``rep`` 0..repeats-1), at most :data:`MAX_REPEATS`.
         mode: ``"prefix"`` or ``"full"`` (module docstring); external engines always run ``"external"``.
-        seed: Seed of the shuffled order, the random weights and the prompts.
-        min_window_s: Shortest energy window (seconds); shorter points are repeated back to back.
-        warmup_steps: Decode steps of the warm-up run before each group, at the group's batch.
-        cooldown_s: Idle pause after each group (seconds).
-        meter_poll_s: Counter polling period of the meter's sampler (seconds).
+        seed: Seed of the shuffled order, the random weights and the prompts, 0..:data:`MAX_SEED`.
+        min_window_s: Shortest energy window (seconds, 0..3600); shorter points are repeated back to back.
+        warmup_steps: Decode steps of the warm-up run before each group, at the group's batch
+            (0..:data:`MAX_WARMUP_STEPS`).
+        cooldown_s: Idle pause after each group (seconds, 0..3600).
+        meter_poll_s: Counter polling period of the meter's sampler (seconds, :data:`MIN_POLL_S`..1).
         meter_sampler: Where the meter samples NVML: ``"thread"`` (a thread of the measuring process) or
             ``"process"`` (a child process, so the measuring process gets no extra thread).
         weight_init: The dummy weights' distribution (:func:`parse_weight_init`); ignored for checkpoints.
         prompts: ``"random"`` token ids or one id ``"repeated"`` (:data:`PROMPTS`).
         pairs: Explicit (n_in, n_out) points instead of the grid ``n_in`` x ``n_out`` (off-grid checks, a
-            workload's lengths); ``n_in`` and ``n_out`` then become the lengths the pairs use.
-        engine: Engine name in the registry (:mod:`energybook.measure.engines`).
-        note: Free text: why the protocol differs from the study's, say.
+            workload's lengths); ``n_in`` and ``n_out`` then become the lengths the pairs use (another grid
+            given with them is refused). Each ``n_in + n_out`` at most :data:`MAX_CONTEXT`.
+        engine: Engine name in the registry (:mod:`energybook.measure.engines`); no control characters.
+        note: Free text on one line (no control characters): why the protocol differs from the study's, say.
     """
 
     n_in: tuple[int, ...] = GRID
@@ -173,19 +203,32 @@ class SweepConfig:
                 raise ValueError(f"pairs must be (n_in, n_out) pairs of integers, got {self.pairs!r}") from None
             for a, b in pairs:
                 check_positive(n_in=a, n_out=b)
+                check_at_most("n_in + n_out", a + b, MAX_CONTEXT, f" tokens (the longest context), pair {(a, b)}")
+            for name, lengths in (("n_in", {a for a, _ in pairs}), ("n_out", {b for _, b in pairs})):
+                given = getattr(self, name)
+                if _sorted_set(given) not in (GRID, tuple(sorted(lengths))):
+                    raise ValueError(f"pairs give the points, and {name}={given!r} another grid: give one of them "
+                                     "(the pairs' lengths become n_in and n_out)")
+                set_(self, name, tuple(sorted(lengths)))
             set_(self, "pairs", pairs)
-            set_(self, "n_in", tuple(sorted({a for a, _ in pairs})))
-            set_(self, "n_out", tuple(sorted({b for _, b in pairs})))
         set_(self, "n_in", _lengths("n_in", self.n_in))
         set_(self, "n_out", _lengths("n_out", self.n_out))
+        if not self.pairs:
+            check_at_most("n_in + n_out", self.n_in[-1] + self.n_out[-1], MAX_CONTEXT,
+                          f" tokens (the longest context): the grid's largest point is ({self.n_in[-1]}, "
+                          f"{self.n_out[-1]}); give shorter lengths, or the points as pairs")
         check_positive(n_req=self.n_req, max_batch=self.max_batch, repeats=self.repeats)
+        check_at_most("n_req", self.n_req, MAX_N_REQ, " requests per point")
+        check_at_most("max_batch", self.max_batch, MAX_BATCH, " requests")
         if self.repeats > MAX_REPEATS:
             raise ValueError(f"repeats must be at most {MAX_REPEATS}, got {self.repeats}: measure in several "
                              "sweeps into separate files instead")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_at_most("seed", self.seed, MAX_SEED)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        check_at_most("warmup_steps", self.warmup_steps, MAX_WARMUP_STEPS)
         set_(self, "min_window_s", _finite("min_window_s", self.min_window_s, high=3600.0))
         set_(self, "cooldown_s", _finite("cooldown_s", self.cooldown_s, high=3600.0))
         set_(self, "meter_poll_s", _finite("meter_poll_s", self.meter_poll_s, low=MIN_POLL_S, high=1.0))
@@ -199,6 +242,8 @@ class SweepConfig:
             raise ValueError(f"engine must be an engine's name, got {self.engine!r}")
         if not isinstance(self.note, str):
             raise ValueError(f"note must be text, got {self.note!r}")
+        check_text("engine", self.engine)
+        check_text("note", self.note)
 
     @property
     def points(self) -> list[Point]:
@@ -239,6 +284,14 @@ class SweepConfig:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SweepConfig)}
+
+
+def _sorted_set(values: Any) -> tuple | None:
+    """``values`` as a sorted tuple of distinct items, or None when they are not a list of numbers."""
+    try:
+        return tuple(sorted(set(values)))
+    except TypeError:
+        return None
 
 
 @dataclass(frozen=True)
