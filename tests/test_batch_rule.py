@@ -176,3 +176,32 @@ def test_the_estimate_and_the_physical_model_use_the_rule():
     cal = dataclasses.replace(P.load_calibration("h100"), engine="lean")
     lean = P.batch_limit(arch, 4096, 4096, cal.memory_bytes, 1024, B.LEAN_PROFILE)
     assert P.schedule(arch, 4096, 4096, cal, n_req=1000) == C.balanced_batch(1000, lean)
+
+
+def test_an_engines_batch_does_not_depend_on_what_ran_before():
+    """The engines' batch_limit (measure.wave.batch_limit) budgets from the memory free at its first decision: a
+    point gets the same batch first or after others that left memory held (free memory falling between calls)."""
+    from types import SimpleNamespace
+
+    from energybook.measure import wave
+    from energybook.model import architecture as A
+    from energybook.model import batch as B
+
+    free = iter([60e9, 40e9, 20e9, 10e9])
+
+    def engine():
+        cuda = SimpleNamespace(empty_cache=lambda: None, mem_get_info=lambda device: (int(next(free)), 80e9))
+        return SimpleNamespace(torch=SimpleNamespace(cuda=cuda), device=SimpleNamespace(type="cuda"),
+                               arch=A.load("Llama-3.2-1B"), profile=B.LEAN_PROFILE, max_batch=1024,
+                               dtype=SimpleNamespace(itemsize=2), settings={})
+
+    first = engine()
+    alone = wave.batch_limit(first, 4096, 64)
+    after = engine()
+    wave.batch_limit(after, 64, 4096)
+    wave.batch_limit(after, 64, 256)
+    assert wave.batch_limit(after, 4096, 64) == B.batch_limit(after.arch, 4096, 64, 40e9, B.LEAN_PROFILE, 1024, 2)
+    assert after.settings["free_baseline_bytes"] == 40e9
+    assert alone == B.batch_limit(first.arch, 4096, 64, 60e9, B.LEAN_PROFILE, 1024, 2) > 0
+    cpu = SimpleNamespace(device=SimpleNamespace(type="cpu"), max_batch=7)
+    assert wave.batch_limit(cpu, 64, 64) == 7

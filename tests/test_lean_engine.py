@@ -17,9 +17,10 @@ transformers = pytest.importorskip("transformers")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from energybook.measure import engines as EN  # noqa: E402
-from energybook.measure import lean_engine as LE  # noqa: E402
+from energybook.measure import lean as LE  # noqa: E402
 from energybook.measure.engines import EngineUnavailable, WaveEngine  # noqa: E402
-from energybook.measure.lean_engine import LeanEngine  # noqa: E402
+from energybook.measure.lean import LeanEngine  # noqa: E402
+from energybook.measure.lean import config as LC  # noqa: E402
 from energybook.model import complexity as C  # noqa: E402
 
 from .tiny import _SMALL, TINY_FAMILIES, tiny_config, tiny_family_config  # noqa: E402
@@ -275,7 +276,7 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
         calls.append(eng._wave is not None and eng._ready(5, 9, 2, False))
         return float(len(calls))
 
-    with caplog.at_level(logging.INFO, logger="energybook.measure.lean_engine"):
+    with caplog.at_level(logging.INFO, logger="energybook.measure.lean.engine"):
         wave = eng.generate(5, 9, 2, checkpoints=[1, 9], clock=clock)
     assert all(calls) and "preparing" in caplog.text  # ready at every clock reading, start included
     assert wave.tokens_out == 18 and sorted(wave.times.checkpoints) == [1, 9]
@@ -293,7 +294,7 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
 
 def test_other_families_are_refused_by_name(tmp_path, monkeypatch):
     """Every registered family runs now; one taken off the engine's list is refused by name, pointing to --engine hf."""
-    monkeypatch.setattr(LE, "FAMILIES", tuple(f for f in LE.FAMILIES if f != "phi3"))
+    monkeypatch.setattr(LC, "FAMILIES", tuple(f for f in LC.FAMILIES if f != "phi3"))
     with pytest.raises(EngineUnavailable, match="does not run the 'phi3' family.*--engine hf"):
         LeanEngine(tiny_family_config(tmp_path, "phi3"), device="cpu")
 

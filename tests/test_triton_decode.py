@@ -97,7 +97,7 @@ def test_kernel_matches_softmax_attention_in_the_interpreter():
 
 
 _ROUNDED_ALIBI = _SCRIPT.split("torch.manual_seed(0)")[0] + textwrap.dedent("""
-    from energybook.measure.lean_engine import alibi_slopes
+    from energybook.measure.lean import alibi_slopes
 
     torch.manual_seed(0)
     b, k, h, s, live = 2, 8, 64, 512, 500  # positions past 256, where bf16 rounds them

@@ -81,6 +81,7 @@ from energybook.measure.meter import SimulatedMeter
 from energybook.measure.protocol import Point, SweepConfig
 from energybook.measure.protocol import plan as group_points
 from energybook.model import architecture as A
+from energybook.model.batch import profile_for
 from energybook.store import results as R
 from energybook.store.workspace import Workspace, slug
 
@@ -453,7 +454,8 @@ def make_plan(models: Sequence[str | Path], config: SweepConfig, world_size: int
     units = []
     for model, name in zip(models, names):
         arch = A.load(model)
-        limit = functools.partial(nominal_batch_limit, arch, max_batch=config.max_batch)
+        limit = functools.partial(nominal_batch_limit, arch, max_batch=config.max_batch,
+                                  profile=profile_for(config.engine))
         groups = group_points(config.points, limit, config.n_req, config.max_batch,
                               "full" if config.mode == "full" else "prefix")
         groups.sort(key=lambda g: (g.rep, g.n_in, g.n_outs))

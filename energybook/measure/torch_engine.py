@@ -26,8 +26,9 @@ What makes it fast and faithful, on top of the stock ``transformers`` model:
 Weights are random (``weights="dummy"``, normal with std 0.02, norms at 1) unless a local
 checkpoint directory is given. Time and energy do not depend on the weights' values.
 
-The engine runs the families in :data:`FAMILIES` (every family :mod:`energybook.model.architecture`
-registers) and refuses any other by name in its constructor, before anything is measured.
+The engine runs the families in :data:`FAMILIES` (every shipped record of :mod:`energybook.model.families`), and any
+registered later with a record of its own (:func:`~energybook.model.architecture.register_family`), and refuses any
+other by name in its constructor, before anything is measured.
 :meth:`TorchEngine.check_lengths` refuses a request longer than the positions the model serves.
 
 Used in :doc:`/book/experiment`.
@@ -41,11 +42,22 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from energybook.measure.engines import EngineUnavailable
+from energybook.measure.wave import (  # noqa: F401 - re-exported: the hf engine's names before wave.py
+    Wave,
+    WaveTimes,
+    causal_mask,
+    check_wave,
+    checkpoint_marker,
+    init_dummy_,
+    random_prompts,
+    softcapped_attention,
+)
+from energybook.measure.wave import batch_limit as wave_batch_limit
 from energybook.model.complexity import check_positive
+from energybook.model.families import RECORDS
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +68,7 @@ _OLD_ATTN_NAME = "energybook_sdpa"  # the name before; still registered (benchma
 BUCKET = 256
 
 #: The ``model_type`` values this engine runs (and checks against transformers' greedy ``generate``).
-FAMILIES = ("llama", "granite", "qwen2", "gemma2", "opt", "falcon", "mistral", "phi3", "gemma", "starcoder2",
-            "gpt_neox")
+FAMILIES = tuple(r.model_type for r in RECORDS)
 
 #: Attention arguments of transformers models outside :data:`FAMILIES` that :func:`_attention` does not implement.
 _REFUSED_KWARGS = ("s_aux", "sinks")
@@ -143,34 +154,6 @@ def transformers_config(cfg: dict):
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "_name_or_path",
                                                       "torch_dtype", "dtype")}
     return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-
-
-def causal_mask(q_len: int, k_len: int, window: int | None, device, dtype):
-    """Additive (q_len, k_len) mask: the queries are the last q_len of k_len positions; a window keeps the last
-    ``window`` keys of each query (transformers' convention: key j is seen from i when i - window < j <= i)."""
-    import torch
-
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    seen = k_pos <= q_pos
-    if window:
-        seen &= k_pos > q_pos - window
-    return torch.where(seen, 0.0, torch.finfo(dtype).min).to(dtype)
-
-
-def softcapped_attention(query, key, value, mask, scaling: float, softcap: float | None):
-    """Attention by explicit products, with Gemma 2's logit soft-capping (when ``softcap`` is set) before the additive
-    ``mask``: SDPA has no soft-capping. The softmax in float32, as transformers' eager attention; query (..., Q, h),
-    key and value (..., S, h) with matching leading axes."""
-    import torch
-
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if mask is not None:
-        scores = scores + mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return torch.matmul(probs, value)
 
 
 def _attention(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None, sliding_window=None,
@@ -349,7 +332,10 @@ def _check_family(arch, cfg: dict) -> None:
 
     others = [f"--engine {n}" for n in engine_names() if n not in ("torch", "hf")]
     instead = f"measure it with another engine ({' or '.join(others)})" if others else "use another engine"
-    if arch.model_type not in FAMILIES:
+    from energybook.model.architecture import family
+
+    # the shipped families' records, and any registered with a record of its own (a bare parser counts only)
+    if arch.model_type not in FAMILIES and family(arch.model_type).weights is None:
         raise EngineUnavailable(f"the torch engine does not run the {arch.model_type!r} family ({arch.name}): it "
                                 f"runs {', '.join(FAMILIES)}; {instead}")
     if cfg.get("use_bidirectional_attention"):
@@ -450,124 +436,6 @@ def _make_cache_class():
             return kc[:, :end].transpose(1, 2), vc[:, :end].transpose(1, 2)
 
     return WaveCache
-
-
-@dataclass
-class WaveTimes:
-    """Clock readings of one generated wave (``time.perf_counter`` seconds, device synchronised).
-
-    Attributes:
-        start: Before the prefill.
-        prefill_end: After the prefill (the first output token exists).
-        checkpoints: Tokens generated per request -> time at which they all exist.
-        end: After the last decode step.
-    """
-
-    start: float
-    prefill_end: float
-    end: float
-    checkpoints: dict[int, float] = field(default_factory=dict)
-
-
-def check_wave(engine, n_in: int, n_out: int, batch: int, checkpoints) -> list[int]:
-    """Check a wave's request against an engine (lengths, batch cap, positions); returns the sorted checkpoints.
-
-    Raises:
-        ValueError: naming the bad value.
-    """
-    check_positive(n_in=n_in, n_out=n_out, batch=batch)
-    if batch > engine.max_batch:
-        raise ValueError(f"batch {batch} exceeds max_batch {engine.max_batch}")
-    engine.check_lengths(n_in, n_out)
-    checkpoints = sorted(set(checkpoints or []))
-    if any(c < 1 or c > n_out for c in checkpoints):
-        raise ValueError(f"checkpoints must lie in 1..n_out ({n_out}), got {checkpoints}")
-    return checkpoints
-
-
-def random_prompts(torch, vocab: int, seed: int, n_in: int, batch: int, device, kind: str = "random"):
-    """A wave's prompts, ``batch`` x ``n_in`` token ids seeded by (seed, n_in, batch): every engine generates the
-    same prompts for the same wave. ``kind`` ``"random"``: independent random ids; ``"repeated"``: one random id
-    (seeded the same way) in every position of every prompt."""
-    gen = torch.Generator(device=device).manual_seed(seed + 7919 * n_in + batch)
-    if kind == "repeated":
-        token = torch.randint(0, vocab, (1, 1), device=device, generator=gen)
-        return token.expand(batch, n_in).contiguous()
-    if kind != "random":
-        raise ValueError(f"prompts must be 'random' or 'repeated', got {kind!r}")
-    return torch.randint(0, vocab, (batch, n_in), device=device, generator=gen)
-
-
-def init_dummy_(tensor, spec: str, generator):
-    """Fill a weight matrix in place with the dummy distribution ``spec``
-    (:func:`energybook.measure.protocol.parse_weight_init`): normal, zeros or scaled Student's t."""
-    from energybook.measure.protocol import parse_weight_init
-
-    kind, values = parse_weight_init(spec)
-    if kind == "zeros":
-        return tensor.zero_()
-    if kind == "normal":
-        return tensor.normal_(0.0, values[0], generator=generator)
-    df, std = values  # Student's t: a normal over the root of an independent chi-square / df, scaled to std
-    import torch
-
-    z = torch.empty(tensor.shape, dtype=torch.float32, device=tensor.device).normal_(generator=generator)
-    chi2 = torch.zeros_like(z)
-    for _ in range(int(df)):
-        chi2 += torch.empty_like(z).normal_(generator=generator) ** 2
-    frac = df - int(df)
-    if frac:  # a fractional part of the degrees of freedom: gamma through torch's own sampler (not seeded here)
-        chi2 += torch.distributions.Gamma(frac / 2, 0.5).sample(z.shape).to(z.device)
-    t = z / torch.sqrt(chi2 / df)
-    return tensor.copy_(t * (std / (df / (df - 2)) ** 0.5))
-
-
-def checkpoint_marker(times: WaveTimes, checkpoints, clock: Callable[[], float],
-                      on_checkpoint: Callable[[int, float], None] | None = None) -> Callable[[int], None]:
-    """``mark(k)``: at a checkpoint (``k`` output tokens per request), read the clock into ``times``."""
-
-    def mark(k: int) -> None:
-        if k in checkpoints:
-            t = clock()
-            times.checkpoints[k] = t
-            if on_checkpoint is not None:
-                on_checkpoint(k, t)
-
-    return mark
-
-
-@dataclass
-class Wave:
-    """Result of :meth:`TorchEngine.generate`.
-
-    Attributes:
-        batch: Requests in the wave.
-        n_in: Prompt tokens per request.
-        n_out: Output tokens per request (verified).
-        times: Clock readings.
-        cuda_graphs: Whether decode ran through CUDA graphs.
-    """
-
-    batch: int
-    n_in: int
-    n_out: int
-    times: WaveTimes
-    cuda_graphs: bool
-
-    @property
-    def tokens_in(self) -> int:
-        """Prompt tokens of the wave."""
-        return self.batch * self.n_in
-
-    @property
-    def tokens_out(self) -> int:
-        """Generated tokens of the wave."""
-        return self.batch * self.n_out
-
-    @property
-    def duration_s(self) -> float:
-        """Wall time of the wave (seconds)."""
-        return self.times.end - self.times.start
 
 
 class TorchEngine:
@@ -752,22 +620,20 @@ class TorchEngine:
         """Preallocated cache length for one wave (tokens): n_in + n_out rounded up to the bucket."""
         return int(math.ceil((n_in + n_out) / BUCKET) * BUCKET)
 
+    @property
+    def profile(self):
+        """This engine's :class:`~energybook.model.batch.EngineProfile`, with its memory fraction and chunk size."""
+        import dataclasses
+
+        from energybook.model.batch import HF_PROFILE
+
+        return dataclasses.replace(HF_PROFILE, memory_fraction=self.memory_fraction,
+                                   prefill_tokens=self.prefill_tokens)
+
     def batch_limit(self, n_in: int, n_out: int) -> int:
-        """Largest batch whose KV cache and activations fit in free device memory (requests)."""
-        check_positive(n_in=n_in, n_out=n_out)
-        if self.device.type != "cuda":
-            return self.max_batch
-        torch = self.torch
-        torch.cuda.empty_cache()
-        free, _ = torch.cuda.mem_get_info(self.device)
-        a = self.arch
-        per_request = (a.kv_bytes_per_token * self.cache_len(n_in, n_out) // a.bytes_per_element
-                       * self.dtype.itemsize)
-        per_request += 4 * self.vocab * 4 + 64 * a.hidden_size * 4  # logits, argmax, decode activations
-        chunk = min(self.prefill_tokens, n_in * self.max_batch)
-        fixed = chunk * (3 * a.intermediate_size + 12 * a.hidden_size) * 2 + self.vocab * 64 * 4 + (1 << 30)
-        usable = free * self.memory_fraction - fixed
-        return max(0, min(self.max_batch, int(usable // per_request)))
+        """Largest batch whose KV cache and activations fit (requests): the one batch rule
+        (:func:`energybook.measure.wave.batch_limit`), from the memory free at the first batch decision."""
+        return wave_batch_limit(self, n_in, n_out)
 
     def use_graphs(self, batch: int) -> bool:
         """Whether decode at this batch runs through CUDA graphs."""

@@ -6,7 +6,8 @@ built from a ``config.json`` (a path or a dict) of any registered family, or by 
 13 configurations shipped in the package data (``energybook/resources/architectures/``).
 The families of the SweetSpot study
 (llama, granite, qwen2, gemma2, opt, falcon) and mistral, phi3, gemma, starcoder2 and gpt_neox
-are registered here; :func:`register_family` adds others, :func:`families` lists them.
+are registered here from their records (:mod:`energybook.model.families`); :func:`register_family` adds others,
+:func:`families` lists them, :func:`family` gives one's record.
 
 Configuration values are type-checked: a string ``"false"`` for a boolean key, a float or a
 string for an integer key, or a JSON list instead of an object raise ``ValueError`` naming the
@@ -20,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from energybook import resources
+from energybook.model.families import RECORDS, Family, Parser
 
 logger = logging.getLogger(__name__)
 
@@ -290,36 +291,51 @@ def _check_fields(fields: dict[str, Any], name: str) -> None:
 
 
 # ----- the family registry ------------------------------------------------------------
-#: A parser reads a Hugging Face config dict and returns :class:`Architecture` fields (all but ``name``
-#: and ``model_type``; ``dtype`` is read from the configuration when the parser leaves it out).
-Parser = Callable[[dict[str, Any]], dict[str, Any]]
-
 _FAMILIES: dict[str, Parser] = {}
+#: The registered families' records (:class:`~energybook.model.families.Family`): parser and weight names.
+_RECORDS: dict[str, Family] = {}
 
 
-def register_family(model_type: str, parser: Parser) -> Parser:
+def register_family(model_type: str, parser: Parser | Family) -> Parser | Family:
     """Teach :meth:`Architecture.from_hf_config` a Hugging Face ``model_type``.
 
     Args:
         model_type: The configuration's ``model_type`` (``"mixtral"``, say); an existing one is replaced.
         parser: ``parser(config_dict)`` returns the :class:`Architecture` fields of that configuration
             (``hidden_size``, ``num_layers``, ...), all but ``name`` and ``model_type``. It may raise
-            ``KeyError`` for a missing key (reported as such) or ``ValueError`` for a bad value.
+            ``KeyError`` for a missing key (reported as such) or ``ValueError`` for a bad value. Or a
+            :class:`~energybook.model.families.Family` record: its parser, and the names of its weights that the
+            lean engine packs (:func:`family`).
 
     Returns:
-        The parser, unchanged.
+        The parser (or record), unchanged.
 
     Raises:
         ValueError: for an empty ``model_type`` or a parser that is not callable.
     """
     if not isinstance(model_type, str) or not model_type.strip():
         raise ValueError(f"model_type must be a non-empty string, got {model_type!r}")
-    if not callable(parser):
+    record = parser if isinstance(parser, Family) else Family(model_type, parser) if callable(parser) else None
+    if record is None or not callable(record.parse):
         raise ValueError(f"the parser of family {model_type!r} must be callable, got {parser!r}")
-    if model_type in _FAMILIES and _FAMILIES[model_type] is not parser:
+    if model_type in _FAMILIES and _FAMILIES[model_type] is not record.parse:
         logger.info("family %r: parser replaced", model_type)
-    _FAMILIES[model_type] = parser
+    _FAMILIES[model_type] = record.parse
+    _RECORDS[model_type] = record
     return parser
+
+
+def family(model_type: str) -> Family:
+    """The record of a registered family (a bare parser's record names no weights).
+
+    Raises:
+        ValueError: for a ``model_type`` outside :func:`families`.
+    """
+    if model_type not in _FAMILIES:
+        raise ValueError(f"unknown model_type {model_type!r}; energybook reads {', '.join(families())}")
+    record = _RECORDS.get(model_type)
+    return record if record is not None and record.parse is _FAMILIES[model_type] else Family(model_type,
+                                                                                                _FAMILIES[model_type])
 
 
 def families() -> tuple[str, ...]:
@@ -333,194 +349,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# ----- typed reads of configuration keys ----------------------------------------------
-_MISSING = object()
-
-
-def _int(cfg: dict[str, Any], key: str, default: Any = _MISSING, minimum: int = 1) -> int:
-    """``cfg[key]`` as an integer >= ``minimum``; a missing key (or null) gives ``default`` or ``KeyError``."""
-    value = cfg.get(key)
-    if value is None:
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"key {key!r} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"key {key!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _bool(cfg: dict[str, Any], key: str, default: bool) -> bool:
-    """``cfg[key]`` as a JSON boolean; a missing key (or null) gives ``default``; strings such as ``"false"`` raise."""
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ValueError(f"key {key!r} must be a JSON boolean (true or false), got {value!r} "
-                         f"({type(value).__name__})")
-    return value
-
-
-def _alias(cfg: dict[str, Any], key: str, *old: str) -> dict[str, Any]:
-    """A copy of ``cfg`` where ``key`` falls back on older names of the same key."""
-    if cfg.get(key) is None:
-        for o in old:
-            if cfg.get(o) is not None:
-                return dict(cfg, **{key: cfg[o]})
-    return cfg
-
-
-def _sliding_layer_count(cfg: dict[str, Any], num_layers: int) -> int | None:
-    """Layers marked ``"sliding_attention"`` in ``layer_types``, or None when the key is absent."""
-    types = cfg.get("layer_types")
-    if types is None:
-        return None
-    if not isinstance(types, list) or len(types) != num_layers or not all(isinstance(t, str) for t in types):
-        raise ValueError(f"key 'layer_types' must be a list of {num_layers} strings (one per layer), got {types!r}")
-    return sum(t == "sliding_attention" for t in types)
-
-
-def _window(cfg: dict[str, Any], absent: int | None) -> int | None:
-    """``sliding_window``: ``absent`` when the key is left out (the class default), None when it is null."""
-    return absent if "sliding_window" not in cfg else _int(cfg, "sliding_window", None)
-
-
-def _sliding(window: int | None, layers: int) -> dict[str, Any]:
-    return dict(sliding_window=window, sliding_layers=layers) if window and layers else {}
-
-
-def _common(cfg: dict[str, Any], *, tie: bool, max_positions: int, head_dim: int | None = None,
-            kv_heads: int | None = None) -> dict[str, Any]:
-    """Fields every family shares; ``tie``, ``max_positions``, ``head_dim`` and ``kv_heads`` are the family's
-    defaults (None: hidden_size / num_attention_heads, and as many KV heads as query heads)."""
-    hidden = _int(cfg, "hidden_size")
-    heads = _int(cfg, "num_attention_heads")
-    return dict(
-        hidden_size=hidden,
-        num_layers=_int(cfg, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=_int(cfg, "num_key_value_heads", kv_heads or heads),
-        head_dim=_int(cfg, "head_dim", head_dim or hidden // heads),
-        vocab_size=_int(cfg, "vocab_size"),
-        tie_word_embeddings=_bool(cfg, "tie_word_embeddings", tie),
-        max_position_embeddings=_int(cfg, "max_position_embeddings", max_positions),
-    )
-
-
-# ----- the families -------------------------------------------------------------------
-# Defaults are those of the transformers configuration classes, so that a config.json that leaves
-# a key out (``save_pretrained`` writes only non-default keys) is counted as transformers builds it.
-def _llama(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Llama and Granite: gated (SwiGLU) FFN, RMSNorm, RoPE, optional biases."""
-    bias = _bool(cfg, "attention_bias", False)
-    return dict(_common(cfg, tie=False, max_positions=2048), intermediate_size=_int(cfg, "intermediate_size"),
-                ffn_kind="gated", qkv_bias=bias, o_bias=bias, mlp_bias=_bool(cfg, "mlp_bias", False))
-
-
-def _mistral(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Mistral: Llama's layers, a sliding window on every layer when ``sliding_window`` is set."""
-    fields = dict(_common(cfg, tie=False, max_positions=4096 * 32, kv_heads=8),
-                  intermediate_size=_int(cfg, "intermediate_size"), ffn_kind="gated")
-    return dict(fields, **_sliding(_window(cfg, 4096), fields["num_layers"]))
-
-
-def _qwen2(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Qwen2: gated FFN, q/k/v biases, a sliding window on the top layers when ``use_sliding_window``."""
-    fields = dict(_common(cfg, tie=False, max_positions=32768, kv_heads=32),
-                  intermediate_size=_int(cfg, "intermediate_size"), ffn_kind="gated", qkv_bias=True)
-    if _bool(cfg, "use_sliding_window", False):
-        window = _window(cfg, 4096)
-        layers = fields["num_layers"]
-        sliding = _sliding_layer_count(cfg, layers)
-        if sliding is None:
-            sliding = max(0, layers - _int(cfg, "max_window_layers", 28, minimum=0))
-        fields.update(_sliding(window, sliding))
-    return fields
-
-
-def _phi3(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Phi-3: fused ``qkv_proj`` and ``gate_up_proj`` (the same products as separate matrices), optional window."""
-    fields = dict(_common(cfg, tie=False, max_positions=4096), intermediate_size=_int(cfg, "intermediate_size"),
-                  ffn_kind="gated")
-    return dict(fields, **_sliding(_int(cfg, "sliding_window", None), fields["num_layers"]))
-
-
-def _gemma(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Gemma 1: explicit head_dim, GeGLU (gated) FFN, tied embeddings, RMSNorm (1 + weight)."""
-    bias = _bool(cfg, "attention_bias", False)
-    return dict(_common(cfg, tie=True, max_positions=8192, head_dim=256, kv_heads=16),
-                intermediate_size=_int(cfg, "intermediate_size"), ffn_kind="gated", qkv_bias=bias, o_bias=bias)
-
-
-def _gemma2(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Gemma 2: Gemma's layers with four norms each and a sliding window on every other layer."""
-    fields = _gemma(dict(cfg, num_key_value_heads=cfg.get("num_key_value_heads") or 4))
-    layers = fields["num_layers"]
-    window = _window(cfg, 4096)
-    sliding = _sliding_layer_count(cfg, layers)
-    return dict(fields, norms_per_layer=4, **_sliding(window, (layers + 1) // 2 if sliding is None else sliding))
-
-
-def _starcoder2(cfg: dict[str, Any]) -> dict[str, Any]:
-    """StarCoder2: plain FFN with biases, LayerNorm with bias, GQA, optional sliding window."""
-    bias = _bool(cfg, "use_bias", True)
-    fields = dict(_common(cfg, tie=True, max_positions=4096, kv_heads=2),
-                  intermediate_size=_int(cfg, "intermediate_size"), ffn_kind="plain", qkv_bias=bias, o_bias=bias,
-                  mlp_bias=bias, norm="layer")
-    return dict(fields, **_sliding(_int(cfg, "sliding_window", None), fields["num_layers"]))
-
-
-def _gpt_neox(cfg: dict[str, Any]) -> dict[str, Any]:
-    """GPT-NeoX (Pythia): fused qkv, plain FFN, LayerNorm, untied ``embed_out``.
-
-    Its parallel residual and partial rotary embedding (``rotary_pct``) change no matrix product.
-    """
-    fields = _common(cfg, tie=False, max_positions=2048)
-    bias = _bool(cfg, "attention_bias", True)
-    fields.update(num_kv_heads=fields["num_heads"], head_dim=fields["hidden_size"] // fields["num_heads"],
-                  intermediate_size=_int(cfg, "intermediate_size"), ffn_kind="plain", qkv_bias=bias, o_bias=bias,
-                  mlp_bias=True, norm="layer")
-    return fields
-
-
-def _opt(cfg: dict[str, Any]) -> dict[str, Any]:
-    """OPT: plain FFN, LayerNorm, biases, learned positions."""
-    hidden = _int(cfg, "hidden_size")
-    if _int(cfg, "word_embed_proj_dim", hidden) != hidden:
-        raise ValueError("OPT with word_embed_proj_dim != hidden_size (project_in/out) is not supported")
-    bias = _bool(cfg, "enable_bias", True)
-    fields = _common(cfg, tie=True, max_positions=2048)
-    fields.update(num_kv_heads=fields["num_heads"], head_dim=hidden // fields["num_heads"],
-                  intermediate_size=_int(cfg, "ffn_dim"), ffn_kind="plain", qkv_bias=bias, o_bias=bias,
-                  mlp_bias=bias, norm="layer", position="learned")
-    return fields
-
-
-def _falcon(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Falcon: old (multi-query or MHA, ALiBi or RoPE) and new decoder architectures (GQA, parallel attention)."""
-    cfg = _alias(_alias(cfg, "num_attention_heads", "n_head"), "num_hidden_layers", "n_layer")
-    new_arch = _bool(cfg, "new_decoder_architecture", False)
-    parallel = _bool(cfg, "parallel_attn", True)
-    fields = _common(cfg, tie=True, max_positions=2048)
-    heads, hidden = fields["num_heads"], fields["hidden_size"]
-    if new_arch:
-        kv = _int(cfg, "num_kv_heads", heads)
-    else:  # the old architecture's fused projection holds one K/V head (multi-query) or all of them
-        kv = 1 if _bool(cfg, "multi_query", True) else heads
-    ln_parallel = _int(cfg, "num_ln_in_parallel_attn", 2 if new_arch else None)
-    norms = 2 if not parallel or ln_parallel == 2 else 1
-    bias = _bool(cfg, "bias", False)
-    fields.update(num_kv_heads=kv, head_dim=hidden // heads, intermediate_size=_int(cfg, "ffn_hidden_size", 4 * hidden),
-                  ffn_kind="plain", qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layer", norms_per_layer=norms,
-                  position="alibi" if _bool(cfg, "alibi", False) else "rope")
-    return fields
-
-
-for _type, _parser in [("llama", _llama), ("granite", _llama), ("qwen2", _qwen2), ("gemma2", _gemma2),
-                       ("opt", _opt), ("falcon", _falcon), ("mistral", _mistral), ("phi3", _phi3),
-                       ("gemma", _gemma), ("starcoder2", _starcoder2), ("gpt_neox", _gpt_neox)]:
-    register_family(_type, _parser)
+for _record in RECORDS:
+    register_family(_record.model_type, _record)
 
 
 def available() -> list[str]:
