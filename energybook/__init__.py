@@ -67,6 +67,8 @@ _API = {
     "SweepConfig": ("energybook.measure.protocol", "SweepConfig"),
     "SweepResult": ("energybook.measure.runner", "SweepResult"),
     "run_sweep": ("energybook.measure.runner", "run_sweep"),
+    "build_engine": ("energybook.measure.runner", "build_engine"),
+    "engine_settings": ("energybook.measure.runner", "engine_settings"),
     "run_notebook": ("energybook.measure.notebook", "run_notebook"),
     "Meter": ("energybook.measure.meter", "Meter"),
     "MeterUnavailable": ("energybook.measure.meter", "MeterUnavailable"),

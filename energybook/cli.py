@@ -263,29 +263,19 @@ def _command_line() -> str:
     return "energybook " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from energybook.measure import engines as EN
-
-    if EN.get_engine(args.engine).kind == "wave":
-        return {"cuda_graphs": {"auto": "auto", "on": True, "off": False}[args.graphs]}
-    kwargs: dict[str, Any] = {"timeout_s": args.timeout}
-    if args.executable:
-        kwargs["executable"] = args.executable
-    if args.engine == "trtllm":
-        kwargs.update(model_path=args.model_path, engine_dir=args.engine_dir)
-    return kwargs
-
-
 def _config(args: argparse.Namespace):
+    from energybook.measure import engines as EN
     from energybook.measure.protocol import SweepConfig
+    from energybook.measure.settings import from_flags
 
     if args.pairs and (args.n_in or args.n_out):
         raise ValueError("--pairs gives the points, --n-in/--n-out a grid: give one of them")
+    settings = from_flags(args, args.engine, EN.get_engine(args.engine).settings_class(), EN.settings_classes())
     return SweepConfig(n_in=args.n_in or GRID, n_out=args.n_out or GRID, n_req=args.n_req, max_batch=args.max_batch,
                        repeats=args.repeats, mode=args.mode, seed=args.seed, min_window_s=args.min_window,
                        cooldown_s=args.cooldown, meter_poll_s=args.meter_poll, meter_sampler=args.meter_sampler,
                        weight_init=args.weight_init, prompts=args.prompts, pairs=_pairs(args.pairs),
-                       engine=args.engine, note=args.note)
+                       engine=args.engine, note=args.note, engine_settings=settings)
 
 
 def _pairs(specs) -> tuple[tuple[int, int], ...]:
@@ -300,7 +290,7 @@ def _pairs(specs) -> tuple[tuple[int, int], ...]:
 
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
-    from energybook.measure import launch
+    from energybook.measure import launch, runner
 
     config = _config(args)  # checked before anything runs
     from energybook.measure.launch import MAX_RANKS
@@ -309,7 +299,6 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
         raise ValueError("--ranks goes with --plan (a launch has the ranks torchrun starts)")
     _in_range("--ranks", args.ranks, MAX_RANKS)
     _in_range("--time-limit", args.time_limit, MAX_SECONDS, low=0, what=" seconds", strict=True)
-    _in_range("--timeout", args.timeout, MAX_SECONDS, low=0, what=" seconds", strict=True)
     for model in args.model:
         launch.model_name(model)  # a control character is refused here too
     if args.json and not args.plan:
@@ -324,13 +313,12 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
             _print_json(_plan_dict(plan)) if args.json else print(plan.describe())
         return 0
     common = dict(output=args.output, workspace=args.data, device=args.device, time_limit_s=args.time_limit,
-                  allow_test_data=args.allow_test_data, engine_kwargs=_engine_kwargs(args),
-                  progress=not args.no_progress)
+                  allow_test_data=args.allow_test_data, progress=not args.no_progress)
     if ranks is not None:
         launch.run_launch(args.model, config, ranks, command=launch.launch_command(ranks, sys.argv[1:]), **common)
         return 0
     for model in args.model:
-        res = launch.sweep(model, config, command=_command_line(), **common)
+        res = runner.run_sweep(model, config, command=_command_line(), **common)
         print(f"{model}: {res.measured} points measured, {res.skipped} already there, {res.remaining} left, "
               f"{res.seconds / 60:.2f} min")
         print(f"{res.path}: results")
@@ -365,7 +353,7 @@ def _measure_cmd(args: argparse.Namespace) -> int:
                          "which shares the work among the ranks")
     params = {k: _literal(v) for k, v in (args.parameter or [])}
     names = set(SweepConfig.__dataclass_fields__) | {"output", "device", "allow_test_data", "command",
-                                                     "time_limit_s", "graphs", "workspace"}
+                                                     "time_limit_s", "settings", "workspace"}
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(f"unknown notebook parameter(s) {unknown}; known: {sorted(names)}")
@@ -389,6 +377,7 @@ def _measure_cmd(args: argparse.Namespace) -> int:
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     from energybook.measure import engines as EN
+    from energybook.measure.settings import add_flags
     from energybook.measure.protocol import MAX_BATCH, MAX_CONTEXT, MAX_N_REQ, MODES, PROMPTS, SAMPLERS
 
     grid = " ".join(map(str, GRID))
@@ -411,7 +400,6 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--note", default="", help="protocol note stored in the provenance")
     p.add_argument("--time-limit", type=float, default=None, help="start no new group after this (seconds, "
                    "above 0, at most a year)")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="on", help="CUDA graphs for decode")
     p.add_argument("--meter-poll", type=float, default=0.002, help="counter polling period (seconds)")
     p.add_argument("--meter-sampler", choices=SAMPLERS, default="thread",
                    help="sample NVML in a thread of this process or in a child process")
@@ -423,11 +411,10 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "
                              "commands (these two are untested on real engines here)")
     g.add_argument("--engine", choices=EN.engine_names(), default="torch", help="the engine that generates")
-    g.add_argument("--model-path", default=None, help="trtllm: local checkpoint folder (--model_path)")
-    g.add_argument("--engine-dir", default=None, help="trtllm: an engine already built")
-    g.add_argument("--executable", default=None, help="trtllm/vllm: the trtllm-bench or vllm command")
-    g.add_argument("--timeout", type=float, default=3600.0, help="trtllm/vllm: time limit per command "
-                   "(seconds, above 0, at most a year)")
+    s = p.add_argument_group("engine settings", "each engine's settings (energybook.engine_settings), one flag per "
+                             "field; the engines that take a flag are named in its help, and the sidecar records "
+                             "every field")
+    add_flags(s, EN.settings_classes())
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -333,9 +333,10 @@ def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):
     data = tmp_path / "data"
     config = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=4, max_batch=4, min_window_s=0.0, cooldown_s=0.0)
     grid = data / "measured" / "simulated" / cfg.stem / "grid.csv"
-    res = runner.run_sweep(cfg, L.shard(config, [Point(16, 4), Point(16, 8)]), output=L.part_path(grid, 1),
-                           workspace=data, device="cpu", meter=L.RankSimulatedMeter(1), allow_test_data=True,
-                           progress=False, engine_kwargs={"cuda_graphs": False})
+    part = L.shard(config.replace(engine_settings=runner.engine_settings("torch", cuda_graphs=False)),
+                   [Point(16, 4), Point(16, 8)])
+    res = runner.run_sweep(cfg, part, output=L.part_path(grid, 1), workspace=data, device="cpu",
+                           meter=L.RankSimulatedMeter(1), allow_test_data=True, progress=False)
     assert res.measured == 2 and res.remaining == 0
     argv = ["sweep", "--model", str(cfg), "--data", str(data), "--device", "cpu", "--allow-test-data", "--n-in", "8",
             "16", "--n-out", "4", "8", "--n-req", "4", "--max-batch", "4", "--min-window", "0", "--cooldown", "0",

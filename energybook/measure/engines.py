@@ -81,6 +81,8 @@ class EngineSpec:
             packaging entry point), called as ``target(model, workspace_dir=..., **kwargs)``.
         tested: Whether this repository's data were measured with it on a real GPU.
         summary: One line for ``--help``.
+        settings: Its settings dataclass (:mod:`energybook.measure.settings`), or its ``"module:attribute"``;
+            ``None`` for an engine without settings.
     """
 
     name: str
@@ -88,13 +90,28 @@ class EngineSpec:
     target: str | Callable[..., Any]
     tested: bool
     summary: str
+    settings: str | type | None = None
+
+    def settings_class(self) -> type | None:
+        """The engine's settings dataclass (imported on first use), or None."""
+        return _resolve(self.settings) if self.settings is not None else None
+
+    def default_settings(self) -> Any:
+        """An instance of its settings with every default, or None."""
+        cls = self.settings_class()
+        return cls() if cls is not None else None
 
     def load(self) -> Callable[..., Any]:
         """The engine's class or factory."""
-        if callable(self.target):
-            return self.target
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _resolve(self.target)
+
+
+def _resolve(target: str | Any) -> Any:
+    """``"module:attribute"`` imported, or ``target`` itself."""
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 logger = logging.getLogger(__name__)
@@ -130,7 +147,7 @@ def load_plugins() -> None:
 
 
 def register_engine(name: str, kind: str, target: str | Callable[..., Any], tested: bool = False,
-                    summary: str = "") -> EngineSpec:
+                    summary: str = "", settings: str | type | None = None) -> EngineSpec:
     """Add an engine to the registry (an existing name is replaced).
 
     Args:
@@ -139,15 +156,19 @@ def register_engine(name: str, kind: str, target: str | Callable[..., Any], test
         target: A class or factory ``target(model, workspace_dir=..., **kwargs)``, or its ``"module:attribute"``.
         tested: Whether it produced this repository's data on a real GPU.
         summary: One line for ``--help``.
+        settings: Its frozen settings dataclass, or its ``"module:attribute"``: each field a keyword of
+            ``target``, declared with :func:`energybook.measure.settings.option` (``energybook sweep`` gets a
+            flag per field, and the sidecar records every field).
     """
     load_plugins()  # so that an engine registered here replaces a plugin's of the same name, not the reverse
-    return _add(name, kind, target, tested, summary)
+    return _add(name, kind, target, tested, summary, settings)
 
 
-def _add(name: str, kind: str, target: str | Callable[..., Any], tested: bool, summary: str) -> EngineSpec:
+def _add(name: str, kind: str, target: str | Callable[..., Any], tested: bool, summary: str,
+         settings: str | type | None = None) -> EngineSpec:
     if kind not in ("wave", "command"):
         raise ValueError(f"engine kind must be 'wave' or 'command', got {kind!r}")
-    spec = EngineSpec(name, kind, target, tested, summary)
+    spec = EngineSpec(name, kind, target, tested, summary, settings)
     _REGISTRY[name] = spec
     return spec
 
@@ -167,16 +188,51 @@ def get_engine(name: str) -> EngineSpec:
         raise ValueError(f"unknown engine {name!r}; use one of {', '.join(_REGISTRY)}") from None
 
 
-def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None = None, **kwargs: Any):
-    """Build the engine ``name`` for ``model``; ``kwargs`` go to its constructor.
+def settings_classes() -> dict[str, type]:
+    """Every registered engine's settings dataclass, by engine name (engines without settings left out)."""
+    load_plugins()
+    out = {}
+    for name, spec in _REGISTRY.items():
+        try:
+            cls = spec.settings_class()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others' flags
+            logger.warning("engine %s: its settings could not be loaded, its flags are left out: %s", name, exc)
+            continue
+        if cls is not None:
+            out[name] = cls
+    return out
 
-    Wave engines take ``(model, **kwargs)``; command engines ``(model, workspace_dir, **kwargs)``.
+
+def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None = None, settings: Any = None,
+                **kwargs: Any):
+    """Build the engine ``name`` for ``model`` from its settings; ``kwargs`` (what the sweep decides: device,
+    batch cap, seed) go to its constructor too.
+
+    Wave engines take ``(model, **fields, **kwargs)``; command engines ``(model, workspace_dir, **fields,
+    **kwargs)``.
+
+    Args:
+        name: A registered engine.
+        model: What the engine takes as its model.
+        workspace_dir: A command engine's folder.
+        settings: An instance of the engine's settings class (default: its defaults).
 
     Raises:
-        ValueError: for an unknown engine name.
+        ValueError: for an unknown engine name, or settings of another class.
         EngineUnavailable: when the engine cannot run here.
     """
     spec = get_engine(name)
+    cls = spec.settings_class()
+    if settings is None and cls is not None:
+        settings = cls()
+    if settings is not None:
+        if cls is None or type(settings) is not cls:
+            raise ValueError(f"the {name} engine takes {cls.__name__ if cls else 'no settings'}, got "
+                             f"{type(settings).__name__}: build them with energybook.engine_settings({name!r}, ...)")
+        from energybook.measure.settings import check
+
+        check(settings)
+        kwargs = {**{f: getattr(settings, f) for f in settings.__dataclass_fields__}, **kwargs}
     factory = spec.load()
     if spec.kind == "wave":
         return factory(model, **kwargs)
@@ -185,9 +241,10 @@ def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None =
 
 # The engines of this package that load on first use; the external engines are plugins (PLUGINS).
 _add("torch", "wave", "energybook.measure.torch_engine:TorchEngine", True,
-     "energybook's PyTorch engine (in-process, CUDA graphs)")
+     "energybook's PyTorch engine (in-process, CUDA graphs)", "energybook.measure.torch_engine:HfSettings")
 _add("hf", "wave", "energybook.measure.torch_engine:TorchEngine", True,
-     "the torch engine under its descriptive name: transformers modules, every registered family")
+     "the torch engine under its descriptive name: transformers modules, every registered family",
+     "energybook.measure.torch_engine:HfSettings")
 _add("lean", "wave", "energybook.measure.lean_engine:LeanEngine", False,
      "gpt-fast-style decoder for every registered family (fused weights, static KV cache, compiled blocks, CUDA "
-     "graphs per bucket); checked on H200s, no data of this repository yet")
+     "graphs per bucket); checked on H200s, no data of this repository yet", "energybook.measure.lean.settings:LeanSettings")

@@ -118,45 +118,9 @@ STORE_TIMEOUT_S = 1800.0
 # -- running ------------------------------------------------------------------------------------------------
 
 
-def _leftover_parts(ws: Workspace, output: str | Path | None, name: str, stem: str) -> bool:
-    """Whether a launch left part files of this model (under any GPU's folder, or beside ``output``)."""
-    if output is not None:  # resolved as run_sweep resolves it
-        return bool(part_files(Path(output).expanduser().resolve()))
-    return any(part_files(folder / slug(name) / f"{stem}.csv") for folder in ws.measured_dir.glob("*")
-               if folder.is_dir())
-
-
-def sweep(model: str | Path, config: SweepConfig, *, output: str | Path | None = None,
-          workspace: Workspace | str | Path | None = None, device: str = "cuda", meter=None,
-          **kwargs: Any) -> runner.SweepResult:
-    """One model's sweep outside torchrun: :func:`energybook.measure.runner.run_sweep`, after merging the part
-    files a killed launch left (so their points are neither measured again nor lost).
-
-    Args:
-        model: Shipped model name, config.json path or checkpoint directory.
-        config: The protocol.
-        output: Results CSV inside the workspace (default ``measured/<gpu>/<model>/grid.csv``).
-        workspace: The data folder.
-        device: ``"cuda"``, ``"cuda:N"`` or ``"cpu"`` (tests).
-        meter: A meter (default: the device's, as ``run_sweep`` makes it).
-        **kwargs: Other :func:`~energybook.measure.runner.run_sweep` arguments.
-
-    Raises:
-        energybook.store.results.LockedError: a launch is still writing a part file of this model.
-    """
-    model_name(model)  # refuses a control character before anything runs
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    if EN.get_engine(config.engine).kind == "wave" and _leftover_parts(ws, output, model_name(model),
-                                                                       results_stem(config)):
-        if meter is None:
-            meter = runner._default_meter(device, config)
-        grid = runner.results_path(ws, output, meter.device_info().get("gpu", "gpu"), model_name(model),
-                                   results_stem(config))
-        merged = merge_parts(grid)
-        if merged.parts:
-            logger.warning("%s: merged %d points from %d part file(s) of an earlier launch", grid, merged.merged,
-                           len(merged.parts))
-    return runner.run_sweep(model, config, output=output, workspace=ws, device=device, meter=meter, **kwargs)
+sweep = runner.run_sweep
+"""One model's sweep outside torchrun: :func:`energybook.measure.runner.run_sweep` (which first merges the part
+files a killed launch left, so that their points are neither measured again nor lost)."""
 
 
 class _Group:
@@ -256,7 +220,7 @@ def _kill_budget(ranks: Ranks) -> int | None:
 
 def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, *, output: str | Path | None = None,
                workspace: Workspace | str | Path | None = None, device: str = "cuda", allow_test_data: bool = False,
-               command: str | None = None, time_limit_s: float | None = None, engine_kwargs: dict | None = None,
+               command: str | None = None, time_limit_s: float | None = None,
                progress: bool = True, say: Callable[[str], None] = print) -> Plan:
     """This rank's part of a launch: its share of the plan, then (rank 0, after every rank is done) the merge.
 
@@ -270,7 +234,6 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
         allow_test_data: Permit the CPU and the simulated meter; the data are labelled test data.
         command: The command line recorded in the sidecars (default: :func:`launch_command`).
         time_limit_s: Start no new group after this many seconds (this rank's whole share).
-        engine_kwargs: Extra arguments for the engine's constructor.
         progress: Show a progress bar per model.
         say: Where the one-line reports go.
 
@@ -303,7 +266,7 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
     tag = f"[rank {ranks.rank}/{ranks.world_size}]"
     common = dict(workspace=ws, device=dev, meter=meter, allow_test_data=allow_test_data,
                   command=command or launch_command(ranks, ["sweep", *map(str, models)]),
-                  engine_kwargs=engine_kwargs, progress=progress)
+                  progress=progress)
     with _Group(ranks) as group:
         _check_peers(group, ranks, info, plan, ws)
         budget = _kill_budget(ranks)
@@ -318,10 +281,7 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
                 continue
             if budget == 0:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if plan.owner(name) == ranks.rank:
-                merged = merge_parts(grid)
-                if merged.parts:
-                    say(f"{tag} {grid}: merged {merged.merged} points from {len(merged.parts)} part file(s)")
+            if plan.owner(name) == ranks.rank:  # run_sweep first merges the part files of an earlier launch
                 cfg, path = config, output
             else:
                 done = done_keys(grid)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from energybook.measure.settings import check as check_settings
+from energybook.measure.settings import is_settings
 from energybook.model.complexity import GRID, balanced_batch, check_positive  # noqa: F401 (balanced_batch: API)
 
 MODES = ("prefix", "full")
@@ -174,6 +176,9 @@ class SweepConfig:
             given with them is refused). Each ``n_in + n_out`` at most :data:`MAX_CONTEXT`.
         engine: Engine name in the registry (:mod:`energybook.measure.engines`); no control characters.
         note: Free text on one line (no control characters): why the protocol differs from the study's, say.
+        engine_settings: The engine's settings (an instance of its registered settings dataclass,
+            :func:`energybook.engine_settings`); ``None`` for the engine's defaults. Recorded in the sidecar
+            as ``engine_settings``, beside the protocol.
     """
 
     n_in: tuple[int, ...] = GRID
@@ -193,9 +198,15 @@ class SweepConfig:
     pairs: tuple[tuple[int, int], ...] = ()
     engine: str = "torch"
     note: str = ""
+    engine_settings: Any = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.engine_settings is not None:
+            if not is_settings(self.engine_settings):
+                raise ValueError(f"engine_settings must be an engine's settings (energybook.engine_settings), got "
+                                 f"{self.engine_settings!r}")
+            check_settings(self.engine_settings)
         if self.pairs:
             try:
                 pairs = tuple(sorted({(int(a), int(b)) for a, b in self.pairs}))
@@ -264,6 +275,7 @@ class SweepConfig:
     def to_record(self) -> dict[str, Any]:
         """The protocol as the sidecar records it (plain JSON types)."""
         rec = dataclasses.asdict(self)
+        del rec["engine_settings"]  # recorded beside the protocol (the sidecar's engine_settings)
         for key in ("weight_init", "prompts", "pairs"):  # recorded when not the default: older files still resume
             if rec[key] == _DEFAULTS[key]:
                 del rec[key]

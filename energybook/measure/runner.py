@@ -36,7 +36,9 @@ from typing import Any
 from energybook.measure import engines as EN
 from energybook.measure import estimate
 from energybook.measure.meter import MeterError
+from energybook.measure.plan import merge_parts, model_name, part_files, results_stem
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
+from energybook.measure.settings import to_record as settings_record
 from energybook.store import results as R
 from energybook.store.workspace import PathError, Workspace, checkout_root
 
@@ -154,11 +156,52 @@ def results_path(workspace: Workspace, output: str | Path | None, gpu: str, mode
     return workspace.inside(out)
 
 
+def build_engine(model: str | Path, config: SweepConfig, *, device: str = "cuda",
+                 workspace: Workspace | str | Path | None = None):
+    """The engine a sweep of ``config`` measures with: ``config.engine`` built from ``config.engine_settings``
+    (default: the engine's defaults), with the sweep's device, batch cap, seed and dummy data. Benchmarks build
+    engines here too, so that they time what a sweep measures.
+
+    Raises:
+        ValueError: an unknown engine, or settings of another engine.
+        energybook.measure.engines.EngineUnavailable: the engine cannot run here.
+    """
+    spec = EN.get_engine(config.engine)
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    kwargs: dict[str, Any] = {}
+    if spec.kind == "wave":
+        kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
+        if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
+            kwargs.update(weight_init=config.weight_init, prompts=config.prompts)
+    return EN.make_engine(config.engine, model, ws.engine_dir(config.engine), settings=config.engine_settings,
+                          **kwargs)
+
+
+def engine_settings(engine: str, **fields: Any) -> Any:
+    """The settings of a registered ``engine``: its defaults, with ``fields`` changed (checked).
+
+    Example: ``engine_settings("lean", cuda_graphs=False, decode_attention="triton")``.
+
+    Raises:
+        ValueError: an unknown engine, an engine without settings, or a field it does not have or a value
+            the field does not take.
+    """
+    from energybook.measure.settings import check
+
+    cls = EN.get_engine(engine).settings_class()
+    if cls is None:
+        raise ValueError(f"the {engine} engine has no settings")
+    unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"the {engine} engine has no setting {', '.join(unknown)}; it has "
+                         f"{', '.join(cls.__dataclass_fields__)}")
+    return check(cls(**fields))
+
+
 def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: str | Path | None = None,
               workspace: Workspace | str | Path | None = None, engine: Any = None, meter=None, device: str = "cuda",
               allow_test_data: bool = False, command: str | None = None, progress: bool = True,
-              stop_after: int | None = None, time_limit_s: float | None = None,
-              engine_kwargs: dict | None = None, **protocol: Any) -> SweepResult:
+              stop_after: int | None = None, time_limit_s: float | None = None, **protocol: Any) -> SweepResult:
     """Measure a grid of points for one model, appending each finished point to its results file.
 
     Args:
@@ -176,7 +219,6 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         progress: Show a tqdm progress bar with an ETA.
         stop_after: Stop after this many points (tests of resumption).
         time_limit_s: Start no new group after this many seconds; a rerun resumes the rest.
-        engine_kwargs: Extra arguments for the engine's constructor.
         **protocol: :class:`SweepConfig` fields, when ``config`` is not given.
 
     Raises:
@@ -186,6 +228,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         RuntimeError: no GPU or NVML (``MeterUnavailable``), or test data not allowed.
     """
     t_start = time.perf_counter()
+    model_name(model)  # refuses a control character before anything runs
     if config is None:
         config = SweepConfig(**protocol)
     elif protocol:
@@ -204,12 +247,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     if spec is not None and spec.kind == "command":
         config = config.replace(mode="external")
     if engine is None:
-        kwargs = dict(engine_kwargs or {})
-        if spec.kind == "wave":
-            kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
-            if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
-                kwargs.update(weight_init=config.weight_init, prompts=config.prompts)
-        engine = EN.make_engine(config.engine, model, ws.engine_dir(config.engine), **kwargs)
+        engine = build_engine(model, config, device=device, workspace=ws)
     external = EN.is_command_engine(engine)
     if external and config.mode != "external":
         config = config.replace(mode="external")
@@ -224,15 +262,24 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     if simulated and not allow_test_data:
         raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
     env = environment(meter, engine, config.engine)
-    name = str(model) if external else getattr(engine, "name", str(model))
+    settings = config.engine_settings if config.engine_settings is not None else (
+        spec.default_settings() if spec is not None else None)
+    name = str(model) if external else getattr(engine, "name", None) or model_name(model)
     if external:
         name = Path(name).name if Path(name).exists() else name
-    stem = f"{config.engine}-grid" if external else ("grid" if config.mode == "prefix" else "full")
+    stem = f"{config.engine}-grid" if external else results_stem(config)
     path = results_path(ws, output, env.get("gpu", "gpu"), name, stem)
+    if not external and part_files(path):  # a killed torchrun launch left them: merged, neither lost nor redone
+        merged = merge_parts(path)
+        if merged.parts:
+            logger.warning("%s: merged %d points from %d part file(s) of an earlier launch", path, merged.merged,
+                           len(merged.parts))
     test_data = bool(allow_test_data and (str(device).startswith("cpu") or simulated))
     prov = dict(env, model=name, protocol=config.to_record(), meter_method=getattr(meter, "method", "?"),
                 test_data=test_data, command=command or " ".join(shlex.quote(a) for a in sys.argv),
                 started_at=utc(), workload=WORKLOAD)
+    if settings is not None:
+        prov["engine_settings"] = settings_record(settings)
     with R.ResultsFile(path) as rf:
         rf.start(prov)
         done = rf.done()

@@ -48,6 +48,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from energybook.measure.engines import EngineUnavailable
 from energybook.measure.hf_attention import (  # noqa: F401 - re-exported: names of this module before the split
     _OLD_ATTN_NAME,
@@ -86,6 +88,7 @@ from energybook.measure.wave import (  # noqa: F401 - re-exported: the hf engine
     random_prompts,
     softcapped_attention,
 )
+from energybook.measure.settings import DTYPES, option
 from energybook.measure.wave import batch_limit as wave_batch_limit
 from energybook.model.complexity import check_positive
 from energybook.model.families import RECORDS  # noqa: F401 - re-exported: a name of this module before the split
@@ -93,6 +96,22 @@ from energybook.model.families import RECORDS  # noqa: F401 - re-exported: a nam
 logger = logging.getLogger(__name__)
 
 BUCKET = 256
+
+
+@dataclass(frozen=True)
+class HfSettings:
+    """The hf (``torch``) engine's settings: the options of :class:`TorchEngine` (its docstring explains them)."""
+
+    dtype: str | None = option(None, "weights and activations dtype (none: the configuration's)", choices=DTYPES)
+    cuda_graphs: bool | str = option(True, "CUDA graphs for decode (auto: small batches only)", flag="--graphs",
+                                     choices=("auto",))
+    graph_max_batch: int = option(128, "largest batch decoded through graphs with --graphs auto (requests)",
+                                  low=1, high=2 ** 20)
+    memory_fraction: float = option(0.92, "share of free GPU memory the KV cache and activations may take",
+                                    low=0.05, high=1.0)
+    prefill_tokens: int = option(16384, "tokens per prefill chunk", low=1, high=2 ** 24)
+    min_positions: int | None = option(8192, "learned positions raised to at least this for dummy weights (OPT; "
+                                       "tokens)", low=1, high=2 ** 24)
 
 
 class TorchEngine:

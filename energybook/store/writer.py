@@ -207,8 +207,8 @@ class ResultsFile:
             LockedError: another writer holds the file.
             DataError: a name holds a control character; the lock file cannot be written (no space left);
                 ``<stem>.json`` exists and is not an energybook sidecar; the file was measured with
-                schema 1 or an unknown schema; it holds a run with another model, protocol, test-data flag
-                or GPU; or it differs from what its sidecar records (edited, truncated, rows deleted or added,
+                schema 1 or an unknown schema; it holds a run with another model, protocol, test-data flag,
+                GPU or engine settings; or it differs from what its sidecar records (edited, truncated, rows deleted or added,
                 or a CSV without its sidecar or the reverse).
         """
         check_names(self.path, provenance)
@@ -218,7 +218,7 @@ class ResultsFile:
             self._remove_orphans()
             old = self._own_sidecar()
             if old:
-                for key in ("model", "protocol", "test_data", "gpu"):
+                for key in ("model", "protocol", "test_data", "gpu", "engine_settings"):
                     if key in old and key in provenance and old[key] != provenance[key]:
                         raise DataError(f"{self.path} holds a run with another {key} ({old[key]!r} vs "
                                         f"{provenance[key]!r}): give another --output or move the file aside")

@@ -45,6 +45,8 @@ PACKAGES: dict[str, tuple[str, str]] = {}
 """Executable -> (engine name, pip package), filled in by the engine modules (``trtllm-bench``, ``vllm``)."""
 TAIL_LINES = 20  # lines of stderr quoted in an error
 DEFAULT_TIMEOUT_S = 3600.0
+MAX_TIMEOUT_S = 365 * 24 * 3600.0
+"""Longest time limit per command (seconds: a year)."""
 """Time limit of one engine command unless told otherwise (seconds); the CLI's ``--timeout`` default."""
 KILL_GRACE_S = 5.0
 """Seconds between SIGTERM and SIGKILL when a command's process group is stopped."""

@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from energybook.measure.engines import register_engine
+from energybook.measure.settings import option
 from energybook.measure.external.point import NUM, BenchEngine, ExternalRun, _inside, _tag
 from energybook.measure.external.process import (
     DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
     PACKAGES,
     CommandRun,
     check_timeout,
@@ -425,7 +427,18 @@ class TrtllmBenchEngine(BenchEngine):
         return point
 
 
+@dataclass(frozen=True)
+class TrtllmOptions:
+    """The ``trtllm`` engine's settings in a sweep (its build is :data:`STUDY_TRTLLM`, the study's)."""
+
+    model_path: str | None = option(None, "local checkpoint folder (trtllm-bench --model_path)")
+    engine_dir: str | None = option(None, "an engine already built (trtllm-bench --engine_dir)")
+    timeout_s: float = option(DEFAULT_TIMEOUT_S, "time limit per external command (seconds), then it is stopped",
+                              flag="--timeout", low=1e-3, high=MAX_TIMEOUT_S)
+    executable: str = option("trtllm-bench", "the benchmark command (a name on PATH or a full path)")
+
+
 def register() -> None:
     """The plugin: register :class:`TrtllmBenchEngine` as the ``trtllm`` engine (labelled untested)."""
     register_engine("trtllm", "command", TrtllmBenchEngine, tested=False,
-                    summary="TensorRT-LLM through trtllm-bench (untested here)")
+                    summary="TensorRT-LLM through trtllm-bench (untested here)", settings=TrtllmOptions)

@@ -21,7 +21,14 @@ from pathlib import Path
 
 from energybook.measure.engines import register_engine
 from energybook.measure.external.point import NUM, BenchEngine, ExternalRun
-from energybook.measure.external.process import DEFAULT_TIMEOUT_S, PACKAGES, check_timeout, installed_version
+from energybook.measure.external.process import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    PACKAGES,
+    check_timeout,
+    installed_version,
+)
+from energybook.measure.settings import option
 
 PACKAGES["vllm"] = ("vLLM", "vllm")
 
@@ -240,7 +247,16 @@ class VllmBenchEngine(BenchEngine):
         return self._measure(meter, (n_in, n_out, n_req), cmd, lambda run: parse_vllm_output(run.stdout, out_json))
 
 
+@dataclass(frozen=True)
+class VllmOptions:
+    """The ``vllm`` engine's settings in a sweep (its engine settings are :data:`STUDY_VLLM`, the study's)."""
+
+    timeout_s: float = option(DEFAULT_TIMEOUT_S, "time limit per external command (seconds), then it is stopped",
+                              flag="--timeout", low=1e-3, high=MAX_TIMEOUT_S)
+    executable: str = option("vllm", "the benchmark command (a name on PATH or a full path)")
+
+
 def register() -> None:
     """The plugin: register :class:`VllmBenchEngine` as the ``vllm`` engine (labelled untested)."""
     register_engine("vllm", "command", VllmBenchEngine, tested=False,
-                    summary="vLLM through `vllm bench throughput` (untested here)")
+                    summary="vLLM through `vllm bench throughput` (untested here)", settings=VllmOptions)
