@@ -377,8 +377,8 @@ def _measure_cmd(args: argparse.Namespace) -> int:
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     from energybook.measure import engines as EN
-    from energybook.measure.settings import add_flags
     from energybook.measure.protocol import MAX_BATCH, MAX_CONTEXT, MAX_N_REQ, MODES, PROMPTS, SAMPLERS
+    from energybook.measure.settings import add_flags
 
     grid = " ".join(map(str, GRID))
     p.add_argument("--n-in", type=int, nargs="+", default=None,

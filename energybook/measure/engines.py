@@ -247,4 +247,5 @@ _add("hf", "wave", "energybook.measure.torch_engine:TorchEngine", True,
      "energybook.measure.torch_engine:HfSettings")
 _add("lean", "wave", "energybook.measure.lean_engine:LeanEngine", False,
      "gpt-fast-style decoder for every registered family (fused weights, static KV cache, compiled blocks, CUDA "
-     "graphs per bucket); checked on H200s, no data of this repository yet", "energybook.measure.lean.settings:LeanSettings")
+     "graphs per bucket); checked on H200s, no data of this repository yet",
+     "energybook.measure.lean.settings:LeanSettings")

@@ -70,7 +70,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from energybook.measure import engines as EN
 from energybook.measure import runner
 from energybook.measure.estimate import NOMINAL_GPU, NOMINAL_MEMORY_BYTES, group_cost_s, nominal_batch_limit  # noqa: F401
 from energybook.measure.plan import (  # noqa: F401 - re-exported: names of this module before the split

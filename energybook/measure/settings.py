@@ -189,8 +189,8 @@ def from_flags(args: argparse.Namespace, engine: str, cls: type | None, classes:
     Raises:
         ValueError: a flag of another engine's settings, or a value its field does not take.
     """
-    given = {flag: getattr(args, _dest(flag)) for c in classes.values() for flag in map(flag_name, dataclasses.fields(c))
-             if getattr(args, _dest(flag), None) is not None}
+    flags = {flag_name(f) for c in classes.values() for f in dataclasses.fields(c)}
+    given = {flag: getattr(args, _dest(flag)) for flag in flags if getattr(args, _dest(flag), None) is not None}
     if cls is None:
         if given:
             raise ValueError(f"--engine {engine} has no settings: {', '.join(sorted(given))} belong to other engines")

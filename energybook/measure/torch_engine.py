@@ -46,9 +46,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from energybook.measure.engines import EngineUnavailable
 from energybook.measure.hf_attention import (  # noqa: F401 - re-exported: names of this module before the split
@@ -78,6 +77,7 @@ from energybook.measure.hf_model import (  # noqa: F401 - re-exported: names of 
     _make_cache_class,
     transformers_config,
 )
+from energybook.measure.settings import DTYPES, option
 from energybook.measure.wave import (  # noqa: F401 - re-exported: the hf engine's names before wave.py
     Wave,
     WaveTimes,
@@ -88,7 +88,6 @@ from energybook.measure.wave import (  # noqa: F401 - re-exported: the hf engine
     random_prompts,
     softcapped_attention,
 )
-from energybook.measure.settings import DTYPES, option
 from energybook.measure.wave import batch_limit as wave_batch_limit
 from energybook.model.complexity import check_positive
 from energybook.model.families import RECORDS  # noqa: F401 - re-exported: a name of this module before the split

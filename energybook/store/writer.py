@@ -208,8 +208,8 @@ class ResultsFile:
             DataError: a name holds a control character; the lock file cannot be written (no space left);
                 ``<stem>.json`` exists and is not an energybook sidecar; the file was measured with
                 schema 1 or an unknown schema; it holds a run with another model, protocol, test-data flag,
-                GPU or engine settings; or it differs from what its sidecar records (edited, truncated, rows deleted or added,
-                or a CSV without its sidecar or the reverse).
+                GPU or engine settings; or it differs from what its sidecar records (edited, truncated, rows
+                deleted or added, or a CSV without its sidecar or the reverse).
         """
         check_names(self.path, provenance)
         self._lock.acquire()

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from energybook.measure.engines import register_engine
-from energybook.measure.settings import option
 from energybook.measure.external.point import NUM, BenchEngine, ExternalRun, _inside, _tag
 from energybook.measure.external.process import (
     DEFAULT_TIMEOUT_S,
@@ -36,6 +35,7 @@ from energybook.measure.external.process import (
     installed_version,
     measure_command,
 )
+from energybook.measure.settings import option
 
 logger = logging.getLogger(__name__)
 
