@@ -20,6 +20,7 @@ from energybook.measure.lean.config import _torch, alibi_bias, alibi_slopes, loa
 from energybook.measure.lean.graphs import Preparation, WaveState, ranges
 from energybook.measure.lean.layers import BlockSpec, compiled
 from energybook.measure.lean.logits import greedy_logits
+from energybook.measure.lean.settings import describe
 from energybook.measure.lean.weights import Weights
 from energybook.measure.wave import Wave, WaveTimes, check_wave, checkpoint_marker, random_prompts
 from energybook.measure.wave import batch_limit as wave_batch_limit
@@ -168,7 +169,7 @@ class LeanEngine:
         self.paths_available = check_ways(self, self.ways)
         self.prefill = PrefillAttention(self)
         self.prefill_gqa = self.prefill.gqa
-        self.settings = self._describe(time.perf_counter() - t0)
+        self.settings = describe(self, time.perf_counter() - t0)
 
     # ----- construction ------------------------------------------------------------------------------------
     @classmethod
@@ -190,36 +191,6 @@ class LeanEngine:
             self.cos, self.sin = rope_tables(self.config, self.arch.head_dim, length, self.device, self.dtype)
             self._rope_len = length
 
-    def _describe(self, build_s: float) -> dict:
-        """The settings recorded with every measurement (:attr:`settings`)."""
-        a = self.arch
-        return {
-            "engine": "lean", "model_impl": "energybook.measure.lean_engine: fused QKV and gate/up weights",
-            "attention_path": ("prefill: causal SDPA (flash on Hopper) over the chunk's own K/V; decode: query heads "
-                               "folded per KV head (B, K, G, h); eager decode: SDPA over exactly the live context; "
-                               "graphs: per bucket, " + self.decode_attention),
-            "prefill_gqa": self.prefill_gqa, "decode_attention": self.decode_attention,
-            "decode_attention_available": list(self.paths_available), "decode_attention_chosen": {},
-            "graphs": str(self.cuda_graphs), "graph_buckets": (f"per (batch, bucket); buckets {self.bucket_min} tokens "
-                                                               f"wide, then context/16, at most {self.bucket_max}"),
-            "bucket_min": self.bucket_min, "bucket_max": self.bucket_max,
-            "compile": self.compile, "compile_prefill": self.compile_prefill,
-            "compile_mode": self.compile_mode if self.compile or self.compile_prefill else None,
-            "compile_mode_small": (f"{self.compile_mode_small} at batches <= {self.small_batch}"
-                                   if self.compile and self.small_batch and self.compile_mode_small else None),
-            "kv_cache": "one (L, 2, B, S, K, h) tensor per batch, S a bucket edge >= n_in + n_out - 1, zeroed once, "
-                        "written in place",
-            "greedy": "argmax on device, EOS ignored", "lm_head": "last position only, (rows, d) products"
-            + ("; argmax of raw logits (logits_scaling is monotone)" if self.config.logits_scaling != 1.0 else ""),
-            "config": self.config.to_dict(), "family": a.model_type, "max_positions": self.max_positions,
-            "dtype": str(self.dtype).replace("torch.", ""), "weights": self.weights, "seed": self.seed,
-            "weight_init": self.weight_init if self.weights == "dummy" else None, "prompts": self.prompts,
-            "max_batch": self.max_batch, "memory_fraction": self.memory_fraction,
-            "prefill_tokens": self.prefill_tokens, "device": str(self.device), "build_s": round(build_s, 2),
-        }
-
-
-    # ----- lengths and sizes ------------------------------------------------------------------------------
     def check_lengths(self, n_in: int, n_out: int) -> None:
         """Refuse a request longer than the positions the model serves (sliding windows are applied, not refused).
 
