@@ -17,6 +17,7 @@ Used in :doc:`/book/reproduce`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
@@ -204,18 +205,20 @@ def settings_classes() -> dict[str, type]:
 
 
 def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None = None, settings: Any = None,
-                **kwargs: Any):
-    """Build the engine ``name`` for ``model`` from its settings; ``kwargs`` (what the sweep decides: device,
-    batch cap, seed) go to its constructor too.
+                wave: dict[str, Any] | None = None, **kwargs: Any):
+    """Build the engine ``name`` for ``model`` from its settings, which it keeps as ``engine_settings``.
 
-    Wave engines take ``(model, **fields, **kwargs)``; command engines ``(model, workspace_dir, **fields,
-    **kwargs)``.
+    Wave engines take ``(model, **fields, **wave, **kwargs)``; command engines ``(model, workspace_dir,
+    **fields, **kwargs)``.
 
     Args:
         name: A registered engine.
         model: What the engine takes as its model.
         workspace_dir: A command engine's folder.
         settings: An instance of the engine's settings class (default: its defaults).
+        wave: What a sweep decides for a wave engine (device, batch cap, seed, dummy data); ignored for a
+            command engine, whose command decides them.
+        **kwargs: Further constructor arguments.
 
     Raises:
         ValueError: for an unknown engine name, or settings of another class.
@@ -235,8 +238,12 @@ def make_engine(name: str, model: str | Path, workspace_dir: str | Path | None =
         kwargs = {**{f: getattr(settings, f) for f in settings.__dataclass_fields__}, **kwargs}
     factory = spec.load()
     if spec.kind == "wave":
-        return factory(model, **kwargs)
-    return factory(str(model), workspace_dir, **kwargs)
+        engine = factory(model, **(wave or {}), **kwargs)
+    else:
+        engine = factory(str(model), workspace_dir, **kwargs)
+    with contextlib.suppress(AttributeError):  # a factory's object may refuse new attributes
+        engine.engine_settings = settings
+    return engine
 
 
 # The engines of this package that load on first use; the external engines are plugins (PLUGINS).

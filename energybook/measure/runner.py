@@ -166,15 +166,12 @@ def build_engine(model: str | Path, config: SweepConfig, *, device: str = "cuda"
         ValueError: an unknown engine, or settings of another engine.
         energybook.measure.engines.EngineUnavailable: the engine cannot run here.
     """
-    spec = EN.get_engine(config.engine)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    kwargs: dict[str, Any] = {}
-    if spec.kind == "wave":
-        kwargs.update(device=device, max_batch=config.max_batch, seed=config.seed)
-        if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
-            kwargs.update(weight_init=config.weight_init, prompts=config.prompts)
+    run: dict[str, Any] = dict(device=device, max_batch=config.max_batch, seed=config.seed)
+    if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
+        run.update(weight_init=config.weight_init, prompts=config.prompts)
     return EN.make_engine(config.engine, model, ws.engine_dir(config.engine), settings=config.engine_settings,
-                          **kwargs)
+                          wave=run)
 
 
 def engine_settings(engine: str, **fields: Any) -> Any:
@@ -243,9 +240,6 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         raise RuntimeError("device='cpu' measures nothing real: pass allow_test_data=True (tests only) or run on an "
                            "NVIDIA GPU with device='cuda'")
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    spec = EN.get_engine(config.engine) if engine is None else None
-    if spec is not None and spec.kind == "command":
-        config = config.replace(mode="external")
     if engine is None:
         engine = build_engine(model, config, device=device, workspace=ws)
     external = EN.is_command_engine(engine)
@@ -262,8 +256,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     if simulated and not allow_test_data:
         raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
     env = environment(meter, engine, config.engine)
-    settings = config.engine_settings if config.engine_settings is not None else (
-        spec.default_settings() if spec is not None else None)
+    settings = getattr(engine, "engine_settings", None)  # what make_engine built it with
     name = str(model) if external else getattr(engine, "name", None) or model_name(model)
     if external:
         name = Path(name).name if Path(name).exists() else name

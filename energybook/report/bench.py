@@ -1,50 +1,53 @@
-"""Reading the committed outputs of the GPU benchmarks (``benchmarks/results/``) for the book.
+"""The committed outputs of the GPU benchmarks as the book's tables.
 
-The benchmarks themselves live in ``benchmarks/`` and run on a GPU; what they printed or saved is
-committed, and the book reads it from here on the CPU.
+The benchmarks live in ``benchmarks/`` and run on a GPU; what they printed or saved is committed under
+``benchmarks/results/`` and parsed by :mod:`energybook.store.bench`. The functions here take that folder from their
+caller (``results``: the folder, or one file in it), or from the environment variable ``ENERGYBOOK_BENCH_RESULTS``;
+they never work out a path of their own, so an installed package never reads a checkout's ``benchmarks/``. A book
+page passes the folder it finds beside ``data/``::
+
+    BENCH = next(p for p in (Path("../benchmarks/results"), Path("benchmarks/results")) if p.is_dir())
+    bench.engine_benchmark(BENCH)
 
 Used in :doc:`/book/comparison`.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from energybook.model import architecture
+from energybook.store import bench as store
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # in a checkout
+#: The environment variable naming the benchmarks' results folder when no folder is passed.
+ENV_VAR = "ENERGYBOOK_BENCH_RESULTS"
 
-_ATTENTION_COLUMNS = ["model", "heads", "batch", "context", "way", "us", "kv_gb_s", "of_copy", "max_err"]
 
+def results_dir(results: str | Path | None = None) -> Path:
+    """The results folder (or file) to read: ``results``, else ``$ENERGYBOOK_BENCH_RESULTS``.
 
-def decode_attention(path: str | Path | None = None) -> pd.DataFrame:
-    """The table printed by ``benchmarks/decode_attention.py``: one row per (model, batch, context, way).
-
-    Columns: model, heads ("K/H": key/value heads over query heads), batch, context (tokens),
-    way (``varlen``, ``varlen_folded``, ``sdpa_folded``), us (microseconds per call), kv_gb_s (the
-    KV bytes read once, per second), of_copy (that over the copy bandwidth), max_err.
+    Raises:
+        ValueError: neither is given, naming both.
     """
-    path = Path(path) if path is not None else RESULTS_DIR / "decode_attention.txt"
-    lines = path.read_text().splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "K/H"])
-    except StopIteration:
-        raise ValueError(f"{path}: no table header ('model  K/H ...') found; is this the output of "
-                         "benchmarks/decode_attention.py?") from None
-    rows = [line.split() for line in lines[start + 1:] if line.strip()]
-    bad = [r for r in rows if len(r) != len(_ATTENTION_COLUMNS)]
-    if bad:
-        raise ValueError(f"{path}: {len(bad)} table row(s) do not have {len(_ATTENTION_COLUMNS)} fields, "
-                         f"e.g. {' '.join(bad[0])!r}; rerun benchmarks/decode_attention.py")
-    table = pd.DataFrame(rows, columns=_ATTENTION_COLUMNS)
-    for c in ("batch", "context"):
-        table[c] = table[c].astype(int)
-    for c in ("us", "kv_gb_s", "of_copy", "max_err"):
-        table[c] = table[c].astype(float)
-    return table
+    if results is not None:
+        return Path(results)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    raise ValueError("no benchmark results folder: pass results=... (in a checkout, benchmarks/results/) or set "
+                     f"the environment variable {ENV_VAR}")
+
+
+def decode_attention(results: str | Path | None = None) -> pd.DataFrame:
+    """The table printed by ``benchmarks/decode_attention.py`` (:func:`energybook.store.bench.decode_attention`).
+
+    Args:
+        results: The results folder or ``decode_attention.txt`` itself (default ``$ENERGYBOOK_BENCH_RESULTS``).
+    """
+    return store.decode_attention(results_dir(results))
 
 
 def attention_speedups(table: pd.DataFrame) -> pd.DataFrame:
@@ -55,10 +58,13 @@ def attention_speedups(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def engine_benchmark(path: str | Path | None = None) -> dict:
-    """The JSON saved by ``benchmarks/bench_engine.py``."""
-    path = Path(path) if path is not None else RESULTS_DIR / "bench_engine.json"
-    return json.loads(Path(path).read_text())
+def engine_benchmark(results: str | Path | None = None) -> dict:
+    """The JSON saved by ``benchmarks/hf_engine_speed.py`` (``bench_engine.json``).
+
+    Args:
+        results: The results folder or the JSON file itself (default ``$ENERGYBOOK_BENCH_RESULTS``).
+    """
+    return store.engine_benchmark(results_dir(results))
 
 
 def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B",
@@ -66,7 +72,7 @@ def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B
     """Share of a whole decode step spent in attention, where both benchmarks ran the same shape.
 
     The attention time of one layer (``varlen``, as the graphs run it) times the model's layer count,
-    over the step time ``bench_engine.py`` measured at the same batch and context.
+    over the step time ``hf_engine_speed.py`` measured at the same batch and context.
     """
     layers = architecture.load(model).num_layers
     attn = table[(table["model"] == model) & (table["way"] == "varlen")].set_index(["batch", "context"])["us"]
@@ -81,32 +87,22 @@ def attention_share(table: pd.DataFrame, bench: dict, model: str = "Llama-3.2-1B
     return pd.DataFrame(rows)
 
 
-def _h100_targets(path: str | Path | None) -> tuple[Path, dict | None]:
-    """The path and JSON of ``engine_targets.json`` (None while absent); refuses a run on another GPU."""
-    path = Path(path) if path is not None else RESULTS_DIR / "engine_targets.json"
-    if not path.is_file():
-        return path, None
-    result = json.loads(path.read_text())
-    gpu = str(result.get("gpu") or "")
-    if "H100" not in gpu:
-        raise ValueError(f"{path}: measured on {gpu or 'an unnamed GPU'}, not an H100; the book's figures come from "
-                         "H100s: keep other GPUs' runs under benchmarks/results/<gpu>/")
-    return path, dict(result, gpu=gpu)
-
-
-def engine_corners(path: str | Path | None = None) -> pd.DataFrame | None:
+def engine_corners(results: str | Path | None = None) -> pd.DataFrame | None:
     """The grid's four corners of every model in ``engine_targets.json`` against the study's fitted surface.
 
     One row per (model, corner): ``model``, ``n_in``, ``n_out`` (tokens), ``engine``, ``tokens_per_j`` (measured),
     ``study_fit`` (the study's fitted tokens/J, :func:`energybook.model.paper.paper_surface`) and ``ratio``
     (measured over the fit). None while no H100 run is committed.
 
+    Args:
+        results: The results folder or ``engine_targets.json`` itself (default ``$ENERGYBOOK_BENCH_RESULTS``).
+
     Raises:
-        ValueError: for a run on another GPU than an H100.
+        ValueError: for a run on another GPU than an H100, or no results folder (:func:`results_dir`).
     """
     from energybook.model import paper
 
-    _, result = _h100_targets(path)
+    _, result = store.engine_targets(results_dir(results))
     if result is None:
         return None
     runs = {result.get("model", "Llama-3.2-1B"): (result.get("engine"), result.get("tokens_per_j") or {})}
@@ -123,17 +119,20 @@ def engine_corners(path: str | Path | None = None) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def engine_targets(path: str | Path | None = None) -> pd.DataFrame | None:
+def engine_targets(results: str | Path | None = None) -> pd.DataFrame | None:
     """Issue 12's targets against ``benchmarks/engine_targets.py``'s H100 run, or None while none is committed.
 
     One row per figure (index): the study's value, the engine's before the lean engine ("before"), the "must" and
     the "aim", the headline engine's measured value and whether it meets the must.
 
+    Args:
+        results: The results folder or ``engine_targets.json`` itself (default ``$ENERGYBOOK_BENCH_RESULTS``).
+
     Raises:
         ValueError: for a file measured on another GPU than an H100 (the book's figures come from H100s; other GPUs'
             runs belong under ``benchmarks/results/<gpu>/``), or one without the targets.
     """
-    path, result = _h100_targets(path)
+    path, result = store.engine_targets(results_dir(results))
     if result is None:
         return None
     gpu = result["gpu"]

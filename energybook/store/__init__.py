@@ -7,6 +7,7 @@
   :mod:`~energybook.store.loader` (checked when loaded) and :mod:`~energybook.store.merge` (the part files of a
   torchrun sweep merged into their file);
 * :mod:`~energybook.store.catalog`: every results file of a workspace, each point counted once.
+* :mod:`~energybook.store.bench`: the committed outputs of the GPU benchmarks, parsed from a folder the caller names.
 
 This stage imports :mod:`energybook.model` at most.
 """
