@@ -293,9 +293,16 @@ def test_generate_prepares_before_its_start_clock(tmp_path, caplog):
 
 
 def test_other_families_are_refused_by_name(tmp_path, monkeypatch):
-    """Every registered family runs now; one taken off the engine's list is refused by name, pointing to --engine hf."""
-    monkeypatch.setattr(LC, "FAMILIES", tuple(f for f in LC.FAMILIES if f != "phi3"))
-    with pytest.raises(EngineUnavailable, match="does not run the 'phi3' family.*--engine hf"):
+    """Every shipped family runs; one whose record has no compute spec is refused by name, pointing to --engine hf."""
+    import dataclasses
+
+    from energybook.model import architecture as A
+
+    assert "phi3" in LC.FAMILIES
+    record = A.family("phi3")
+    monkeypatch.setitem(A._RECORDS, "phi3", dataclasses.replace(record, compute=None))
+    assert "phi3" not in LC.families()
+    with pytest.raises(EngineUnavailable, match="does not run the 'phi3' family.*no compute spec.*--engine hf"):
         LeanEngine(tiny_family_config(tmp_path, "phi3"), device="cpu")
 
 
@@ -470,10 +477,7 @@ def test_compiled_decode_smoke(tmp_path):
 
 # ----- the GPU benchmark's CPU half ------------------------------------------------------------------------
 def _bench():
-    spec = importlib.util.spec_from_file_location("engine_targets", ROOT / "benchmarks" / "engine_targets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.engine_targets")
 
 
 def test_benchmark_arguments_plan_and_table(tmp_path):
@@ -563,10 +567,7 @@ def test_benchmark_step_model():
 
 
 def _gpu_logits():
-    spec = importlib.util.spec_from_file_location("gpu_logits", ROOT / "benchmarks" / "gpu_logits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.gpu_logits")
 
 
 def test_gpu_logits_record_arguments():

@@ -48,9 +48,12 @@ def _check_family(arch, cfg: dict) -> None:
     if arch.model_type not in FAMILIES and family(arch.model_type).weights is None:
         raise EngineUnavailable(f"the torch engine does not run the {arch.model_type!r} family ({arch.name}): it "
                                 f"runs {', '.join(FAMILIES)}; {instead}")
-    if cfg.get("use_bidirectional_attention"):
-        raise ValueError(f"{arch.name} ({arch.model_type}): use_bidirectional_attention is set; the torch engine "
-                         f"runs causal decoders only; {instead}")
+    from energybook.model.families.compute import Unsupported, no_bidirectional
+
+    try:
+        no_bidirectional(arch, cfg)  # the records' one reading of that key
+    except Unsupported as exc:
+        raise ValueError(f"{exc} ({arch.model_type}); {instead}") from None
 
 
 def _attention_features(arch, config) -> dict:

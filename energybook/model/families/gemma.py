@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from energybook.model.families.compute import read_llama_like
 from energybook.model.families.readers import _bool, _common, _int, _sliding, _sliding_layer_count, _window
 from energybook.model.families.record import LLAMA_WEIGHTS, Family
 
@@ -33,9 +34,9 @@ def _gemma2(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 RECORDS = [
-    Family("gemma", _gemma, LLAMA_WEIGHTS),
+    Family("gemma", _gemma, LLAMA_WEIGHTS, read_llama_like),
     # Gemma 2: post_attention_layernorm is the attention branch's own norm; a norm before and after the FFN
     Family("gemma2", _gemma2, replace(LLAMA_WEIGHTS, ffn_norm="pre_feedforward_layernorm",
                                       post_attn_norm="post_attention_layernorm",
-                                      post_ffn_norm="post_feedforward_layernorm")),
+                                      post_ffn_norm="post_feedforward_layernorm"), read_llama_like),
 ]

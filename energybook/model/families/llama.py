@@ -10,6 +10,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from energybook.model.families.compute import read_llama_like
 from energybook.model.families.readers import _bool, _common, _int, _sliding, _sliding_layer_count, _window
 from energybook.model.families.record import LLAMA_WEIGHTS, Family
 
@@ -52,10 +53,11 @@ def _phi3(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 RECORDS = [
-    Family("llama", _llama, LLAMA_WEIGHTS),
-    Family("granite", _llama, LLAMA_WEIGHTS),
-    Family("mistral", _mistral, LLAMA_WEIGHTS),
-    Family("qwen2", _qwen2, LLAMA_WEIGHTS),
+    Family("llama", _llama, LLAMA_WEIGHTS, read_llama_like),
+    Family("granite", _llama, LLAMA_WEIGHTS, read_llama_like),
+    Family("mistral", _mistral, LLAMA_WEIGHTS, read_llama_like),
+    Family("qwen2", _qwen2, LLAMA_WEIGHTS, read_llama_like),
     # Phi-3: q, k, v and gate, up fused in transformers' weights already
-    Family("phi3", _phi3, replace(LLAMA_WEIGHTS, qkv=("self_attn.qkv_proj",), up=("mlp.gate_up_proj",))),
+    Family("phi3", _phi3, replace(LLAMA_WEIGHTS, qkv=("self_attn.qkv_proj",), up=("mlp.gate_up_proj",)),
+           read_llama_like),
 ]

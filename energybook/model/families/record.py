@@ -77,15 +77,33 @@ class Family:
         parse: Its :data:`Parser`.
         weights: Its :class:`WeightMap`, or ``weights(arch, cfg)`` for a family whose names follow its
             configuration (Falcon's norms), or None (no engine packs its weights).
-        compute: For a family the lean engine reads as Llama (rotary, gated FFN, RMSNorm) but for a few fields: those
-            fields of its compute spec (:class:`~energybook.measure.lean.config.LeanConfig`: ``pre_norms``,
-            ``sandwich``, ``qk_norm``...); None: the engine runs the family only if it names it itself.
+        compute: Its compute spec (:class:`~energybook.model.families.compute.ComputeSpec`: norms, rotary scaling,
+            activation, how q, k and v are fused...): a reader ``compute(arch, cfg)``, or for a family read as Llama
+            (rotary, gated FFN, RMSNorm) but for a few fields, those fields (``pre_norms``, ``sandwich``,
+            ``qk_norm``...); None: no compute spec (the lean engine does not run the family).
     """
 
     model_type: str
     parse: Parser
     weights: WeightMap | Callable[[Any, dict], WeightMap] | None = None
-    compute: dict | None = None
+    compute: dict | Callable[[Any, dict], Any] | None = None
+
+    def compute_spec(self, arch, cfg: dict):
+        """The :class:`~energybook.model.families.compute.ComputeSpec` of one configuration.
+
+        Raises:
+            energybook.model.families.compute.Unsupported: the configuration asks for what the spec cannot express,
+                or the family has no compute spec.
+        """
+        from dataclasses import replace
+
+        from energybook.model.families.compute import Unsupported, read_llama_like
+
+        if self.compute is None:
+            raise Unsupported(f"the {self.model_type!r} family's record has no compute spec")
+        if callable(self.compute):
+            return self.compute(arch, cfg)
+        return replace(read_llama_like(arch, cfg), **self.compute)
 
     def weight_map(self, arch, cfg: dict) -> WeightMap | None:
         """The :class:`WeightMap` of one configuration (``arch``: its architecture)."""
