@@ -291,6 +291,7 @@ def _pairs(specs) -> tuple[tuple[int, int], ...]:
 
 def _sweep_cmd(args: argparse.Namespace) -> int:
     from energybook.measure import launch, runner
+    from energybook.measure.protocol import check_text
 
     config = _config(args)  # checked before anything runs
     from energybook.measure.launch import MAX_RANKS
@@ -300,7 +301,7 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
     _in_range("--ranks", args.ranks, MAX_RANKS)
     _in_range("--time-limit", args.time_limit, MAX_SECONDS, low=0, what=" seconds", strict=True)
     for model in args.model:
-        launch.model_name(model)  # a control character is refused here too
+        check_text("--model", str(model))  # refused before a launch plans anything
     if args.json and not args.plan:
         raise ValueError("--json goes with --plan: a sweep writes its results to CSV files")
     if args.output and len(args.model) > 1:
@@ -322,6 +323,23 @@ def _sweep_cmd(args: argparse.Namespace) -> int:
         print(f"{model}: {res.measured} points measured, {res.skipped} already there, {res.remaining} left, "
               f"{res.seconds / 60:.2f} min")
         print(f"{res.path}: results")
+    return 0
+
+
+def _peaks_cmd(args: argparse.Namespace) -> int:
+    _in_range("--window", args.window, 60, low=1, what=" seconds")
+    from energybook.measure.peaks import describe, measure_peaks
+    from energybook.store.peaks import save_peaks
+    from energybook.store.workspace import Workspace
+
+    ws = Workspace.resolve(args.data)  # checked before the GPU is touched
+    peaks = measure_peaks(args.device, window_s=args.window, command=_command_line())
+    path = save_peaks(peaks, ws)
+    if args.json:
+        _print_json(dict(peaks.to_record(), path=str(path)))
+    else:
+        print(describe(peaks))
+        print(f"{path}: peaks")
     return 0
 
 
@@ -500,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="executed notebook (default: book/measurements/<model>.ipynb in a checkout)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebook")
     p.set_defaults(func=_measure_cmd)
+
+    p = add("peaks", help="measure this GPU's peaks (copy bandwidth, bf16 matmul, idle power, power cap, SM clock, "
+                          "memory) into <data>/peaks/<gpu-uuid>.json")
+    p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N (the meter reads that GPU, by UUID)")
+    p.add_argument("--window", type=float, default=2.0, help="seconds each rate is measured over (1..60)")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.set_defaults(func=_peaks_cmd)
     return parser
 
 

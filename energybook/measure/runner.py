@@ -40,6 +40,7 @@ from energybook.measure.plan import merge_parts, model_name, part_files, results
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
 from energybook.measure.settings import to_record as settings_record
 from energybook.store import results as R
+from energybook.store.peaks import find_peaks
 from energybook.store.workspace import PathError, Workspace, checkout_root
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         RuntimeError: no GPU or NVML (``MeterUnavailable``), or test data not allowed.
     """
     t_start = time.perf_counter()
-    model_name(model)  # refuses a control character before anything runs
+    folder_name = model_name(model)  # refuses a control character before anything runs
     if config is None:
         config = SweepConfig(**protocol)
     elif protocol:
@@ -257,7 +258,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         raise RuntimeError("a simulated meter measures nothing: pass allow_test_data=True (tests only)")
     env = environment(meter, engine, config.engine)
     settings = getattr(engine, "engine_settings", None)  # what make_engine built it with
-    name = str(model) if external else getattr(engine, "name", None) or model_name(model)
+    name = str(model) if external else getattr(engine, "name", None) or folder_name
     if external:
         name = Path(name).name if Path(name).exists() else name
     stem = f"{config.engine}-grid" if external else results_stem(config)
@@ -273,6 +274,9 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
                 started_at=utc(), workload=WORKLOAD)
     if settings is not None:
         prov["engine_settings"] = settings_record(settings)
+    peaks = find_peaks(ws, env.get("gpu_uuid", "none")) if not test_data else None
+    if peaks is not None:  # the measured peaks of this GPU (`energybook peaks`)
+        prov["peaks_file"] = peaks.relative_to(ws.root).as_posix()
     with R.ResultsFile(path) as rf:
         rf.start(prov)
         done = rf.done()

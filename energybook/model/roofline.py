@@ -19,8 +19,8 @@ in chunks of at most ``prefill_tokens`` prompt tokens, then decoded ``n_out - 1`
 reading the weights once for the whole wave.
 
 Pure CPU: no GPU and no file is read here. The limits of a real GPU come in a :class:`GpuSpec`,
-e.g. :meth:`GpuSpec.from_benchmark` on what ``benchmarks/bench_engine.py`` measured (read with
-:func:`energybook.report.bench.engine_benchmark`).
+e.g. :meth:`GpuSpec.from_benchmark` on what ``benchmarks/hf_engine_speed.py`` measured (read with
+:func:`energybook.report.bench.engine_benchmark` from the results folder its caller names).
 
 Used in :doc:`/book/physics` and :doc:`/book/worked_example`.
 """
@@ -76,7 +76,7 @@ class GpuSpec:
 
     @classmethod
     def from_benchmark(cls, bench: dict[str, Any]) -> GpuSpec:
-        """The limits measured by ``benchmarks/bench_engine.py``, from the dict it saved.
+        """The limits measured by ``benchmarks/hf_engine_speed.py``, from the dict it saved.
 
         Reads ``peak_flops`` (FLOP/s, an 8192^3 bf16 matmul), ``peak_bw_Bps`` (bytes/s, a
         device-to-device copy, bytes read + written) and the power limit NVML reported
@@ -84,7 +84,7 @@ class GpuSpec:
 
         Args:
             bench: The JSON of ``benchmarks/results/bench_engine.json``, e.g. from
-                :func:`energybook.report.bench.engine_benchmark`.
+                :func:`energybook.report.bench.engine_benchmark` given the results folder.
 
         Raises:
             ValueError: when a field is missing.
