@@ -274,7 +274,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
                 started_at=utc(), workload=WORKLOAD)
     if settings is not None:
         prov["engine_settings"] = settings_record(settings)
-    peaks = find_peaks(ws, env.get("gpu_uuid", "none")) if not test_data else None
+    peaks = find_peaks(ws, env.get("gpu_uuid", "none"))
     if peaks is not None:  # the measured peaks of this GPU (`energybook peaks`)
         prov["peaks_file"] = peaks.relative_to(ws.root).as_posix()
     with R.ResultsFile(path) as rf:
