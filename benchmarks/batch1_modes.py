@@ -9,17 +9,20 @@ context 128, with ``engine_targets.lean_step_s``.
 
 Usage (on the GPU)::
 
-    ENERGYBOOK_COMMIT=$(git rev-parse --short HEAD) PYTHONPATH=$PWD python3 benchmarks/batch1_modes.py \\
+    ENERGYBOOK_COMMIT=$(git rev-parse --short HEAD) python3 -m benchmarks.batch1_modes \\
         --out benchmarks/results/h200/batch1_modes.json [--modes default,max-autotune-no-cudagraphs]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/batch1_modes.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
 MODES = ("default", "max-autotune-no-cudagraphs")
 
@@ -41,16 +44,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("batch1_modes.py measures on an NVIDIA GPU: no CUDA device here", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from engine_targets import copy_bandwidth, environment, lean_step_s
-
-    from energybook.measure.lean_engine import LeanEngine
-    from energybook.measure.meter import Meter
+    from benchmarks.engine_targets import copy_bandwidth, lean_step_s
     from energybook.model import complexity as C
 
-    meter = Meter.for_device("cuda")
-    env = environment(meter)
-    meter.close()
+    env = harness.provenance("cuda", engine="lean")
     copy = copy_bandwidth()
     result = {"gpu": env.get("gpu"), "gpu_uuid": env.get("gpu_uuid"), "commit": env.get("commit"), "environment": env,
               "model": args.model, "context": args.context, "copy_Bps": copy, "modes": {}}
@@ -58,8 +55,9 @@ def main(argv=None) -> int:
           flush=True)
     for mode in args.modes:
         t0 = time.perf_counter()
-        eng = LeanEngine(args.model, compile=True, compile_mode=mode, compile_prefill=False, compile_mode_small=None)
-        rec = {}
+        settings = dict(compile=True, compile_mode=mode, compile_prefill=False, compile_mode_small=None)
+        eng = harness.build_engine(args.model, "lean", device="cuda", **settings)
+        rec = {"engine_settings": harness.settings_record("lean", **settings)}
         for batch in args.batches:
             step, capture, once = lean_step_s(eng, batch, args.context)
             cost = C.decode_step(eng.arch, args.context, batch)
@@ -72,9 +70,7 @@ def main(argv=None) -> int:
         eng.release()
         del eng
         torch.cuda.empty_cache()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        harness.write_record(args.out, result, prov=env)
     return 0
 
 

@@ -17,7 +17,7 @@ three ways of running it on the same preallocated cache (B, S_max, K, h):
 It prints microseconds per call and the KV bytes read once per step over that time, as a fraction
 of the device-to-device copy bandwidth measured in the same run. Run on a GPU:
 
-    python benchmarks/decode_attention.py | tee benchmarks/results/decode_attention.txt
+    python -m benchmarks.decode_attention | tee benchmarks/results/decode_attention.txt
 
 Not run yet on real hardware when this file was written; its output file, once committed, is the
 result. On a machine without CUDA it runs ``sdpa_folded`` only, on tiny sizes, as a smoke test.
@@ -26,30 +26,24 @@ result. On a machine without CUDA it runs ``sdpa_folded`` only, on tiny sizes, a
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from energybook.model import architecture
 
+if __package__ in (None, ""):  # run as a file (python benchmarks/decode_attention.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
+
 MODELS = ("Llama-3.2-1B", "Qwen2-1.5B", "OPT-1.3B")
 
 
 def _time(fn, device, repeats: int) -> float:
-    """Median seconds per call after a warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    """Median seconds per call after a warm-up (:func:`benchmarks.harness.time_ms`: CUDA events on a GPU)."""
+    return harness.time_ms(fn, device=device, repeats=repeats, warmup=3).median_s
 
 
 def copy_bandwidth(device, nbytes: int = 2 << 30) -> float:

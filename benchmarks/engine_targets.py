@@ -10,6 +10,9 @@ For Llama 3.2 1B (dummy bf16 weights) it compares
   dense blocks through ``torch.compile``, mode ``--compile-mode``); ``lean_eager`` (not in the default run) is
   the same with ``compile=False``.
 
+The hf and lean engines are built as a sweep builds them (:func:`benchmarks.harness.build_engine`); every time is
+taken by the harness's timer (CUDA events) and the record names its provenance (:func:`benchmarks.harness.provenance`).
+
 Tokens per joule are measured under the study's protocol by energybook's own runner, exactly as the grids
 are: :func:`energybook.measure.runner.run_sweep` with the engine object, in a temporary workspace, prefix mode,
 N_req 1000, max_batch 1024, KV-limited batches, one measured wave per point (counted N_req / batch times),
@@ -32,8 +35,8 @@ estimate (about 8 minutes on an H100 for the default run; ``--quick``: only (64,
 
 Usage (from the checkout, nothing installed but torch, transformers and nvidia-ml-py)::
 
-    PYTHONPATH=$PWD python3 benchmarks/engine_targets.py --out benchmarks/results
-    PYTHONPATH=$PWD python3 benchmarks/engine_targets.py --quick --engines lean,hf
+    python3 -m benchmarks.engine_targets --out benchmarks/results
+    python3 -m benchmarks.engine_targets --quick --engines lean,hf
 """
 
 from __future__ import annotations
@@ -42,17 +45,18 @@ import argparse
 import bisect
 import csv
 import gc
-import importlib.util
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/engine_targets.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
 MODEL = "Llama-3.2-1B"
 #: Engines of the default run, in the order they run (the headline first).
@@ -295,20 +299,9 @@ def _torch():
     return torch
 
 
-def _median_time(fn, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds per call of ``fn`` by CUDA events."""
-    torch = _torch()
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        fn()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / 1e3)
-    return statistics.median(times)
+def _median_time(fn, repeats: int = 10, warmup: int = 2, device: str = "cuda") -> float:
+    """Median seconds per call of ``fn`` (:func:`benchmarks.harness.time_ms`: CUDA events on a CUDA device)."""
+    return harness.time_ms(fn, device=device, repeats=repeats, warmup=warmup).median_s
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -335,29 +328,18 @@ def lean_step_s(eng, batch: int, context: int) -> tuple[float, float, float]:
     one, two buckets further on, captures graphs only: its seconds per graph are the capture cost, and what the
     first took beyond that is the batch's one-time cost.
     """
-    torch = _torch()
     prep = eng.prepare(context, 2, batch)
     w = eng._wave
     lo = eng._buckets(context, 2)[0][0]
     g = w.graphs[lo]
-    times = []
-    for _ in range(3):
-        w.pos.fill_(context)
-        g.replay()
-    for _ in range(20):
-        w.pos.fill_(context)
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / 1e3)
+    step = harness.time_ms(g.replay, device=eng.device, repeats=20, warmup=3,
+                           setup=lambda: w.pos.fill_(context)).median_s
     if not prep.graphs_captured:
-        return statistics.median(times), float("nan"), 0.0
+        return step, float("nan"), 0.0
     nxt = eng.prepare(context, 2 + 2 * (eng._buckets(context, 2)[0][1] - lo), batch)
     capture = nxt.seconds / nxt.graphs_captured if nxt.graphs_captured else prep.seconds / prep.graphs_captured
     once = max(0.0, prep.seconds - capture * prep.graphs_captured)
-    return statistics.median(times), capture, once
+    return step, capture, once
 
 
 def lean_attention(eng, batch: int, context: int, copy_bw: float) -> dict:
@@ -575,11 +557,12 @@ def _free():
         pass
 
 
-def _load_sibling(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def engine_spec(name: str, args) -> tuple[str, dict]:
+    """The registered engine and its settings fields of a benchmark's engine name (``lean_eager``: ``lean`` with
+    ``compile=False``)."""
+    if name == "hf":
+        return "hf", {}
+    return "lean", {"compile": "auto" if name == "lean" else False, "compile_mode": args.compile_mode}
 
 
 def measure_engine(name: str, args, meter, peaks: dict, workdir: Path, say) -> dict:
@@ -591,15 +574,10 @@ def measure_engine(name: str, args, meter, peaks: dict, workdir: Path, say) -> d
     t0 = time.perf_counter()
     eng = None
     try:
-        if name in ("lean", "lean_eager"):
-            from energybook.measure.lean_engine import LeanEngine
-
-            eng = LeanEngine(MODEL, device=args.device, max_batch=MAX_BATCH,
-                             compile="auto" if name == "lean" else False, compile_mode=args.compile_mode)
-        elif name == "hf":
-            from energybook.measure.torch_engine import TorchEngine
-
-            eng = TorchEngine(MODEL, device=args.device, max_batch=MAX_BATCH)
+        if name in ("lean", "lean_eager", "hf"):
+            engine, settings = engine_spec(name, args)
+            eng = harness.build_engine(MODEL, engine, device=args.device, max_batch=MAX_BATCH, **settings)
+            rec["engine_settings"] = harness.settings_record(engine, **settings)
         else:
             eng = GenerateEngine(MODEL, static=name == "static_compile")
         rec["build_s"] = time.perf_counter() - t0
@@ -722,10 +700,10 @@ def step_model(samples: dict, context: int, kv_bytes_per_token: float, bandwidth
 
 
 def _hf_side(eng, name: str, rec: dict, peaks: dict, say) -> None:
-    """Today's engine: step at batch 1000 and batch 1 (its own graphs, benchmarks/bench_engine.py), prefill."""
+    """Today's engine: step at batch 1000 and batch 1 (its own graphs, benchmarks/hf_engine_speed.py), prefill."""
+    from benchmarks import hf_engine_speed as bench
     from energybook.model import complexity as C
 
-    bench = _load_sibling("bench_engine")
     mode = "graph_varlen" if eng.graph_attention == "flash_varlen" else "graph_mask"
     t1000 = bench.step_times(eng, 1000, 128, mode)
     t1 = bench.step_times(eng, 1, 128, mode)
@@ -739,17 +717,9 @@ def _hf_side(eng, name: str, rec: dict, peaks: dict, say) -> None:
 
 
 def environment(meter) -> dict:
-    torch = _torch()
-    import transformers
-
-    from energybook.measure.runner import source_commit
-
-    info = dict(meter.device_info())
-    info.update(torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__,
-                python=platform.python_version(), host=platform.node(),
-                date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command=" ".join(sys.argv),
-                commit=os.environ.get("ENERGYBOOK_COMMIT") or source_commit())
-    return info
+    """The run's provenance (:func:`benchmarks.harness.provenance`) from an open meter: GPU, UUID, driver, versions,
+    commit, date and command."""
+    return harness.provenance(meter=meter)
 
 
 def merge_models(target: Path, other: Path) -> dict:
@@ -841,19 +811,18 @@ def main(argv=None) -> int:
 def _extra_model(model: str, args, meter, workdir: Path, say) -> dict:
     """Corners of another model with the lean engine, or the hf engine where the lean one refuses it."""
     from energybook.measure.engines import EngineUnavailable
-    from energybook.measure.lean_engine import LeanEngine
-    from energybook.measure.torch_engine import TorchEngine
 
     rec: dict = {"error": None}
     eng = None
     try:
         try:
-            eng = LeanEngine(model, device=args.device, max_batch=MAX_BATCH)
+            eng = harness.build_engine(model, "lean", device=args.device, max_batch=MAX_BATCH)
             rec["engine"] = "lean"
         except EngineUnavailable as exc:
             say(f"[{model}] lean refuses it ({exc}); hf engine")
-            eng = TorchEngine(model, device=args.device, max_batch=MAX_BATCH)
+            eng = harness.build_engine(model, "hf", device=args.device, max_batch=MAX_BATCH)
             rec["engine"] = "hf"
+        rec["engine_settings"] = harness.settings_record(rec["engine"])
         tj = tokens_per_j(eng, rec["engine"], list(CORNERS), meter, workdir / model, warmup_steps=32)
         rec["corners"] = tj
         rec["tokens_per_j"] = {k: v["tokens_per_j"] for k, v in tj.items()}

@@ -33,6 +33,10 @@ import time
 import traceback
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a file (python benchmarks/gpu_logits.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
+
 #: Relative margin over transformers' own bf16 error, and the absolute slack.
 RATIO, SLACK = 1.5, 1e-3
 
@@ -154,16 +158,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_logits.py checks the engine on an NVIDIA GPU: no CUDA device here", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from engine_targets import environment
-
-    from energybook.measure.meter import Meter
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meter = Meter.for_device("cuda")
-    env = environment(meter)
-    meter.close()
+    env = harness.provenance("cuda", engine="lean")
     path = out / "gpu_logits.json"
     result = json.loads(path.read_text()) if path.exists() else {"models": {}}
     result.update(gpu=env.get("gpu"), gpu_uuid=env.get("gpu_uuid"), commit=env.get("commit"), environment=env,

@@ -34,7 +34,9 @@ Prints the GPU name and UUIDs, the torch version and the date, a table per run a
 (median ms/step per mode and condition), and writes everything as JSON to ``--out``. About 1-3
 minutes on one H100/H200; ``--max-seconds`` (default 220) stops starting new runs past a budget.
 
-Usage: ``python benchmarks/meter_sampler.py --out benchmarks/results/meter_sampler.json``.
+The engine is built as a sweep builds it (:func:`benchmarks.harness.build_engine`).
+
+Usage: ``python -m benchmarks.meter_sampler --out benchmarks/results/meter_sampler.json``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/meter_sampler.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
 MODES = ("eager", "graphs")
 CONDITIONS = ("none", "thread", "process", "sleeper")
@@ -244,15 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         print("meter_sampler: needs a CUDA GPU (none is visible to torch)", file=sys.stderr)
         return 2
     from energybook.measure.meter import Meter
-    from energybook.measure.torch_engine import TorchEngine
 
     probe = Meter.for_device(args.device)  # never started: device facts and the before/after state reads
-    res = {"header": header(probe, args), "runs": []}
+    res = {"header": header(probe, args), "runs": [],
+           "provenance": harness.provenance(args.device, meter=probe, engine="hf",
+                                            settings=harness.settings_record("hf", cuda_graphs=True))}
     h = res["header"]
     print(f"{h['date_utc']}  {h['gpu']}  {h['gpu_uuid']} (torch: {h['cuda_uuid']})  driver {h['driver']}  "
           f"torch {h['torch']} (CUDA {h['cuda']})  {h['cpu_affinity']} CPUs  host {h['host']}", flush=True)
-    engine = TorchEngine(args.model, device=args.device, cuda_graphs=True, max_batch=max(1024, args.batch))
+    engine = harness.build_engine(args.model, "hf", device=args.device, max_batch=max(1024, args.batch),
+                                  cuda_graphs=True)
     res["engine"] = engine.settings
+    res["engine_settings"] = harness.settings_record("hf", cuda_graphs=True)
     print(f"{args.model}: batch {args.batch}, n_in {args.n_in}, n_out {args.n_out}; graph attention "
           f"{engine.graph_attention}; built in {engine.settings.get('build_s')} s", flush=True)
     for rep, mode, condition in plan_runs(args.modes, args.conditions, args.repeats):

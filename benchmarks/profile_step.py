@@ -6,21 +6,28 @@ attending, with the kernels' CUDA time summed by name (graph replay runs the sam
 gaps), then the graph-replayed step timed with CUDA events. ``--compile``: its dense blocks through
 ``torch.compile`` (mode ``--compile-mode``).
 
-Usage: ``python benchmarks/profile_step.py [--engine lean] [--batch 1000] [--context 128] [--compile]``.
+The engines are built as a sweep builds them (:func:`benchmarks.harness.build_engine`); the graph-replayed step is
+timed by the harness's CUDA-event timer (median over ``--steps`` replays).
+
+Usage: ``python -m benchmarks.profile_step [--engine lean] [--batch 1000] [--context 128] [--compile]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+if __package__ in (None, ""):  # run as a file (python benchmarks/profile_step.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
+
 
 def _hf(a) -> None:
-    from energybook.measure.torch_engine import TorchEngine
-
-    eng = TorchEngine(a.model, device="cuda")
+    eng = harness.build_engine(a.model, "hf", device="cuda")
     for graphs in (False, True):
         eng.generate(64, 16, a.batch, cuda_graphs=graphs)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
@@ -31,9 +38,7 @@ def _hf(a) -> None:
 
 
 def _lean(a) -> None:
-    from energybook.measure.lean_engine import LeanEngine
-
-    eng = LeanEngine(a.model, device="cuda", compile=a.compile, compile_mode=a.compile_mode)
+    eng = harness.build_engine(a.model, "lean", device="cuda", compile=a.compile, compile_mode=a.compile_mode)
     print("ways of attending here:", ", ".join(eng.paths_available))
     eng.prepare(a.context, 2, a.batch)
     w = eng._wave
@@ -61,17 +66,8 @@ def _lean(a) -> None:
             print(f"  {us:9.1f} us  {n:4d}x  {name[:90]}")
     print("\ngraph-replayed step (the engine's choice per bucket):", eng.settings["decode_attention_chosen"])
     g = w.graphs[lo]
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(3):
-        w.pos.fill_(a.context)
-        g.replay()
-    e0.record()
-    for _ in range(a.steps):
-        w.pos.fill_(a.context)
-        g.replay()
-    e1.record()
-    e1.synchronize()
-    print(f"  {e0.elapsed_time(e1) / a.steps:.2f} ms per step")
+    t = harness.time_ms(g.replay, device="cuda", repeats=a.steps, warmup=3, setup=lambda: w.pos.fill_(a.context))
+    print(f"  {t.median_ms:.2f} ms per step (median of {a.steps})")
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ For one layer of each model, at each (batch, live keys), every (block, num_warps
 events (median of 20 calls after warm-up) and its KV bytes over that time are given as a fraction of the device
 copy bandwidth measured in the same run (read + write, as ``engine_targets.py`` counts it).
 
-Usage: ``PYTHONPATH=$PWD python3 benchmarks/triton_decode_tune.py [--models Llama-3.2-1B Qwen2-1.5B]``.
+Usage: ``python3 -m benchmarks.triton_decode_tune [--models Llama-3.2-1B Qwen2-1.5B]``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import argparse
 import functools
 import itertools
 import math
+import sys
+from pathlib import Path
 
 import torch
 
 from energybook.measure import triton_decode as T
 from energybook.model import architecture
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/triton_decode_tune.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
 SHAPES = ((1000, 128), (1000, 320), (256, 2048), (64, 2048), (8, 4096), (1, 4096), (256, 8192))
 CONFIGS = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4)))
@@ -25,18 +31,15 @@ CONFIGS = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4)))
 
 @functools.lru_cache(maxsize=1)
 def _targets():
-    """``engine_targets.py`` beside this file: its CUDA-event timer and copy-bandwidth measurement."""
-    import importlib.util
-    from pathlib import Path
+    """``benchmarks.engine_targets``: its copy-bandwidth measurement."""
+    from benchmarks import engine_targets
 
-    spec = importlib.util.spec_from_file_location("engine_targets", Path(__file__).with_name("engine_targets.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return engine_targets
 
 
 def _median_ms(fn, repeats: int = 20) -> float:
-    return _targets()._median_time(fn, repeats=repeats, warmup=3) * 1e3
+    """Median milliseconds per call (:func:`benchmarks.harness.time_ms`, CUDA events)."""
+    return harness.time_ms(fn, device="cuda", repeats=repeats, warmup=3).median_ms
 
 
 def main() -> None:

@@ -1,10 +1,17 @@
-"""Reading the committed benchmark outputs (``energybook.report.bench``)."""
+"""Reading the committed benchmark outputs (``energybook.store.bench`` parses, ``energybook.report.bench`` tabulates),
+from a folder the caller names."""
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from energybook.model import architecture
 from energybook.report import bench as bench_results
+from energybook.store import bench as store_bench
+
+#: The checkout's committed benchmark outputs (the tests run in a checkout; the package never looks for them).
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 TABLE = """NVIDIA H100 80GB HBM3: device copy 2.93 TB/s (read + write), torch 2.11.0+cu130
 model             K/H  batch  context  way                   us   KV GB/s  of copy  max err
@@ -50,10 +57,32 @@ def test_attention_share_scales_one_layer_by_the_layer_count(tmp_path):
 
 
 def test_committed_outputs_are_readable():
-    t = bench_results.decode_attention()
+    t = bench_results.decode_attention(RESULTS)
     assert set(t["way"]) == {"varlen", "varlen_folded", "sdpa_folded"}
     assert set(t["model"]) == {"Llama-3.2-1B", "Qwen2-1.5B", "OPT-1.3B"}
-    assert "decode" in bench_results.engine_benchmark()
+    assert "decode" in bench_results.engine_benchmark(RESULTS)
+    assert bench_results.engine_targets(RESULTS) is not None and len(bench_results.engine_corners(RESULTS))
+
+
+def test_the_store_parses_a_folder_the_caller_names_and_the_report_reads_the_same():
+    t = store_bench.decode_attention(RESULTS)
+    assert t.equals(store_bench.decode_attention(RESULTS / "decode_attention.txt"))
+    assert store_bench.engine_benchmark(RESULTS) == bench_results.engine_benchmark(RESULTS / "bench_engine.json")
+    path, result = store_bench.engine_targets(RESULTS)
+    assert path == RESULTS / "engine_targets.json" and "H100" in result["gpu"]
+
+
+def test_the_folder_comes_from_the_caller_or_the_environment(tmp_path, monkeypatch):
+    """No folder and no ``$ENERGYBOOK_BENCH_RESULTS``: an error naming both; the variable alone is enough."""
+    monkeypatch.delenv(bench_results.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=r"results=.*ENERGYBOOK_BENCH_RESULTS"):
+        bench_results.engine_benchmark()
+    with pytest.raises(ValueError, match="ENERGYBOOK_BENCH_RESULTS"):
+        bench_results.decode_attention()
+    (tmp_path / "decode_attention.txt").write_text(TABLE)
+    monkeypatch.setenv(bench_results.ENV_VAR, str(tmp_path))
+    assert len(bench_results.decode_attention()) == 3
+    assert bench_results.engine_targets() is None  # no engine_targets.json in that folder
 
 
 def test_engine_targets_are_read_from_an_h100_run_only(tmp_path):

@@ -1,8 +1,9 @@
-"""The GPU benchmarks are not tests, but they must at least start: smoke runs on the CPU."""
+"""The GPU benchmarks are not tests, but they must at least start: smoke runs on the CPU. They are modules of the
+``benchmarks`` package and import one another normally."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import torch
@@ -11,10 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_decode_attention_folded_heads_match_unfolded_attention(capsys):
@@ -64,13 +62,13 @@ def test_study_experiments_are_ordinary_sweeps_inside_the_data_folder(tmp_path, 
     assert len(offgrid.pairs) == 12 and offgrid.output.endswith("Llama-3.2-1B/offgrid.csv")
 
 
-def test_issue12_runbook_runs_on_an_h100_only(tmp_path):
-    """``benchmarks/issue12_h100.sh`` refuses any GPU but an H100 (the issue's figures are H100 figures) and an
+def test_h100_runbook_runs_on_an_h100_only(tmp_path):
+    """``benchmarks/h100_runbook.sh`` refuses any GPU but an H100 (the issue's figures are H100 figures) and an
     unknown part, each with exit status 2 and a message that names it (a stand-in ``nvidia-smi`` names the GPU)."""
     import os
     import subprocess
 
-    script = ROOT / "benchmarks" / "issue12_h100.sh"
+    script = ROOT / "benchmarks" / "h100_runbook.sh"
     fake = tmp_path / "bin"
     fake.mkdir()
 

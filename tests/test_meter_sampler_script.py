@@ -3,21 +3,16 @@ run plan, table), and a clear exit without a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("meter_sampler", ROOT / "benchmarks" / "meter_sampler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # importing runs nothing (the sampler process re-imports it)
-    return module
+    return importlib.import_module("benchmarks.meter_sampler")  # importing runs nothing (the sampler process
+    # re-imports it)
 
 
 def test_arguments(bench, tmp_path):

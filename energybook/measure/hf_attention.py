@@ -24,7 +24,7 @@ from energybook.measure.wave import causal_mask, softcapped_attention
 #: The attention implementation's name. It must not contain "sdpa": transformers then checks the model's own
 #: SDPA support and refuses Gemma 2 (its SDPA path has no soft-capping), which this function honours.
 ATTN_NAME = "energybook_attention"
-_OLD_ATTN_NAME = "energybook_sdpa"  # the name before; still registered (benchmarks/bench_engine.py sets it)
+_OLD_ATTN_NAME = "energybook_sdpa"  # the name before; still registered (benchmarks/hf_engine_speed.py sets it)
 
 #: Attention arguments of transformers models outside :data:`FAMILIES` that :func:`_attention` does not implement.
 _REFUSED_KWARGS = ("s_aux", "sinks")

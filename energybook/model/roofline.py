@@ -94,12 +94,13 @@ class GpuSpec:
         if "power_limit_w" not in device:
             missing.append("device.power_limit_w")
         if missing:
-            raise ValueError(f"the benchmark lacks {missing}; is it the JSON of benchmarks/bench_engine.py?")
+            raise ValueError(f"the benchmark lacks {missing}; is it the hf engine's speed benchmark "
+                             "(bench_engine.json)?")
         note = bench.get("peaks_note", "measured peaks")
         started = bench.get("started", "?")
         return cls(name=str(device.get("gpu", "?")), peak_flops=float(bench["peak_flops"]),
                    bandwidth_bytes_s=float(bench["peak_bw_Bps"]), power_cap_w=float(device["power_limit_w"]),
-                   source=f"benchmarks/bench_engine.py, {started}: {note}")
+                   source=f"bench_engine.json (hf engine speed benchmark), {started}: {note}")
 
 
 @dataclass(frozen=True)

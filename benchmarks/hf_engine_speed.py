@@ -1,6 +1,9 @@
-"""Benchmark of the torch engine on the GPU (not a test): Llama 3.2 1B, dummy weights.
+"""How fast is the hf (torch) engine on a GPU? Decode step, prefill and tokens per joule (not a test): Llama 3.2 1B,
+dummy weights, the engine built as a sweep builds it (:func:`benchmarks.harness.build_engine`), steps timed by the
+harness's CUDA-event timer.
 
-Prints and writes (``--out`` folder, default benchmarks/results/):
+Prints and writes (``--out`` folder, default benchmarks/results/; the files keep the names ``bench_engine.json``
+and ``bench_engine.txt`` the book reads, the JSON with the harness's provenance):
 
 * decode-step time and achieved HBM bandwidth (bytes of ``complexity.decode_step`` over the step
   time) as a fraction of the measured 3.0 TB/s copy bandwidth of the lent H100, at batch 1, 64,
@@ -10,19 +13,22 @@ Prints and writes (``--out`` folder, default benchmarks/results/):
 * tokens per joule at n_in 64, n_out 256, N_req 1000 (one wave of 1000) for the engine and for
   plain ``generate`` (eager, dynamic cache), beside the study's 120.71 tok/J.
 
-Usage: ``python benchmarks/bench_engine.py [--out DIR] [--quick]``.
+Usage: ``python -m benchmarks.hf_engine_speed [--out DIR] [--quick]`` (was ``benchmarks/bench_engine.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/hf_engine_speed.py): the checkout on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
 PEAK_BW = 3.0e12  # B/s, device-to-device copy measured on the lent H100 (KINDS.md, 2026-11-13)
 PEAK_FLOPS = 798e12  # FLOP/s, 8192^3 bf16 matmul measured on the lent H100 (KINDS.md, 2026-11-13)
@@ -31,7 +37,7 @@ GENERATE_TOK_J = 97.0
 
 
 def step_times(eng, batch: int, context: int, mode: str, steps: int = 20) -> float:
-    """Median decode-step time (seconds) at a fixed context, by CUDA events."""
+    """Median decode-step time (seconds) at a fixed context (:func:`benchmarks.harness.time_ms`: CUDA events)."""
     import torch
 
     from energybook.measure import torch_engine as E
@@ -43,7 +49,6 @@ def step_times(eng, batch: int, context: int, mode: str, steps: int = 20) -> flo
         t.normal_(0, 0.5)
     positions = torch.arange(max_len, device=eng.device)
     tok = torch.randint(0, eng.vocab, (batch, 1), device=eng.device)
-    times = []
     with torch.inference_mode():
         if mode == "eager":
             cache.pos = context
@@ -83,19 +88,11 @@ def step_times(eng, batch: int, context: int, mode: str, steps: int = 20) -> flo
 
             def run():
                 g.replay()
-        for _ in range(3):
-            run()
-        for _ in range(steps):
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            run()
-            e1.record()
-            e1.synchronize()
-            times.append(e0.elapsed_time(e1) / 1e3)
+        step = harness.time_ms(run, device=eng.device, repeats=steps, warmup=3).median_s
     cache.keys.clear()
     cache.values.clear()
     torch.cuda.empty_cache()
-    return statistics.median(times)
+    return step
 
 
 def tok_per_j(meter, fn, tokens: int, min_window_s: float = 10.0) -> dict:
@@ -133,7 +130,6 @@ def main(argv=None) -> int:
     import transformers
 
     from energybook.measure.meter import Meter
-    from energybook.measure.torch_engine import TorchEngine
     from energybook.model import complexity as C
 
     out_dir = Path(args.out)
@@ -164,7 +160,7 @@ def main(argv=None) -> int:
         res["counter_tick_s_median"] = statistics.median(dts)
         say(f"counter tick interval: median {statistics.median(dts) * 1e3:.1f} ms (n={len(dts)})")
 
-    eng = TorchEngine("Llama-3.2-1B", device="cuda", max_batch=1024)
+    eng = harness.build_engine("Llama-3.2-1B", "hf", device="cuda", max_batch=1024)
     arch = eng.arch
     res["engine_settings"] = eng.settings
     # --- decode step vs context
@@ -240,7 +236,8 @@ def main(argv=None) -> int:
     res["tokens_per_j"] = tj
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meter.stop()
-    (out_dir / "bench_engine.json").write_text(json.dumps(res, indent=1, default=str))
+    harness.write_record(out_dir / "bench_engine.json", res, meter=meter, engine="hf",
+                         settings=harness.engine_config("hf", max_batch=1024).engine_settings)
     (out_dir / "bench_engine.txt").write_text("\n".join(lines) + "\n")
     return 0
 
