@@ -1,0 +1,107 @@
+"""The sampled protocol's arithmetic (issue 22): the sample plan and the integration rule, against synthetic
+energy curves with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from energybook.measure import sampled as S
+from energybook.model.complexity import GRID
+
+
+def test_decode_contexts_cover_both_ends_with_a_geometric_ladder():
+    c = S.decode_contexts(65, 8191, per_octave=2)
+    assert c[0] == 65 and c[-1] == 8191 and list(c) == sorted(set(c))
+    assert len(c) == math.ceil(math.log2(8191 / 65) * 2) + 1
+    ratios = [b / a for a, b in zip(c, c[1:])]
+    assert max(ratios) < 1.45 and min(ratios) > 1.35  # about 2 ** 0.5 each
+    assert S.decode_contexts(100, 100) == (100,)
+    with pytest.raises(ValueError, match="at least lo"):
+        S.decode_contexts(10, 5)
+
+
+def test_step_sum_is_exact_for_an_affine_cost_and_for_constants():
+    xs = S.decode_contexts(65, 4159, per_octave=1)
+    e = [0.5 + 1e-4 * x for x in xs]
+    a, b = 100, 4000
+    exact = sum(0.5 + 1e-4 * c for c in range(a, b + 1))
+    assert S.step_sum(xs, e, a, b) == pytest.approx(exact, rel=1e-12)
+    assert S.step_sum([7], [2.0], 7, 7) == 2.0
+    assert S.step_sum(xs, e, 10, 5) == 0.0
+    with pytest.raises(ValueError, match="outside the sampled"):
+        S.step_sum(xs, e, 64, 100)
+    with pytest.raises(ValueError, match="increase strictly"):
+        S.step_sum([1, 1], [1, 1], 1, 1)
+
+
+def test_step_sum_of_a_curved_cost_errs_less_the_denser_the_ladder():
+    def cost(c):  # a decode step: fixed products, KV reads linear in c, and a little curvature
+        return 0.3 + 2e-5 * c + 4e-10 * c * c
+
+    a, b = 65, 8191
+    exact = sum(cost(c) for c in range(a, b + 1))
+    errors = []
+    for per_octave in (1, 2, 4):
+        xs = S.decode_contexts(a, b, per_octave)
+        errors.append(abs(S.step_sum(xs, [cost(x) for x in xs], a, b) / exact - 1))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[1] < 2e-3
+
+
+def _grid_shapes(n_req=1000, memory_tokens=2_000_000):
+    def limit(n_in, n_out):  # a KV-memory rule: tokens of cache that fit
+        return min(1024, memory_tokens // (n_in + n_out))
+    return S.shapes([(a, b) for a in GRID for b in GRID], n_req, limit)
+
+
+def test_the_plan_covers_every_point_of_a_grid_with_far_fewer_pieces_than_steps():
+    points = _grid_shapes()
+    plan = S.sample_plan(points, per_octave=2)
+    assert {(p.n_in, p.batch) for p in points} == set(plan.prefill)
+    for p in points:
+        lo, hi = p.contexts
+        xs = plan.decode[p.batch]
+        assert xs[0] <= lo and hi <= xs[-1]
+    steps = sum(p.n_out - 1 for p in points)
+    assert plan.n_samples < 150 < steps / 100
+    rec = plan.to_record()
+    assert rec["integration"] == S.INTEGRATION_RULE and set(rec["decode"]) == {str(b) for b in plan.decode}
+
+
+def test_assemble_gives_the_known_answer_of_a_synthetic_gpu():
+    """A GPU whose prefill costs 1 mJ per prompt token and whose decode step costs 0.2 J plus 10 uJ per key per
+    request, at 700 W: the assembled point equals the sum over its real steps."""
+    def prefill_j(n_in, batch):
+        return 1e-3 * n_in * batch
+
+    def step_j(batch, c):
+        return 0.2 + 1e-5 * c * batch
+
+    points = _grid_shapes()
+    plan = S.sample_plan(points)
+    prefill = {(n, b): (prefill_j(n, b), prefill_j(n, b) / 700) for n, b in plan.prefill}
+    decode = {b: [(c, step_j(b, c), step_j(b, c) / 700) for c in cs] for b, cs in plan.decode.items()}
+    for p in points:
+        got = S.assemble(p, prefill, decode)
+        want = p.waves * (prefill_j(p.n_in, p.batch) + sum(step_j(p.batch, p.n_in + t) for t in range(1, p.n_out)))
+        assert got.energy_j == pytest.approx(want, rel=1e-9)
+        assert got.power_w == pytest.approx(700)
+        assert got.tokens_out == p.batch * p.waves * p.n_out
+        assert got.tokens_per_j == pytest.approx(got.tokens_out / want, rel=1e-9)
+
+
+def test_a_missing_or_impossible_piece_is_refused_by_name():
+    p = S.PointShape(64, 256, 1000, 1)
+    decode = {1000: [(65, 0.3, 0.0005), (319, 0.4, 0.0006)]}
+    with pytest.raises(KeyError, match="no prefill measured at n_in 64, batch 1000"):
+        S.assemble(p, {}, decode)
+    with pytest.raises(KeyError, match="no decode steps measured at batch 1000"):
+        S.assemble(p, {(64, 1000): (10.0, 0.02)}, {})
+    with pytest.raises(ValueError, match="context 65.*not a positive"):
+        S.assemble(p, {(64, 1000): (10.0, 0.02)}, {1000: [(65, math.nan, 0.0005), (319, 0.4, 0.0006)]})
+    with pytest.raises(ValueError, match="outside the sampled"):
+        S.assemble(p, {(64, 1000): (10.0, 0.02)}, {1000: [(65, 0.3, 0.0005), (300, 0.4, 0.0006)]})
+    one = S.assemble(S.PointShape(64, 1, 1000, 1), {(64, 1000): (10.0, 0.02)}, {})
+    assert one.energy_j == 10.0 and one.tokens_out == 1000
