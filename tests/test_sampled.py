@@ -105,3 +105,24 @@ def test_a_missing_or_impossible_piece_is_refused_by_name():
         S.assemble(p, {(64, 1000): (10.0, 0.02)}, {1000: [(65, 0.3, 0.0005), (300, 0.4, 0.0006)]})
     one = S.assemble(S.PointShape(64, 1, 1000, 1), {(64, 1000): (10.0, 0.02)}, {})
     assert one.energy_j == 10.0 and one.tokens_out == 1000
+
+
+def test_the_lean_engines_pieces_run_at_the_asked_context_on_a_tiny_cpu_model(tmp_path):
+    pytest.importorskip("torch")
+    from energybook.measure.lean import pieces as P
+    from energybook.measure.lean.engine import LeanEngine
+    from tests.tiny import tiny_config
+
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", max_batch=4, bucket_min=8, bucket_max=16)
+    contexts = S.decode_contexts(9, 60, per_octave=2)
+    with pytest.raises(RuntimeError, match="prepare batch 3"):
+        P.decode_piece(eng, 3, 20)
+    P.prepare_pieces(eng, 3, contexts, prompt_lengths=(8, 32))
+    for c in contexts:
+        run = P.decode_piece(eng, 3, c)
+        run()
+        assert abs(run.mean_context - c) <= P.STRIDE // 2  # the bucket may clip the stride
+        assert int(eng._wave.pos.item()) == run.steps + round(run.mean_context - 1 - (run.steps - 1) / 2)
+    tok = eng._wave.tok.clone()
+    P.prefill_piece(eng, 32, 3)()
+    assert eng._wave.tok.shape == tok.shape
