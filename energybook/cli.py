@@ -409,7 +409,9 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-req", type=int, default=1000, help=f"requests per point (1..{MAX_N_REQ}; study: 1000)")
     p.add_argument("--max-batch", type=int, default=1024, help=f"largest batch (1..{MAX_BATCH}; study: 1024)")
     p.add_argument("--repeats", type=int, default=1, help="measurements per point (1..100)")
-    p.add_argument("--mode", choices=MODES, default="prefix", help="prefix (fast, shared generations) or full")
+    p.add_argument("--mode", "--protocol", choices=MODES, default="prefix",
+                   help="prefix (shared generations), full (every wave to its end) or sampled (assembled from measured "
+                        "prefills and decode steps; lean engine)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order, the dummy weights and the prompts "
                    "(0..2**63-1)")
     p.add_argument("--min-window", type=float, default=2.0, help="shortest energy window (seconds, 0..3600)")

@@ -126,3 +126,40 @@ def test_the_lean_engines_pieces_run_at_the_asked_context_on_a_tiny_cpu_model(tm
     tok = eng._wave.tok.clone()
     P.prefill_piece(eng, 32, 3)()
     assert eng._wave.tok.shape == tok.shape
+
+
+def test_step_sum_extends_its_end_segments_only_within_the_margin():
+    xs, ys = [10, 20], [1.0, 2.0]
+    assert S.step_sum(xs, ys, 8, 22, margin=2) == pytest.approx(sum(1 + (c - 10) / 10 for c in range(8, 23)))
+    with pytest.raises(ValueError, match="outside"):
+        S.step_sum(xs, ys, 7, 20, margin=2)
+
+
+def test_a_sampled_sweep_on_the_cpu_writes_every_point_and_resumes(tmp_path):
+    """The loop's mechanics with the simulated meter (constant power): rows of every point, assembled from the
+    pieces, and a rerun that measures nothing again. Its accuracy is a GPU validation, not a CPU test."""
+    pytest.importorskip("torch")
+    import json
+
+    from energybook.measure.protocol import SweepConfig
+    from energybook.measure.runner import engine_settings, run_sweep
+    from energybook.store.results import load_measured
+    from tests.tiny import tiny_config
+
+    config = SweepConfig(n_in=[8, 24], n_out=[4, 20], n_req=6, max_batch=4, mode="sampled", engine="lean",
+                         min_window_s=0.0, cooldown_s=0.0,
+                         engine_settings=engine_settings("lean", bucket_min=8, bucket_max=16, compile=False))
+    kw = dict(workspace=tmp_path / "data", device="cpu", allow_test_data=True, progress=False)
+    res = run_sweep(tiny_config(tmp_path), config, **kw)
+    assert res.measured == 4 and res.remaining == 0 and res.path.name == "sampled.csv"
+    run = load_measured(res.path, allow_test_data=True)
+    df = run.data
+    assert set(df["mode"]) == {"sampled"} and set(df["window_kind"]) == {"sampled"}
+    assert (df["tokens_out"] == df["batch"] * df["waves"] * df["n_out"]).all()
+    assert (df["energy_j"] > df["prefill_energy_j"]).all() and (df["power_w"] > 0).all()
+    log = json.loads(res.path.with_suffix(".json").read_text())["points"]
+    assert all(e["integration"] == S.INTEGRATION_RULE and e["decode_contexts"] for e in log.values())
+    again = run_sweep(tiny_config(tmp_path), config, **kw)
+    assert again.measured == 0 and again.skipped == 4
+    with pytest.raises(ValueError, match="sampled protocol measures with the lean engine"):
+        run_sweep(tiny_config(tmp_path), config.replace(engine="hf", engine_settings=None), **kw)

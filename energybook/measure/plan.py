@@ -53,8 +53,8 @@ def model_name(model: str | Path) -> str:
 
 
 def results_stem(config: SweepConfig) -> str:
-    """The results file's name without ``.csv`` for a wave engine: ``grid`` (prefix mode) or ``full``."""
-    return "grid" if config.mode == "prefix" else "full"
+    """The results file's name without ``.csv`` for a wave engine: ``grid`` (prefix mode), ``full`` or ``sampled``."""
+    return "grid" if config.mode == "prefix" else config.mode
 
 
 def part_path(grid: Path, rank: int) -> Path:

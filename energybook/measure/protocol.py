@@ -31,7 +31,7 @@ from energybook.measure.settings import check as check_settings
 from energybook.measure.settings import is_settings
 from energybook.model.complexity import GRID, balanced_batch, check_positive  # noqa: F401 (balanced_batch: API)
 
-MODES = ("prefix", "full")
+MODES = ("prefix", "full", "sampled")
 SAMPLERS = ("thread", "process")
 #: Prompt tokens of a wave: seeded random ids, or one id repeated (to bound how much the data moves the power).
 PROMPTS = ("random", "repeated")

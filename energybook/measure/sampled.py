@@ -114,11 +114,13 @@ def sample_plan(points: Sequence[PointShape], per_octave: int = 2) -> SamplePlan
     return SamplePlan(tuple(prefill), decode, per_octave)
 
 
-def step_sum(xs: Sequence[float], ys: Sequence[float], a: int, b: int) -> float:
-    """Exact sum over the integers c = a..b of the piecewise-linear curve through (xs, ys).
+def step_sum(xs: Sequence[float], ys: Sequence[float], a: int, b: int, margin: float = 0.0) -> float:
+    """Exact sum over the integers c = a..b of the piecewise-linear curve through (xs, ys), its end segments
+    extended in a straight line up to ``margin`` beyond the samples.
 
     Raises:
-        ValueError: xs not strictly increasing, lengths that differ, or [a, b] not inside [xs[0], xs[-1]].
+        ValueError: xs not strictly increasing, lengths that differ, or [a, b] not inside the samples' range
+            widened by ``margin``.
     """
     if len(xs) != len(ys) or not xs:
         raise ValueError("xs and ys must be of one non-zero length")
@@ -126,9 +128,16 @@ def step_sum(xs: Sequence[float], ys: Sequence[float], a: int, b: int) -> float:
         raise ValueError(f"the sampled contexts must increase strictly, got {list(xs)}")
     if b < a:
         return 0.0
-    if a < xs[0] or b > xs[-1]:
+    if a < xs[0] - margin or b > xs[-1] + margin:
         raise ValueError(f"steps at contexts {a}..{b} lie outside the sampled {xs[0]}..{xs[-1]}: measure the "
                          "decode steps over the whole range (the plan's contexts)")
+    xs, ys = list(xs), list(ys)
+    if len(xs) > 1 and a < xs[0]:
+        ys.insert(0, ys[0] + (a - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0]))
+        xs.insert(0, a)
+    if len(xs) > 1 and b > xs[-1]:
+        ys.append(ys[-1] + (b - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+        xs.append(b)
     if len(xs) == 1:
         return float(ys[0]) * (b - a + 1)
     total = 0.0
@@ -176,13 +185,14 @@ class Assembled:
 
 
 def assemble(point: PointShape, prefill: dict[tuple[int, int], tuple[float, float]],
-             decode: dict[int, Sequence[tuple[int, float, float]]]) -> Assembled:
+             decode: dict[int, Sequence[tuple[float, float, float]]], margin: float = 0.0) -> Assembled:
     """A point from measured pieces.
 
     Args:
         point: The point.
         prefill: (n_in, batch) -> (energy in joules, seconds) of one prefill of the batch.
         decode: batch -> (context, energy per step in joules, seconds per step), sorted by context.
+        margin: How far (keys) the first and last samples' segments may be extended to cover the point's steps.
 
     Raises:
         KeyError: a piece the point needs was not measured (naming it).
@@ -202,8 +212,8 @@ def assemble(point: PointShape, prefill: dict[tuple[int, int], tuple[float, floa
         for c, e, s in samples:
             _positive(f"decode step at batch {point.batch}, context {c}", e, s)
         xs = [c for c, _, _ in samples]
-        e_steps = step_sum(xs, [e for _, e, _ in samples], lo, hi)
-        s_steps = step_sum(xs, [s for _, _, s in samples], lo, hi)
+        e_steps = step_sum(xs, [e for _, e, _ in samples], lo, hi, margin)
+        s_steps = step_sum(xs, [s for _, _, s in samples], lo, hi, margin)
     w = point.waves
     return Assembled(w * (e_p + e_steps), w * (s_p + s_steps), w * e_p, w * s_p, point.batch * w * point.n_out)
 

@@ -6,9 +6,9 @@
   power is the first check of the sampled protocol's validation).
 
 Each returns a callable that runs the piece once (no synchronisation); the caller repeats it over an energy
-window and divides. A decode piece runs ``STRIDE`` steps from ``context - STRIDE // 2`` (inside one graph bucket),
+window and divides. A decode piece runs ``STRIDE + 1`` steps from ``context - STRIDE // 2`` (inside one graph bucket),
 so that its mean context is the one asked for (the step cost is close to affine in the context) and the position
-is reset once per ``STRIDE`` steps rather than every step.
+is reset once per ``STRIDE + 1`` steps rather than every step.
 
 Used in :doc:`/book/experiment`.
 """
@@ -52,8 +52,9 @@ def prefill_piece(engine, n_in: int, batch: int) -> Callable[[], None]:
 
 
 def decode_piece(engine, batch: int, context: int) -> Callable[[], None]:
-    """``STRIDE`` decode steps whose mean context is ``context`` keys (the fed positions ``context - 1 - STRIDE // 2``
-    onwards, kept inside the bucket that holds ``context``), through the bucket's CUDA graph when there is one.
+    """``STRIDE + 1`` decode steps whose mean context is ``context`` keys (the fed positions from
+    ``context - 1 - STRIDE // 2``, kept inside the bucket that holds ``context``), through the bucket's CUDA graph
+    when there is one.
 
     Raises:
         RuntimeError: the batch or the bucket was not prepared (:func:`prepare_pieces`).
@@ -64,8 +65,8 @@ def decode_piece(engine, batch: int, context: int) -> Callable[[], None]:
     edges = engine.edges(w.cache_len)
     lo = max(e for e in edges if e <= context - 1)
     hi = min(e for e in edges if e > context - 1)
-    start = min(max(lo, context - 1 - STRIDE // 2), max(lo, hi - STRIDE))
-    steps = min(STRIDE, hi - start)
+    start = min(max(lo, context - 1 - STRIDE // 2), max(lo, hi - STRIDE - 1))
+    steps = min(STRIDE + 1, hi - start)  # odd: the mean context is exactly ``context`` away from bucket edges
     graph = w.graphs.get(lo)
     if lo not in w.paths:
         raise RuntimeError(f"bucket {lo}-{hi} of batch {batch} was not prepared (prepare_pieces)")
