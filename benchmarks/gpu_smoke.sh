@@ -58,6 +58,6 @@ for p in result_files(sys.argv[1] + "/measured"):
 PY
 grep -c "/tmp/\|/root" "$WS/Qwen2-1.5B.ipynb" | sed 's/^/local paths in the executed notebook: /'
 } 2>&1 | tee "$OUT/gpu_smoke.txt"
-cp "$WS"/measured/*/Llama-3.2-1B/grid.csv "$OUT/llama_grid.csv" 2>/dev/null
-cp "$WS"/measured/*/Llama-3.2-1B/grid.json "$OUT/llama_grid.json" 2>/dev/null
+cp "$WS"/measured/*/*/Llama-3.2-1B/grid.csv "$OUT/llama_grid.csv" 2>/dev/null
+cp "$WS"/measured/*/*/Llama-3.2-1B/grid.json "$OUT/llama_grid.json" 2>/dev/null
 cp "$WS/Qwen2-1.5B.ipynb" "$OUT/" 2>/dev/null

@@ -11,8 +11,8 @@
   "a scale matched to published per-layer statistics of real checkpoints": no such statistics are in this
   repository's references, so that variant waits for a cited source;
 * ``offgrid`` (issue 14): the 12 seeded off-grid pairs of :func:`energybook.measure.protocol.offgrid_points` for
-  Llama 3.2 1B and Qwen2 1.5B, into ``<data>/measured/<gpu>/<model>/offgrid.csv``, which ``scripts/calibrate.py``
-  evaluates every model on.
+  Llama 3.2 1B and Qwen2 1.5B, into ``<data>/measured/<gpu>/<engine>/<model>/offgrid.csv``, which
+  ``scripts/calibrate.py`` evaluates every model on.
 
 Each command is an ordinary ``energybook sweep`` into ``<data>/experiments/<gpu>/<experiment>/<name>.csv``
 (``<data>``: ``--data``, default the checkout's ``data/``)
@@ -76,7 +76,9 @@ def commands(engine: str, folder: str, data: str | None) -> dict[str, list[tuple
     pairs = [f"{a}x{b}" for a, b in offgrid_points()]
     for model in ("Llama-3.2-1B", "Qwen2-1.5B"):
         root = Path(data) if data else ROOT / "data"
-        csv = root / "measured" / folder / model / "offgrid.csv"
+        from energybook.store.workspace import engine_slug
+
+        csv = root / "measured" / folder / engine_slug(engine) / model / "offgrid.csv"
         out["offgrid"].append((f"{model.lower()}-offgrid", [
             "energybook", "sweep", "--model", model, "--engine", engine, "--pairs", *pairs, "--data", str(root),
             "--output", str(csv), "--note", "issue 14: off-grid check"]))

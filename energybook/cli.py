@@ -500,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", help="measure energy over an (n_in, n_out) grid on the GPU (resumable)")
     p.add_argument("--model", required=True, nargs="+", help="shipped model names, config.json files or "
                    "checkpoint directories, measured one after the other")
-    p.add_argument("--output", default=None, help="results CSV (default: <data>/measured/<gpu>/<model>/grid.csv)")
+    p.add_argument("--output", default=None,
+                   help="results CSV (default: <data>/measured/<gpu>/<engine>/<model>/grid.csv)")
     p.add_argument("--data", default=None, help=data_help)
     p.add_argument("--plan", action="store_true", help="print how a torchrun launch shares the work among its "
                    "ranks, and measure nothing")

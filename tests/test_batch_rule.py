@@ -16,7 +16,7 @@ from energybook.model import complexity as C
 from energybook.model import physics as P
 
 ROOT = Path(__file__).resolve().parents[1]
-H100 = ROOT / "data" / "measured" / "nvidia-h100-80gb-hbm3"
+H100 = ROOT / "data" / "measured" / "nvidia-h100-80gb-hbm3" / "hf"
 HF_GRIDS = sorted(H100.glob("*/*.csv"))
 LEAN_CORNERS = ROOT / "benchmarks" / "results" / "h100" / "lean_corners.csv"
 ENGINE_TARGETS = ROOT / "benchmarks" / "results" / "engine_targets.json"

@@ -314,7 +314,7 @@ def test_a_resume_with_another_protocol_says_what_to_do_and_is_not_stuck(tmp_pat
 def test_the_catalog_counts_a_point_once_when_a_merge_was_cut_short(tmp_path):
     from energybook.store import catalog
 
-    grid = tmp_path / "measured" / "simulated" / "m" / "grid.csv"
+    grid = tmp_path / "measured" / "simulated" / "hf" / "m" / "grid.csv"
     grid.parent.mkdir(parents=True)
     part = L.part_path(grid, 1)
     _write(grid, "gpu-a", [(8, 4), (8, 8)])
@@ -332,7 +332,7 @@ def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     data = tmp_path / "data"
     config = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=4, max_batch=4, min_window_s=0.0, cooldown_s=0.0)
-    grid = data / "measured" / "simulated" / cfg.stem / "grid.csv"
+    grid = data / "measured" / "simulated" / "hf" / cfg.stem / "grid.csv"
     part = L.shard(config.replace(engine_settings=runner.engine_settings("torch", cuda_graphs=False)),
                    [Point(16, 4), Point(16, 8)])
     res = runner.run_sweep(cfg, part, output=L.part_path(grid, 1), workspace=data, device="cpu",
@@ -367,7 +367,7 @@ def _rows(path: Path) -> list[dict]:
 def _check_complete(tmp_path, models, plan):
     """Every point once in each model's grid.csv, measured by the rank the plan gives it, with no part left."""
     for model in models:
-        grid = tmp_path / "data" / "measured" / "simulated" / L.model_name(model) / "grid.csv"
+        grid = tmp_path / "data" / "measured" / "simulated" / "hf" / L.model_name(model) / "grid.csv"
         run = R.load_measured(grid, allow_test_data=True)  # unique keys, checksums, UUIDs the sidecar lists
         assert sorted(zip(run.data.n_in, run.data.n_out, run.data.rep)) == sorted(p.key for p in
                                                                                  SweepConfig(**TINY).points)
@@ -394,7 +394,7 @@ def test_a_killed_rank_resumes_with_the_same_command(tmp_path):
     models = [tiny_config(tmp_path)]
     plan = L.make_plan(models, SweepConfig(**TINY), 2)
     assert plan.by == "group" and plan.ranks == (0, 1, 0)
-    grid = tmp_path / "data" / "measured" / "simulated" / models[0].stem / "grid.csv"
+    grid = tmp_path / "data" / "measured" / "simulated" / "hf" / models[0].stem / "grid.csv"
     killed = _torchrun(tmp_path, models, env={L.KILL_ENV: "1:1"})  # rank 1 dies after its first point
     assert killed.returncode != 0
     assert not grid.exists()  # rank 0 never merged

@@ -13,7 +13,7 @@ from energybook.store.workspace import Workspace
 
 
 def _write_run(folder, model="Llama-3.2-1B", test_data=True, points=((64, 64), (64, 128))):
-    path = Workspace(folder).results_path("NVIDIA H100 80GB HBM3", model)
+    path = Workspace(folder).results_path("NVIDIA H100 80GB HBM3", model, engine="torch")
     rf = R.ResultsFile(path)
     rf.start({"model": model, "gpu": "NVIDIA H100 80GB HBM3", "driver": "580.0", "torch": "2.11", "cuda": "13.0",
               "transformers": "5.17", "energybook": "0.1.0", "meter_method": "counter", "weights": "dummy",

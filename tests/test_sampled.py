@@ -128,9 +128,10 @@ def test_the_lean_engines_pieces_run_at_the_asked_context_on_a_tiny_cpu_model(tm
     assert eng._wave.tok.shape == tok.shape
 
 
-def test_step_sum_extends_its_end_segments_only_within_the_margin():
+def test_step_sum_extends_its_ends_flat_only_within_the_margin():
     xs, ys = [10, 20], [1.0, 2.0]
-    assert S.step_sum(xs, ys, 8, 22, margin=2) == pytest.approx(sum(1 + (c - 10) / 10 for c in range(8, 23)))
+    want = 2 * 1.0 + sum(1 + (c - 10) / 10 for c in range(10, 21)) + 2 * 2.0
+    assert S.step_sum(xs, ys, 8, 22, margin=2) == pytest.approx(want)
     with pytest.raises(ValueError, match="outside"):
         S.step_sum(xs, ys, 7, 20, margin=2)
 

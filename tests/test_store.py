@@ -86,10 +86,10 @@ def test_every_committed_file_loads_with_its_row_count():
         prov = run.provenance
         assert len(run.data) == prov["rows"] == len(prov["points"]), f
         assert list(run.data.columns) == R.COLUMNS
-        rel = f.relative_to(MEASURED / "nvidia-h100-80gb-hbm3").as_posix()
+        rel = f.relative_to(MEASURED / "nvidia-h100-80gb-hbm3" / "hf").as_posix()
         if rel in COMMITTED:
             assert len(run.data) == COMMITTED[rel], rel
-    assert set(COMMITTED) <= {f.relative_to(MEASURED / "nvidia-h100-80gb-hbm3").as_posix() for f in files}
+    assert set(COMMITTED) <= {f.relative_to(MEASURED / "nvidia-h100-80gb-hbm3" / "hf").as_posix() for f in files}
     assert len(R.load_measured(MEASURED)) == sum(len(R.load_measured(f).data) for f in files)
 
 
@@ -492,7 +492,7 @@ def test_a_json_that_is_not_an_energybook_sidecar_is_never_overwritten(tmp_path,
 # -- 7. schema-1 files load but are not appended to --------------------------------------------------------
 
 def test_a_schema_1_file_loads_but_is_not_appended_to(tmp_path):
-    src = MEASURED / "nvidia-h100-80gb-hbm3" / "Llama-3.2-1B" / "full-64x256.csv"
+    src = MEASURED / "nvidia-h100-80gb-hbm3" / "hf" / "Llama-3.2-1B" / "full-64x256.csv"
     path = tmp_path / "full.csv"
     shutil.copy(src, path)
     shutil.copy(R.sidecar_path(src), R.sidecar_path(path))

@@ -37,8 +37,8 @@ def test_never_inside_the_package():
 
 def test_paths_stay_inside(tmp_path):
     ws = Workspace(tmp_path)
-    path = ws.results_path("NVIDIA H100 80GB HBM3", "../../x")
-    assert path == tmp_path.resolve() / "measured" / "nvidia-h100-80gb-hbm3" / "x" / "grid.csv"
+    path = ws.results_path("NVIDIA H100 80GB HBM3", "../../x", engine="../torch")
+    assert path == tmp_path.resolve() / "measured" / "nvidia-h100-80gb-hbm3" / "hf" / "x" / "grid.csv"
     assert ws.engine_dir("../vllm").parent == tmp_path.resolve() / ".work"
     with pytest.raises(PathError, match="outside the workspace"):
         ws.inside(tmp_path.parent / "elsewhere.csv")
@@ -65,4 +65,4 @@ def test_default_output_is_a_slug_inside_the_workspace(tmp_path):
     res = S.run_sweep("x", workspace=tmp_path, engine=eng, meter=SimulatedMeter(clock=clock), device="cpu",
                       allow_test_data=True, n_in=[8], n_out=[4], n_req=2, progress=False, cooldown_s=0,
                       min_window_s=0)
-    assert res.path == tmp_path.resolve() / "measured" / "simulated" / "escape" / "grid.csv"
+    assert res.path == tmp_path.resolve() / "measured" / "simulated" / "hf" / "escape" / "grid.csv"

@@ -30,7 +30,7 @@ rank computes the same plan with no communication; ``energybook sweep ... --plan
   are whole milliseconds, so the sums are exact on every machine.
 
 **Files.** A model whose units all fall on one rank is *owned* by it: that rank writes
-``<data>/measured/<gpu>/<model>/grid.csv`` itself (an ordinary sweep, under the file's lock). A model shared
+``<data>/measured/<gpu>/<engine>/<model>/grid.csv`` itself (an ordinary sweep, under the file's lock). A model shared
 by several ranks is written by each of them into its own *part file* beside it, ``grid.part-<rank>.csv``: a
 complete results file with its sidecar and its own lock, holding the points of that rank's units. After all
 ranks are done (a barrier), rank 0 merges every part file into ``grid.csv`` (:func:`merge_parts`):
@@ -273,7 +273,7 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
             f"{info.get('gpu_uuid')}, {len(plan.for_rank(ranks.rank))} unit(s)")
         for model in plan.models_of(ranks.rank):
             name = model_name(model)
-            grid = runner.results_path(ws, output, gpu, name, plan.stem)
+            grid = runner.results_path(ws, output, gpu, name, plan.stem, engine=config.engine)
             left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - t0)
             if left is not None and left <= 0:
                 say(f"{tag} {name}: not started (time limit); rerun the same command to resume")
@@ -300,7 +300,7 @@ def run_launch(models: Sequence[str | Path], config: SweepConfig, ranks: Ranks, 
         if ranks.rank == 0:
             for model in plan.models:
                 name = model_name(model)
-                grid = runner.results_path(ws, output, gpu, name, plan.stem)
+                grid = runner.results_path(ws, output, gpu, name, plan.stem, engine=config.engine)
                 merged = merge_parts(grid)
                 if merged.parts:
                     say(f"{tag} {grid}: merged {merged.merged} points from {len(merged.parts)} part file(s)")

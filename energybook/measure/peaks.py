@@ -86,7 +86,8 @@ def measure_peaks(device: str = "cuda", meter=None, window_s: float = 2.0, idle_
         raise ValueError(f"window_s and idle_s must be at least 1 second (NVML's counter updates about every "
                          f"100 ms), got {window_s} and {idle_s}")
     from energybook.measure.meter import Meter, MeterUnavailable
-    from energybook.measure.runner import source_commit, utc
+    from energybook.measure.rows import utc
+    from energybook.measure.runner import source_commit
 
     try:
         import torch

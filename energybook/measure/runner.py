@@ -19,10 +19,8 @@ Used in :doc:`/book/experiment` and :doc:`/book/reproduce`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import platform
 import random
 import shlex
@@ -38,6 +36,8 @@ from energybook.measure import estimate
 from energybook.measure.meter import MeterError
 from energybook.measure.plan import merge_parts, model_name, part_files, results_stem
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
+from energybook.measure.rows import Window, make_row, utc  # noqa: F401 - re-exported: this module's names before
+from energybook.measure.rows import measuring as _measuring
 from energybook.measure.settings import to_record as settings_record
 from energybook.store import results as R
 from energybook.store.peaks import find_peaks
@@ -49,9 +49,6 @@ WORKLOAD = ("n_req identical requests of exactly n_in random prompt tokens and n
             "(EOS ignored, counts verified); energy_j from NVML's total-energy counter")
 
 
-def utc(t: float | None = None) -> str:
-    """An epoch time (default: now) as ISO 8601 UTC."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def source_commit() -> str | None:
@@ -147,10 +144,12 @@ def _default_meter(device: str, config: SweepConfig, external: bool = False):
     return Meter.for_device(device, **kwargs)
 
 
-def results_path(workspace: Workspace, output: str | Path | None, gpu: str, model: str, stem: str) -> Path:
-    """The results CSV: ``output`` (checked to stay inside the workspace) or the workspace's default."""
+def results_path(workspace: Workspace, output: str | Path | None, gpu: str, model: str, stem: str, *,
+                 engine: str) -> Path:
+    """The results CSV: ``output`` (checked to stay inside the workspace) or the workspace's default,
+    ``measured/<gpu>/<engine>/<model>/<stem>.csv`` (``engine``: the registered name, ``torch`` filed as ``hf``)."""
     if output is None:
-        return workspace.results_path(gpu, model, stem)
+        return workspace.results_path(gpu, model, stem, engine=engine)
     out = Path(output).expanduser().resolve()
     if out.suffix != ".csv":
         raise PathError(f"--output {output} must name a .csv file (its sidecar is the same name with .json)")
@@ -206,7 +205,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         model: Shipped model name, config.json path or checkpoint directory (for an external engine:
             what its ``--model`` takes).
         config: The protocol; default ``SweepConfig(**protocol)``.
-        output: Results CSV inside the workspace; default ``measured/<gpu>/<model>/grid.csv``
+        output: Results CSV inside the workspace; default ``measured/<gpu>/<engine>/<model>/grid.csv``
             (``full.csv`` in full mode, ``<engine>-grid.csv`` for an external engine).
         workspace: The data folder (:meth:`energybook.store.workspace.Workspace.resolve`).
         engine: An engine's registered name (default ``config.engine``), or an engine object.
@@ -241,6 +240,9 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         raise RuntimeError("device='cpu' measures nothing real: pass allow_test_data=True (tests only) or run on an "
                            "NVIDIA GPU with device='cuda'")
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    if config.mode == "sampled" and config.engine != "lean":
+        raise ValueError(f"the sampled protocol measures with the lean engine, not {config.engine!r}: add "
+                         "--engine lean, or use --mode prefix (or full) with this engine")
     if engine is None:
         engine = build_engine(model, config, device=device, workspace=ws)
     external = EN.is_command_engine(engine)
@@ -262,7 +264,7 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
     if external:
         name = Path(name).name if Path(name).exists() else name
     stem = f"{config.engine}-grid" if external else results_stem(config)
-    path = results_path(ws, output, env.get("gpu", "gpu"), name, stem)
+    path = results_path(ws, output, env.get("gpu", "gpu"), name, stem, engine=config.engine)
     if not external and part_files(path):  # a killed torchrun launch left them: merged, neither lost nor redone
         merged = merge_parts(path)
         if merged.parts:
@@ -283,31 +285,14 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         todo = [p for p in config.points if p.key not in done]
         skipped = len(config.points) - len(todo)
         loop = _sweep_commands if external else _sweep_waves
+        if config.mode == "sampled" and not external:
+            from energybook.measure.sampled_sweep import sweep_sampled  # it uses this module's row builder
+
+            loop = sweep_sampled
         measured, log = loop(engine, meter, rf, todo, config, name, env, progress, stop_after, time_limit_s, t_start)
     return SweepResult(path, measured, skipped, time.perf_counter() - t_start, log, len(todo) - measured, config)
 
 
-@contextlib.contextmanager
-def _measuring(meter, progress: bool, total: int, desc: str):
-    """The meter's sampler running and a progress bar (or None) for the loop; both closed on any exit.
-
-    The bar names the GPU (its UUID's first characters) and, in a launch, takes the line of its local rank, so
-    the ranks of one machine show one live bar each.
-    """
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        uuid = str(meter.device_info().get("gpu_uuid") or "")
-        gpu = f" [GPU {uuid[4:12]}]" if uuid.startswith("GPU-") else ""
-        bar = tqdm(total=total, unit="point", desc=desc + gpu, position=int(os.environ.get("LOCAL_RANK", 0) or 0))
-    meter.start()
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-        meter.stop()
 
 
 def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: SweepConfig, name: str, env,
@@ -423,69 +408,8 @@ def _free() -> None:
         pass
 
 
-@dataclass
-class Window:
-    """Energy and time of a part of a window (the prefills, say)."""
-
-    energy_j: float
-    duration_s: float
 
 
-def make_row(name: str, n_in: int, n_out: int, n_req: int, rep: int, mode: str, reading, env: dict[str, Any], *,
-             engine: str, scale: float = 1.0, tokens_out: int | None = None, batch: int | None = None,
-             waves: int | None = None, measured_waves: int | None = None, repeats: int = 1,
-             prefill: Window | None = None, state=None, oom_retries: int | None = None,
-             window_kind: str = "generation", tokens_match: bool | None = True, started: float | None = None,
-             finished: float | None = None) -> R.Row:
-    """The one row builder: a meter reading of a window, scaled to the whole point, as a :class:`Row`.
-
-    Args:
-        name: The model's name.
-        n_in: Prompt tokens per request.
-        n_out: Output tokens per request.
-        n_req: Requests of the point.
-        rep: Repetition index.
-        mode: ``prefix``, ``full``, ``prefix+repeat`` or ``external``.
-        reading: The meter's :class:`~energybook.measure.meter.Reading` of the window.
-        env: The sweep's environment (GPU name and UUID).
-        engine: The engine's registered name.
-        scale: Point energy / window energy (the waves counted but not run, or 1/repeats).
-        tokens_out: Output tokens of the point (default ``n_req * n_out``).
-        batch: Requests per wave.
-        waves: Waves of the point.
-        measured_waves: Waves run in the window.
-        repeats: Back-to-back repeats in the window.
-        prefill: Energy and time of the prefills in the window.
-        state: The meter's :class:`~energybook.measure.meter.GpuState` over the window.
-        oom_retries: Batch halvings before this point fitted.
-        window_kind: ``generation``, ``bench`` or ``process``.
-        tokens_match: Whether the tokens served equal those asked for.
-        started: Epoch time the point's group started.
-        finished: Epoch time the point finished.
-    """
-    energy = reading.energy_j * scale
-    duration = reading.duration_s * scale
-    tokens_out = n_req * n_out if tokens_out is None else tokens_out
-    pre_e = prefill.energy_j * scale if prefill is not None else None
-    pre_s = prefill.duration_s * scale if prefill is not None else None
-    nan = float("nan")
-    return R.Row(
-        model=name, n_in=n_in, n_out=n_out, n_req=n_req, batch=batch, waves=waves, measured_waves=measured_waves,
-        rep=rep, mode=mode, energy_j=energy, energy_j_power500=reading.energy_j_power500 * scale,
-        energy_j_power100=reading.energy_j_power100 * scale, duration_s=duration, tokens_in=n_req * n_in,
-        tokens_out=tokens_out, j_per_token=energy / tokens_out if tokens_out > 0 else nan,
-        tokens_per_j=tokens_out / energy if energy > 0 else nan,
-        power_w=reading.power_w, prefill_energy_j=pre_e, prefill_s=pre_s,
-        decode_energy_j=energy - pre_e if pre_e is not None else None,
-        decode_s=duration - pre_s if pre_s is not None else None,
-        window_s=reading.duration_s, repeats=repeats, ticks=reading.ticks,
-        temperature_c=getattr(state, "temperature_c", nan), temperature_max_c=getattr(state, "temperature_max_c", nan),
-        sm_clock_mhz=getattr(state, "sm_clock_mhz", nan), power_limit_w=getattr(state, "power_limit_w", nan),
-        oom_retries=oom_retries, gpu=env.get("gpu"), started_at=utc(started), finished_at=utc(finished),
-        gpu_uuid=env.get("gpu_uuid"), engine=engine, window_kind=window_kind, tokens_match=tokens_match,
-        meter_method=reading.method, samples=getattr(reading, "samples", None),
-        meter_wraps=getattr(reading, "wraps", 0), meter_errors=getattr(reading, "errors", 0),
-        throttle_reasons=getattr(reading, "throttle_reasons", "") or "")
 
 
 def measure_group(engine, meter, g: Group, config: SweepConfig, name: str, env) -> tuple[list[R.Row], list[int]]:

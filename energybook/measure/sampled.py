@@ -115,8 +115,8 @@ def sample_plan(points: Sequence[PointShape], per_octave: int = 2) -> SamplePlan
 
 
 def step_sum(xs: Sequence[float], ys: Sequence[float], a: int, b: int, margin: float = 0.0) -> float:
-    """Exact sum over the integers c = a..b of the piecewise-linear curve through (xs, ys), its end segments
-    extended in a straight line up to ``margin`` beyond the samples.
+    """Exact sum over the integers c = a..b of the piecewise-linear curve through (xs, ys), extended flat up to
+    ``margin`` beyond the first and last samples.
 
     Raises:
         ValueError: xs not strictly increasing, lengths that differ, or [a, b] not inside the samples' range
@@ -132,12 +132,12 @@ def step_sum(xs: Sequence[float], ys: Sequence[float], a: int, b: int, margin: f
         raise ValueError(f"steps at contexts {a}..{b} lie outside the sampled {xs[0]}..{xs[-1]}: measure the "
                          "decode steps over the whole range (the plan's contexts)")
     xs, ys = list(xs), list(ys)
-    if len(xs) > 1 and a < xs[0]:
-        ys.insert(0, ys[0] + (a - xs[0]) * (ys[1] - ys[0]) / (xs[1] - xs[0]))
+    if a < xs[0]:  # flat: a slope from two close, noisy samples would amplify their noise
         xs.insert(0, a)
-    if len(xs) > 1 and b > xs[-1]:
-        ys.append(ys[-1] + (b - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+        ys.insert(0, ys[0])
+    if b > xs[-1]:
         xs.append(b)
+        ys.append(ys[-1])
     if len(xs) == 1:
         return float(ys[0]) * (b - a + 1)
     total = 0.0

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from energybook.measure import sampled as S
+from energybook.measure.rows import make_row
+from energybook.measure.rows import measuring as _measuring
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class PieceReading:
 
 @dataclass
 class AssembledReading:
-    """A point's pieces summed: the reading :func:`energybook.measure.runner.make_row` takes."""
+    """A point's pieces summed: the reading :func:`energybook.measure.rows.make_row` takes."""
 
     energy_j: float
     energy_j_power500: float
@@ -87,7 +89,6 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
                   time_limit_s: float | None, t_start: float, per_octave: int = 2) -> tuple[int, list[str]]:
     """Measure ``todo`` with the sampled protocol; returns (points appended, log lines)."""
     from energybook.measure.lean import pieces as P
-    from energybook.measure.runner import _measuring, make_row
 
     points = {(p.n_in, p.n_out): p for p in todo}
     shapes = S.shapes(sorted(points), config.n_req, lambda a, b: min(config.max_batch, engine.batch_limit(a, b)))

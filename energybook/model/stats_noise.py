@@ -55,7 +55,7 @@ def repeat_noise(repeats: pd.DataFrame, y: str = "j_per_token") -> RepeatNoise:
     """Estimate the relative repeat noise from a table of repeated measurements.
 
     Args:
-        repeats: One row per run (e.g. the full-mode files ``data/measured/*/*/full-*.csv``, three
+        repeats: One row per run (e.g. the full-mode files ``data/measured/*/*/*/full-*.csv``, three
             repeats of a few points each), with ``n_in``, ``n_out``, ``y`` and optionally ``model`` and
             ``gpu``. Rows with equal (gpu, model, n_in, n_out) are repeats of one point.
         y: Energy column (joules per output token).

@@ -1,7 +1,11 @@
 """Every results file of a workspace, found, loaded and checked.
 
-:func:`result_files` lists the results CSVs under a workspace's ``measured/`` folder; a CSV without its
-provenance sidecar is reported (a warning, and :func:`orphans` names them), never skipped silently.
+:func:`result_files` lists the results CSVs under a workspace's ``measured/`` folder
+(``<gpu>/<engine>/<model>/<name>.csv``, :meth:`energybook.store.workspace.Workspace.results_path`, or any
+depth); a CSV without its provenance sidecar is reported (a warning, and :func:`orphans` names them), never
+skipped silently. Files of the older layout without the engine folder (``<gpu>/<model>/<name>.csv``) load as
+well, with one warning per folder that names the command moving them
+(:func:`energybook.store.workspace.migrate_layout`).
 :func:`measured_runs` loads each with :func:`energybook.store.results.load_measured`, which checks it
 against its sidecar and refuses test data.
 
@@ -14,9 +18,10 @@ import logging
 from pathlib import Path
 
 from energybook.store import results as R
-from energybook.store.workspace import Workspace
+from energybook.store.workspace import MIGRATE_COMMAND, Workspace, old_layout
 
 logger = logging.getLogger(__name__)
+_warned_old: set[Path] = set()  # measured folders whose older layout was already reported
 
 
 def measured_dir(root: str | Path | None = None) -> Path:
@@ -36,6 +41,18 @@ def _csvs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.csv") if not p.name.startswith("."))
 
 
+def _warn_old_layout(folder: Path, files: list[Path]) -> None:
+    """Warn once per measured folder about results files of the older layout (no engine folder)."""
+    old = [p for p in files if old_layout(p, folder)]
+    key = folder.resolve()
+    if old and key not in _warned_old:
+        _warned_old.add(key)
+        root = key.parent if key.name == "measured" else key
+        logger.warning("%d results file(s) under %s lie in the older layout <gpu>/<model>/ (%s...), without the "
+                       "engine folder <gpu>/<engine>/<model>/: they load as they are; move them with `%s`",
+                       len(old), folder, old[0].relative_to(folder), MIGRATE_COMMAND.format(root=str(root)))
+
+
 def orphans(root: str | Path | None = None) -> list[Path]:
     """Results CSVs that have no provenance sidecar (not loaded; measure again or restore the sidecar)."""
     return [p for p in _csvs(measured_dir(root)) if not R.sidecar_path(p).exists()]
@@ -46,7 +63,9 @@ def result_files(root: str | Path | None = None) -> list[Path]:
 
     A CSV without a sidecar is logged as a warning, with what to do.
     """
-    files = _csvs(measured_dir(root))
+    folder = measured_dir(root)
+    files = _csvs(folder)
+    _warn_old_layout(folder, files)
     for p in files:
         if not R.sidecar_path(p).exists():
             logger.warning("%s has no provenance sidecar (%s) and is not loaded: restore the sidecar from git, "

@@ -1,6 +1,6 @@
 """Measured results on disk: one tidy CSV per (GPU, model, protocol) run plus a provenance sidecar.
 
-Layout: ``data/measured/<gpu-slug>/<model>/<name>.csv`` with ``<name>.json`` beside it. The CSV holds one row
+Layout: ``data/measured/<gpu-slug>/<engine>/<model>/<name>.csv`` with ``<name>.json`` beside it. The CSV holds one row
 per measured point (columns :data:`COLUMNS`, one vocabulary with the book); the sidecar records what ran,
 where, when and how (GPU name and UUID, driver, CUDA, torch, transformers and energybook versions, engine
 settings, dtype, weights kind, meter method, the protocol, start and end time of every point, the command that
