@@ -430,7 +430,8 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("engine", "energybook's torch engine, or TensorRT-LLM / vLLM through their benchmark "
                              "commands (these two are untested on real engines here)")
-    g.add_argument("--engine", choices=EN.engine_names(), default="torch", help="the engine that generates")
+    g.add_argument("--engine", choices=EN.engine_names(), default="lean",
+                   help="the engine that generates (hf: the transformers-based one, which measured the H100 grids)")
     s = p.add_argument_group("engine settings", "each engine's settings (energybook.engine_settings), one flag per "
                              "field; the engines that take a flag are named in its help, and the sidecar records "
                              "every field")

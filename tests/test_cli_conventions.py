@@ -209,7 +209,7 @@ def test_sweep_json_goes_with_plan(capsys):
 @pytest.mark.parametrize("command, shown", [
     ("predict", ["(default: 1024)", "(default: h100)", "(default: the engine's KV-memory rule)"]),
     ("counts", ["(default: 64)", "(default: 256)"]),
-    ("sweep", ["(default: 1000)", "(default: torch)", "(default: normal:0.02)"]),
+    ("sweep", ["(default: 1000)", "(default: lean)", "(default: normal:0.02)"]),
 ])
 def test_help_shows_the_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as exit_:

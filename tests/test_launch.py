@@ -27,7 +27,8 @@ STUDY = ["Llama-3.2-1B", "OPT-1.3B", "Qwen2-1.5B", "Llama-3.1-8B", "Gemma-2-9B"]
 #: The launches' protocol, as the command line below gives it (min_window 0 and cooldown 0: tests only).
 TINY = dict(n_in=[8, 16, 32], n_out=[4, 8], n_req=4, max_batch=4, min_window_s=0.0, cooldown_s=0.0)
 ARGS = ["--device", "cpu", "--allow-test-data", "--n-in", "8", "16", "32", "--n-out", "4", "8", "--n-req", "4",
-        "--max-batch", "4", "--min-window", "0", "--cooldown", "0", "--graphs", "off", "--no-progress"]
+        "--max-batch", "4", "--min-window", "0", "--cooldown", "0", "--engine", "hf", "--graphs", "off",
+        "--no-progress"]
 
 
 # -- the plan -----------------------------------------------------------------------------------------------
@@ -331,7 +332,8 @@ def test_the_catalog_counts_a_point_once_when_a_merge_was_cut_short(tmp_path):
 def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     data = tmp_path / "data"
-    config = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=4, max_batch=4, min_window_s=0.0, cooldown_s=0.0)
+    config = SweepConfig(n_in=[8, 16], n_out=[4, 8], n_req=4, max_batch=4, min_window_s=0.0, cooldown_s=0.0,
+                         engine="torch")
     grid = data / "measured" / "simulated" / "hf" / cfg.stem / "grid.csv"
     part = L.shard(config.replace(engine_settings=runner.engine_settings("torch", cuda_graphs=False)),
                    [Point(16, 4), Point(16, 8)])
@@ -340,7 +342,7 @@ def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):
     assert res.measured == 2 and res.remaining == 0
     argv = ["sweep", "--model", str(cfg), "--data", str(data), "--device", "cpu", "--allow-test-data", "--n-in", "8",
             "16", "--n-out", "4", "8", "--n-req", "4", "--max-batch", "4", "--min-window", "0", "--cooldown", "0",
-            "--graphs", "off", "--no-progress"]
+            "--engine", "torch", "--graphs", "off", "--no-progress"]
     assert cli.main(argv) == 0
     assert "2 points measured, 2 already there, 0 left" in capsys.readouterr().out
     run = R.load_measured(grid, allow_test_data=True)

@@ -11,6 +11,7 @@ import pytest
 from energybook.measure import protocol as P
 from energybook.measure import runner as S
 from energybook.measure.meter import SimulatedMeter
+from energybook.measure.protocol import SweepConfig
 from energybook.measure.torch_engine import Wave, WaveTimes
 from energybook.store import results as R
 
@@ -253,7 +254,7 @@ def test_what_the_meter_saw_reaches_the_row(tmp_path):
     assert set(df["throttle_reasons"]) == {"sw_power_cap|hw_slowdown"}
     assert (df["meter_wraps"] == 1).all() and (df["meter_errors"] == 0).all()
     assert (df["ticks"] == 12).all() and (df["samples"] == 11).all()
-    assert set(df["engine"]) == {"torch"} and set(df["window_kind"]) == {"generation"}
+    assert set(df["engine"]) == {SweepConfig.engine} and set(df["window_kind"]) == {"generation"}
 
 
 def test_measuring_minutes_add_up_over_resumed_runs(tmp_path):

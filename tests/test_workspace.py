@@ -4,6 +4,7 @@ import pytest
 
 from energybook.measure import runner as S
 from energybook.measure.meter import SimulatedMeter
+from energybook.measure.protocol import SweepConfig
 from energybook.store.workspace import PACKAGE_DIR, PathError, Workspace, checkout_root, gpu_slug, slug
 from tests.test_sweep import Clock, FakeEngine
 
@@ -62,7 +63,7 @@ def test_default_output_is_a_slug_inside_the_workspace(tmp_path):
     clock = Clock()
     eng = FakeEngine(clock)
     eng.name = "../../escape"
-    res = S.run_sweep("x", workspace=tmp_path, engine=eng, meter=SimulatedMeter(clock=clock), device="cpu",
-                      allow_test_data=True, n_in=[8], n_out=[4], n_req=2, progress=False, cooldown_s=0,
-                      min_window_s=0)
+    config = SweepConfig(n_in=[8], n_out=[4], n_req=2, cooldown_s=0, min_window_s=0, engine="torch")
+    res = S.run_sweep("x", config, workspace=tmp_path, engine=eng, meter=SimulatedMeter(clock=clock), device="cpu",
+                      allow_test_data=True, progress=False)
     assert res.path == tmp_path.resolve() / "measured" / "simulated" / "hf" / "escape" / "grid.csv"

@@ -196,7 +196,7 @@ class SweepConfig:
     weight_init: str = "normal:0.02"
     prompts: str = "random"
     pairs: tuple[tuple[int, int], ...] = ()
-    engine: str = "torch"
+    engine: str = "lean"
     note: str = ""
     engine_settings: Any = None
 
