@@ -84,3 +84,23 @@ def test_h100_runbook_runs_on_an_h100_only(tmp_path):
     bogus = run("H100 80GB HBM3", "everything")
     assert bogus.returncode == 2 and "unknown part 'everything'" in bogus.stderr
     assert (tmp_path / "out" / "gpu.txt").read_text().startswith("GPU 0: NVIDIA H100")
+
+
+def test_the_runbook_refuses_a_call_without_models_or_gpu(tmp_path):
+    import shutil
+    import subprocess
+
+    import pytest
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "runbook.sh"
+    usage = subprocess.run([bash, str(script), str(tmp_path), "60"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: bash benchmarks/runbook.sh" in usage.stderr
+    env = {"PATH": str(tmp_path)}  # no nvidia-smi on this PATH
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    nogpu = subprocess.run([bash, str(script), str(tmp_path / "d"), "60", "Llama-3.2-1B"], capture_output=True,
+                           text=True, env=env)
+    assert nogpu.returncode == 1 and "no GPU here" in nogpu.stderr

@@ -29,6 +29,8 @@ MIN_PIECE_WINDOW_S = 1.0
 """Shortest window of a piece (seconds): ten updates of NVML's energy counter."""
 WARMUP_RUNS = 2
 """Runs of a piece before its window (caches, clocks)."""
+PREPARE_S = 20.0
+"""Seconds assumed for one batch's preparation (compilation and graph capture) in the ETA."""
 
 
 @dataclass
@@ -95,6 +97,14 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
     plan = S.sample_plan(shapes, per_octave)
     log = [f"sample plan: {plan.n_samples} pieces for {len(shapes)} points ({per_octave} decode contexts per "
            "doubling)"]
+    batches = len({s.batch for s in shapes})
+    eta = plan.n_samples * (max(MIN_PIECE_WINDOW_S, config.min_window_s) + 0.2) + batches * (
+        PREPARE_S + config.cooldown_s)
+    line = (f"{name}: {plan.n_samples} pieces over {batches} batches, about {eta / 60:.1f} min (windows, plus "
+            f"{PREPARE_S:.0f} s of compilation and capture per batch: a rough figure until measured sidecars "
+            "calibrate it)")
+    logger.info("%s", line)
+    log.append(f"ETA {line}")
     measured = 0
     by_batch: dict[int, list[S.PointShape]] = {}
     for s in shapes:
