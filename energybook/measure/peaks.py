@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from typing import Any
 
 from energybook.store.peaks import Peaks
 
@@ -135,7 +134,3 @@ def describe(peaks: Peaks) -> str:
         f"  memory           {peaks.memory_bytes / 2 ** 30:7.1f} GiB",
     ])
 
-
-def record(peaks: Peaks) -> dict[str, Any]:
-    """The peaks as plain data (the JSON of ``energybook peaks --json``)."""
-    return peaks.to_record()

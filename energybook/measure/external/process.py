@@ -72,6 +72,14 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def timeout_option():
+    """The ``timeout_s`` field of an external engine's settings (``--timeout``): one flag for both plugins."""
+    from energybook.measure.settings import option
+
+    return option(DEFAULT_TIMEOUT_S, "time limit per external command (seconds), then it is stopped",
+                  flag="--timeout", low=1e-3, high=MAX_TIMEOUT_S)
+
+
 def check_timeout(timeout_s: float) -> float:
     """``timeout_s`` as a float if it is a positive, finite number of seconds.
 

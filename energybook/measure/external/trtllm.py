@@ -28,12 +28,12 @@ from energybook.measure.engines import register_engine
 from energybook.measure.external.point import NUM, BenchEngine, ExternalRun, _inside, _tag
 from energybook.measure.external.process import (
     DEFAULT_TIMEOUT_S,
-    MAX_TIMEOUT_S,
     PACKAGES,
     CommandRun,
     check_timeout,
     installed_version,
     measure_command,
+    timeout_option,
 )
 from energybook.measure.settings import option
 
@@ -433,8 +433,7 @@ class TrtllmOptions:
 
     model_path: str | None = option(None, "local checkpoint folder (trtllm-bench --model_path)")
     engine_dir: str | None = option(None, "an engine already built (trtllm-bench --engine_dir)")
-    timeout_s: float = option(DEFAULT_TIMEOUT_S, "time limit per external command (seconds), then it is stopped",
-                              flag="--timeout", low=1e-3, high=MAX_TIMEOUT_S)
+    timeout_s: float = timeout_option()
     executable: str = option("trtllm-bench", "the benchmark command (a name on PATH or a full path)")
 
 

@@ -23,10 +23,10 @@ from energybook.measure.engines import register_engine
 from energybook.measure.external.point import NUM, BenchEngine, ExternalRun
 from energybook.measure.external.process import (
     DEFAULT_TIMEOUT_S,
-    MAX_TIMEOUT_S,
     PACKAGES,
     check_timeout,
     installed_version,
+    timeout_option,
 )
 from energybook.measure.settings import option
 
@@ -251,8 +251,7 @@ class VllmBenchEngine(BenchEngine):
 class VllmOptions:
     """The ``vllm`` engine's settings in a sweep (its engine settings are :data:`STUDY_VLLM`, the study's)."""
 
-    timeout_s: float = option(DEFAULT_TIMEOUT_S, "time limit per external command (seconds), then it is stopped",
-                              flag="--timeout", low=1e-3, high=MAX_TIMEOUT_S)
+    timeout_s: float = timeout_option()
     executable: str = option("vllm", "the benchmark command (a name on PATH or a full path)")
 
 

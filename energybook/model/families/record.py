@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from energybook.model.families.compute import Unsupported, read_llama_like
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +97,6 @@ class Family:
             energybook.model.families.compute.Unsupported: the configuration asks for what the spec cannot express,
                 or the family has no compute spec.
         """
-        from dataclasses import replace
-
-        from energybook.model.families.compute import Unsupported, read_llama_like
-
         if self.compute is None:
             raise Unsupported(f"the {self.model_type!r} family's record has no compute spec")
         if callable(self.compute):
