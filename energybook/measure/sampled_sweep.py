@@ -114,7 +114,7 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
             if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s:
                 log.append(f"stopped at the time limit, batches {sorted(b for b in by_batch if b >= batch)} left")
                 break
-            started = time.time()
+            started, t_batch = time.time(), time.perf_counter()
             contexts = plan.decode.get(batch, ())
             lengths = tuple(sorted({s.n_in for s in mine}))
             P.prepare_pieces(engine, batch, contexts, lengths)
@@ -125,6 +125,10 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
                 run = P.decode_piece(engine, batch, c)
                 decode.append((run.mean_context, measure_piece(engine, meter, run, config.min_window_s), run.steps))
             engine.release_wave()
+            # the batch's GPU time (compilation, capture, warm-ups, windows and the cooldown after it), shared by
+            # its points: what the sidecar's measuring_minutes adds up (the windows alone would count shared pieces
+            # twice and miss the compilation)
+            share = (time.perf_counter() - t_batch + config.cooldown_s) / len(mine)
             for s in mine:
                 reading, used = _assemble(s, prefill, decode)
                 p = points[(s.n_in, s.n_out)]
@@ -135,7 +139,7 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
                                prefill=_Window(pre.energy_j * s.waves, pre.duration_s * s.waves),
                                window_kind="sampled", started=started, finished=time.time())
                 row = dataclasses.replace(row, window_s=used)
-                rf.append(row, {"gpu_uuid": env.get("gpu_uuid"), "measuring_s": round(used, 3),
+                rf.append(row, {"gpu_uuid": env.get("gpu_uuid"), "measuring_s": round(share, 3),
                                 "decode_contexts": list(contexts), "integration": S.INTEGRATION_RULE})
                 measured += 1
                 if bar is not None:
