@@ -1,0 +1,178 @@
+"""The sampled protocol against the full one: the same points of one model, on one GPU and one engine, measured
+both ways (``full.csv`` and ``sampled.csv`` in one results folder), compared in output tokens per joule.
+
+:func:`compare` pairs two loaded files point by point and refuses a pair that differs in anything but the protocol
+(GPU, engine, model, requests, batch cap, weights, prompts, seed, engine settings); :func:`find_pairs` lists the
+folders under a data folder that hold both files; :data:`TARGETS` holds the bounds the sampled protocol must meet
+(issue 22). The comparison's error is ``(sampled - full) / full`` of ``tokens_per_j``, in percent.
+
+Used in :doc:`/book/protocols`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from energybook.report.provenance import measuring_minutes
+from energybook.store.loader import MeasuredRun, load_measured
+
+#: What the sampled protocol must meet against the full one, in tokens/J: the mean absolute error (%) and the
+#: largest absolute error of any point (%).
+TARGETS = {"mape_pct": 1.0, "max_abs_pct": 2.5}
+#: Protocol fields that must agree for two files to be compared (the mode is the one allowed difference).
+_SAME = ("n_req", "max_batch", "seed", "weight_init", "prompts", "engine")
+
+
+@dataclass(frozen=True)
+class ProtocolCheck:
+    """One model's full-against-sampled comparison.
+
+    Attributes:
+        model, gpu, gpu_uuid, engine: What was measured, and where.
+        table: One row per common point: n_in, n_out, batch, tokens_per_j_full, tokens_per_j_sampled,
+            error_pct (pandas DataFrame, sorted by n_in then n_out).
+        full_minutes, sampled_minutes: GPU-minutes each file's sidecar records for these points' file.
+        full_path, sampled_path: The two results files.
+    """
+
+    model: str
+    gpu: str
+    gpu_uuid: str
+    engine: str
+    table: Any
+    full_minutes: float
+    sampled_minutes: float
+    full_path: Path
+    sampled_path: Path
+
+    @property
+    def n_points(self) -> int:
+        return len(self.table)
+
+    @property
+    def mape_pct(self) -> float:
+        """Mean absolute error of the sampled tokens/J (%)."""
+        return float(self.table["error_pct"].abs().mean())
+
+    @property
+    def max_abs_pct(self) -> float:
+        """Largest absolute error of a point (%)."""
+        return float(self.table["error_pct"].abs().max())
+
+    @property
+    def bias_pct(self) -> float:
+        """Mean signed error (%): positive when the sampled protocol reads more tokens per joule."""
+        return float(self.table["error_pct"].mean())
+
+    @property
+    def passed(self) -> bool:
+        """Whether both :data:`TARGETS` hold."""
+        return self.mape_pct <= TARGETS["mape_pct"] and self.max_abs_pct <= TARGETS["max_abs_pct"]
+
+    def summary(self) -> dict[str, Any]:
+        """One line of the book's table (units in the keys)."""
+        return {"model": self.model, "gpu": self.gpu, "gpu_uuid": self.gpu_uuid, "engine": self.engine,
+                "points": self.n_points, "mape_pct": round(self.mape_pct, 3),
+                "max_abs_pct": round(self.max_abs_pct, 3), "bias_pct": round(self.bias_pct, 3),
+                "passed": self.passed, "full_minutes": round(self.full_minutes, 2),
+                "sampled_minutes": round(self.sampled_minutes, 2)}
+
+
+def _engine(prov: dict[str, Any]) -> str:
+    eng = prov.get("engine")
+    return str(eng.get("engine") if isinstance(eng, dict) else eng or (prov.get("protocol") or {}).get("engine"))
+
+
+def _differences(full: MeasuredRun, sampled: MeasuredRun) -> list[str]:
+    pf, ps = full.provenance, sampled.provenance
+    out = []
+    for key in ("model", "gpu", "gpu_uuid"):
+        if pf.get(key) != ps.get(key):
+            out.append(f"{key} {pf.get(key)!r} against {ps.get(key)!r}")
+    if _engine(pf) != _engine(ps):
+        out.append(f"engine {_engine(pf)!r} against {_engine(ps)!r}")
+    qf, qs = pf.get("protocol") or {}, ps.get("protocol") or {}
+    for key in _SAME:
+        if qf.get(key) != qs.get(key):
+            out.append(f"protocol {key} {qf.get(key)!r} against {qs.get(key)!r}")
+    if (pf.get("engine_settings") or None) != (ps.get("engine_settings") or None):
+        out.append("engine settings differ")
+    return out
+
+
+def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -> ProtocolCheck:
+    """Compare a full-protocol file with a sampled one, point by point (the points both hold).
+
+    Args:
+        full, sampled: Loaded runs (:func:`energybook.store.loader.load_measured`) or their CSV paths.
+
+    Raises:
+        ValueError: the files are not both of their mode, differ in anything but the protocol (named), or share
+            no point.
+    """
+    import pandas as pd
+
+    full = full if isinstance(full, MeasuredRun) else load_measured(full)
+    sampled = sampled if isinstance(sampled, MeasuredRun) else load_measured(sampled)
+    for run, mode in ((full, "full"), (sampled, "sampled")):
+        got = (run.provenance.get("protocol") or {}).get("mode")
+        if got != mode:
+            raise ValueError(f"{run.path} was measured with protocol {got!r}, not {mode!r}: pass the full file "
+                             "first and the sampled one second")
+    diff = _differences(full, sampled)
+    if diff:
+        raise ValueError(f"{full.path} and {sampled.path} differ in more than the protocol ({'; '.join(diff)}): "
+                         "compare files measured on one GPU, with one engine and one set of settings")
+    key = ["n_in", "n_out"]
+    f = full.data.groupby(key, as_index=False).agg(batch=("batch", "first"), tokens_per_j_full=("tokens_per_j",
+                                                                                                 "mean"))
+    s = sampled.data.groupby(key, as_index=False).agg(tokens_per_j_sampled=("tokens_per_j", "mean"))
+    table = f.merge(s, on=key, how="inner").sort_values(key).reset_index(drop=True)
+    if table.empty:
+        raise ValueError(f"{full.path} and {sampled.path} share no (n_in, n_out) point")
+    table["error_pct"] = 100 * (table["tokens_per_j_sampled"] / table["tokens_per_j_full"] - 1)
+    prov = full.provenance
+    return ProtocolCheck(model=str(prov.get("model")), gpu=str(prov.get("gpu")), gpu_uuid=str(prov.get("gpu_uuid")),
+                         engine=_engine(prov), table=pd.DataFrame(table),
+                         full_minutes=measuring_minutes(full.provenance),
+                         sampled_minutes=measuring_minutes(sampled.provenance), full_path=full.path,
+                         sampled_path=sampled.path)
+
+
+def find_pairs(data: str | Path) -> list[tuple[Path, Path]]:
+    """The (full.csv, sampled.csv) pairs under ``data`` (each pair in one results folder), sorted by path."""
+    root = Path(data)
+    return sorted((p, p.with_name("sampled.csv")) for p in root.rglob("full.csv")
+                  if p.with_name("sampled.csv").exists())
+
+
+def compare_all(data: str | Path) -> list[ProtocolCheck]:
+    """:func:`compare` for every pair :func:`find_pairs` finds."""
+    return [compare(f, s) for f, s in find_pairs(data)]
+
+
+def error_heatmap(check: ProtocolCheck, ax=None, limit_pct: float = TARGETS["max_abs_pct"]):
+    """The sampled protocol's error (%) over the (n_in, n_out) grid: one annotated cell per compared point, input
+    length upward, on a diverging scale fixed at +-``limit_pct`` (the per-point bound) so that panels compare; the
+    panel's title names the model, the GPU with its UUID, and the engine."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from energybook.report.plot_style import LABELS, model_label
+
+    grid = check.table.pivot(index="n_in", columns="n_out", values="error_pct").sort_index(ascending=False)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 3.8), layout="constrained")
+    im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-limit_pct, vmax=limit_pct, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid.to_numpy()):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
+    ax.set_xlabel(LABELS["n_out"])
+    ax.set_ylabel(LABELS["n_in"])
+    ax.set_title(f"{model_label(check.model)}: {check.gpu}\n{check.gpu_uuid}, {check.engine} engine", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label="sampled / full - 1, tokens per joule (%)")
+    return ax
