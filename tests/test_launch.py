@@ -344,10 +344,12 @@ def test_a_plain_sweep_merges_what_a_killed_launch_left(tmp_path, capsys):
             "16", "--n-out", "4", "8", "--n-req", "4", "--max-batch", "4", "--min-window", "0", "--cooldown", "0",
             "--engine", "torch", "--graphs", "off", "--no-progress"]
     assert cli.main(argv) == 0
-    assert "2 points measured, 2 already there, 0 left" in capsys.readouterr().out
+    # the part is merged into grid.csv, and this machine (another GPU) measures its own file: one GPU per file
+    assert "4 points measured, 0 already there, 0 left" in capsys.readouterr().out
     run = R.load_measured(grid, allow_test_data=True)
-    assert L.part_files(grid) == [] and len(run.data) == 4
-    assert dict(zip(run.data.n_in, run.data.gpu_uuid)) == {8: "none", 16: "simulated-1"}
+    assert L.part_files(grid) == [] and len(run.data) == 2 and set(run.data.gpu_uuid) == {"simulated-1"}
+    own = R.load_measured(grid.with_name("grid-none.csv"), allow_test_data=True)
+    assert len(own.data) == 4 and set(own.data.gpu_uuid) == {"none"}
 
 
 # -- the real launcher: two CPU ranks -----------------------------------------------------------------------

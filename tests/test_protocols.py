@@ -59,9 +59,19 @@ def test_wrong_order_and_no_common_point_are_refused():
         P.compare(f, s)
 
 
-def test_find_pairs_needs_both_files_in_one_folder(tmp_path):
-    for folder, names in (("a", ("full.csv", "sampled.csv")), ("b", ("full.csv",)), ("c", ("sampled.csv",))):
-        (tmp_path / folder).mkdir()
-        for n in names:
-            (tmp_path / folder / n).write_text("")
-    assert P.find_pairs(tmp_path) == [(tmp_path / "a" / "full.csv", tmp_path / "a" / "sampled.csv")]
+def test_find_pairs_pairs_files_of_one_gpu_in_one_folder(tmp_path):
+    import json
+
+    def put(folder, name, uuid):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text("")
+        (tmp_path / folder / name).with_suffix(".json").write_text(json.dumps({"gpu_uuid": uuid}))
+
+    put("a", "full.csv", "GPU-1"), put("a", "sampled.csv", "GPU-1")
+    put("a", "full-abcdef12.csv", "GPU-abcdef12"), put("a", "sampled-abcdef12.csv", "GPU-abcdef12")
+    put("a", "full-64x256.csv", "GPU-1")  # an hf engine's single-point check: not a protocol file
+    put("b", "full.csv", "GPU-1"), put("b", "sampled.csv", "GPU-2")  # two boards: never compared
+    put("c", "sampled.csv", "GPU-1")
+    a = tmp_path / "a"
+    assert P.find_pairs(tmp_path) == [(a / "full-abcdef12.csv", a / "sampled-abcdef12.csv"),
+                                      (a / "full.csv", a / "sampled.csv")]

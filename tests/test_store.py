@@ -443,14 +443,15 @@ def test_the_loader_checks_the_row_count_against_the_sidecar_and_the_point_log(t
     assert len(R.load_measured(path, allow_test_data=True).data) == 3
 
 
-def test_a_file_resumed_on_another_board_loads(tmp_path):
+def test_a_file_resumed_on_another_board_is_refused_and_nothing_is_written(tmp_path):
+    """One GPU per file (issue 22): the second board's run is refused before it writes (the sweep gives it its own
+    file, tests/test_store_integrity.py); files of several boards come only from a torchrun launch's merge."""
     path = make(tmp_path, 1)
-    with R.ResultsFile(path) as rf:
-        rf.start(dict(PROV, gpu_uuid="GPU-2"))
-        rf.append(row(32, gpu_uuid="GPU-2"), {"gpu_uuid": "GPU-2"})
-    run = R.load_measured(path, allow_test_data=True)
-    assert list(run.data["gpu_uuid"]) == ["GPU-1", "GPU-2"] and run.provenance["gpu_uuid"] == "GPU-2"
-    assert [r["gpu_uuid"] for r in run.provenance["runs"]] == ["GPU-1", "GPU-2"]
+    before = (path.read_bytes(), R.sidecar_path(path).read_bytes())
+    with pytest.raises(R.DataError, match="a file holds one GPU"):
+        R.ResultsFile(path).start(dict(PROV, gpu_uuid="GPU-2"))
+    assert (path.read_bytes(), R.sidecar_path(path).read_bytes()) == before
+    assert list(R.load_measured(path, allow_test_data=True).data["gpu_uuid"]) == ["GPU-1"]
 
 
 def test_the_loader_still_refuses_test_data_unless_allowed(tmp_path):

@@ -202,3 +202,21 @@ def test_a_window_of_zero_joules_is_refused_by_the_store_not_divided_by(tmp_path
         rf.start(dict(PROV, gpu="simulated", gpu_uuid="GPU-0", model="m"))
         with pytest.raises(ValueError, match="energy_j=0.0: must be positive"):
             rf.append(bad, {"gpu_uuid": "GPU-0", "measuring_s": 1.0})
+
+
+def test_a_file_never_takes_a_second_gpu_and_the_default_path_names_the_new_one(tmp_path):
+    """One GPU per file: resuming a file on another board (same GPU model, other UUID) is refused by name, and
+    gpu_file gives that board its own file beside the first, which then resumes on that board."""
+    path = make(tmp_path, n=2, name="sampled.csv")
+    other = dict(PROV, gpu_uuid="GPU-abcdef12-3456")
+    with pytest.raises(R.DataError, match=r"holds measurements of GPU-1, and this run is on GPU-abcdef12-3456: "
+                                          r"a file holds one GPU.*sampled-abcdef12\.csv"):
+        R.ResultsFile(path).start(other)
+    assert R.gpu_file(path, "GPU-1") == path  # the same board resumes its own file
+    board = R.gpu_file(path, "GPU-abcdef12-3456")
+    assert board == tmp_path / "sampled-abcdef12.csv" and R.gpu_file(tmp_path / "new.csv", "GPU-9").name == "new.csv"
+    with R.ResultsFile(board) as rf:
+        rf.start(other)
+        rf.append(row(16, gpu_uuid="GPU-abcdef12-3456"), {"gpu_uuid": "GPU-abcdef12-3456"})
+    assert R.gpu_file(board, "GPU-abcdef12-3456") == board
+    assert R.file_gpus(prov_of(board)) == {"GPU-abcdef12-3456"} and R.file_gpus(prov_of(path)) == {"GPU-1"}

@@ -270,6 +270,11 @@ def run_sweep(model: str | Path, config: SweepConfig | None = None, *, output: s
         if merged.parts:
             logger.warning("%s: merged %d points from %d part file(s) of an earlier launch", path, merged.merged,
                            len(merged.parts))
+    if output is None:  # one file per GPU: another board of the same kind gets its own file beside the first
+        board = R.gpu_file(path, env.get("gpu_uuid"))
+        if board != path:
+            logger.warning("%s holds another GPU's measurements; this GPU's go to %s", path, board.name)
+            path = board
     test_data = bool(allow_test_data and (str(device).startswith("cpu") or simulated))
     prov = dict(env, model=name, protocol=config.to_record(), meter_method=getattr(meter, "method", "?"),
                 test_data=test_data, command=command or " ".join(shlex.quote(a) for a in sys.argv),

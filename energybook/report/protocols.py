@@ -142,10 +142,23 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
 
 
 def find_pairs(data: str | Path) -> list[tuple[Path, Path]]:
-    """The (full.csv, sampled.csv) pairs under ``data`` (each pair in one results folder), sorted by path."""
-    root = Path(data)
-    return sorted((p, p.with_name("sampled.csv")) for p in root.rglob("full.csv")
-                  if p.with_name("sampled.csv").exists())
+    """The (full, sampled) results files under ``data`` that one GPU measured in one results folder: ``full.csv`` or
+    ``full-<board>.csv`` with ``sampled.csv`` or ``sampled-<board>.csv`` (a file holds one GPU, and a second board's
+    file is named after it), paired by the GPU UUIDs their sidecars record; sorted by path."""
+    import re
+
+    from energybook.store.loader import read_sidecar
+    from energybook.store.writer import file_gpus
+
+    def files(folder: Path, mode: str) -> list[Path]:
+        return sorted(p for p in folder.glob(f"{mode}*.csv") if re.fullmatch(rf"{mode}(-[0-9a-f]{{8}})?", p.stem))
+
+    pairs = []
+    for folder in sorted({p.parent for p in Path(data).rglob("full*.csv")}):
+        for f in files(folder, "full"):
+            boards = file_gpus(read_sidecar(f))
+            pairs += [(f, s) for s in files(folder, "sampled") if boards & file_gpus(read_sidecar(s))]
+    return pairs
 
 
 def compare_all(data: str | Path) -> list[ProtocolCheck]:

@@ -43,3 +43,5 @@ from energybook.store.schema import sha256_file as sha256_file
 from energybook.store.schema import sidecar_path as sidecar_path
 from energybook.store.writer import ResultsFile as ResultsFile
 from energybook.store.writer import _write_sidecar as _write_sidecar
+from energybook.store.writer import file_gpus as file_gpus
+from energybook.store.writer import gpu_file as gpu_file

@@ -222,6 +222,11 @@ class ResultsFile:
                     if key in old and key in provenance and old[key] != provenance[key]:
                         raise DataError(f"{self.path} holds a run with another {key} ({old[key]!r} vs "
                                         f"{provenance[key]!r}): give another --output or move the file aside")
+                boards, uuid = file_gpus(old), provenance.get("gpu_uuid")
+                if uuid and boards and uuid not in boards:
+                    raise DataError(f"{self.path} holds measurements of {', '.join(sorted(boards))}, and this run "
+                                    f"is on {uuid}: a file holds one GPU. Let the sweep name its own file (no "
+                                    f"--output: {gpu_file(self.path, uuid).name}), or give another --output")
                 size, digest, keys = self._verify(old)
                 runs = list(old.get("runs", []))
                 merged = dict(old, **{k: v for k, v in provenance.items() if k != "points"})
@@ -402,6 +407,27 @@ class ResultsFile:
         state.prov = prov
         _write_sidecar(self.sidecar, prov)
 
+
+
+def file_gpus(prov: dict[str, Any]) -> set[str]:
+    """The GPU UUIDs a sidecar records (its own, its runs' and its points')."""
+    found = {prov.get("gpu_uuid")} | {r.get("gpu_uuid") for r in prov.get("runs") or [] if isinstance(r, dict)}
+    found |= {i.get("gpu_uuid") for i in (prov.get("points") or {}).values() if isinstance(i, dict)}
+    return {str(u) for u in found if u}
+
+
+def gpu_file(path: Path, uuid: str | None) -> Path:
+    """The results file of GPU ``uuid`` for the default ``path`` (one file per GPU): ``path`` itself when it does not
+    exist yet or already holds this GPU's measurements, else ``<stem>-<first 8 hex digits of the UUID>.csv`` beside
+    it (``sampled.csv`` -> ``sampled-add1dd35.csv``)."""
+    path = Path(path)
+    if not uuid or not path.exists():
+        return path
+    boards = file_gpus(read_sidecar(path))
+    if not boards or uuid in boards:
+        return path
+    short = str(uuid).removeprefix("GPU-")[:8]
+    return path.with_name(f"{path.stem}-{short}{path.suffix}")
 
 
 def finish_pending(path: Path) -> None:
