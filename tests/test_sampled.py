@@ -128,6 +128,27 @@ def test_the_lean_engines_pieces_run_at_the_asked_context_on_a_tiny_cpu_model(tm
     assert eng._wave.tok.shape == tok.shape
 
 
+def test_the_cache_is_filled_before_decode_pieces_and_refuses_an_unknown_fill(tmp_path):
+    torch = pytest.importorskip("torch")
+    from energybook.measure.lean import pieces as P
+    from energybook.measure.lean.engine import LeanEngine
+    from tests.tiny import tiny_config
+
+    eng = LeanEngine(tiny_config(tmp_path), device="cpu", max_batch=4, bucket_min=8, bucket_max=16)
+    with pytest.raises(RuntimeError, match="prepare a batch first"):
+        P.fill_cache(eng)
+    P.prepare_pieces(eng, 2, (9, 20))
+    cache = eng._wave.cache.float()
+    assert 0.9 < float(cache.std()) < 1.1 and float((cache == 0).float().mean()) < 0.01  # N(0, 1), not zeros
+    first = cache.clone()
+    P.fill_cache(eng, "random", seed=eng.seed)
+    assert torch.equal(eng._wave.cache.float(), first)  # seeded: the same fill
+    P.fill_cache(eng, "zeros")
+    assert not eng._wave.cache.any()
+    with pytest.raises(ValueError, match="cache fill must be one of"):
+        P.fill_cache(eng, "ones")
+
+
 def test_step_sum_extends_its_ends_flat_only_within_the_margin():
     xs, ys = [10, 20], [1.0, 2.0]
     want = 2 * 1.0 + sum(1 + (c - 10) / 10 for c in range(10, 21)) + 2 * 2.0

@@ -140,7 +140,8 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
                                window_kind="sampled", started=started, finished=time.time())
                 row = dataclasses.replace(row, window_s=used)
                 rf.append(row, {"gpu_uuid": env.get("gpu_uuid"), "measuring_s": round(share, 3),
-                                "decode_contexts": list(contexts), "integration": S.INTEGRATION_RULE})
+                                "decode_contexts": list(contexts), "integration": S.INTEGRATION_RULE,
+                                "cache_fill": "random"})
                 measured += 1
                 if bar is not None:
                     bar.update(1)

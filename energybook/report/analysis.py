@@ -21,6 +21,7 @@ from energybook.model import architecture as A
 from energybook.model import fit as F
 from energybook.model import formulas as FM
 from energybook.model.complexity import GRID
+from energybook.report.provenance import attach_sources, method_difference  # noqa: F401 (method_difference: here too)
 from energybook.store import catalog
 
 logger = logging.getLogger(__name__)
@@ -312,7 +313,9 @@ def ratio_to_study(table: pd.DataFrame, study: pd.DataFrame, energy: str = "ener
     ours = table[["model", "n_in", "n_out"]].assign(tokens_per_j=table["tokens_out"] / table[energy])
     merged = ours.merge(study[["model", "n_in", "n_out", "tokens_per_j"]], on=["model", "n_in", "n_out"],
                         suffixes=("", "_study"))
-    return merged.assign(ratio=merged["tokens_per_j"] / merged["tokens_per_j_study"])
+    out = merged.assign(ratio=merged["tokens_per_j"] / merged["tokens_per_j_study"])
+    out.attrs = dict(table.attrs)  # our side was measured: its GPUs and engines
+    return out
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,7 @@ class StudyText:
 STUDY_TEXT = StudyText()
 
 
-def scroll_table(table, formats=None, na_rep: str = "-"):
+def scroll_table(table, formats=None, na_rep: str = "-", source=None, models=None):
     """A table as HTML in a horizontally scrollable box, so that a wide table never widens the page.
 
     Args:
@@ -352,6 +355,10 @@ def scroll_table(table, formats=None, na_rep: str = "-"):
         formats: Column formats for :meth:`pandas.io.formats.style.Styler.format` (a format
             string, or a dict of them by column).
         na_rep: Text of missing values.
+        source: Where its numbers were measured (what :func:`energybook.report.provenance.source_line`
+            takes), shown as the table's caption; the table's own ``attrs`` when None (no caption for a
+            table that carries none).
+        models: Name only these models' sources (by default the models the table or ``source`` holds).
 
     Returns:
         An :class:`IPython.display.HTML` object for ``display``.
@@ -360,21 +367,13 @@ def scroll_table(table, formats=None, na_rep: str = "-"):
     """
     from IPython.display import HTML
 
-    styler = table.style if isinstance(table, pd.DataFrame) else table
-    styler = styler.format(formats, na_rep=na_rep)
+    from energybook.report.provenance import with_source
+
+    styler = with_source(table, source, models).format(formats, na_rep=na_rep)
     # Numbers never wrap inside a cell: a table too wide for the screen scrolls in its box instead.
     styler = styler.set_table_styles([{"selector": "th, td", "props": "white-space: nowrap; padding: 0.2em 0.6em;"}],
                                      overwrite=False)
     return HTML(f'<div class="eb-table" style="overflow-x: auto; max-width: 100%;">{styler.to_html()}</div>')
-
-
-def method_difference(table: pd.DataFrame, reference: str = "energy_j",
-                      other: str = "energy_j_power500") -> pd.DataFrame:
-    """Per point, how far another meter reads from the energy counter: ``(other - ref) / ref`` (%)."""
-    missing = [c for c in (reference, other) if c not in table.columns]
-    if missing:
-        raise ValueError(f"the table lacks column(s) {missing}")
-    return table.assign(difference_pct=(table[other] - table[reference]) / table[reference] * 100)
 
 
 def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.DataFrame:
@@ -392,9 +391,13 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
         gpu: Keep only this GPU (exact name as recorded), or all when None.
 
     Returns:
-        An empty table when nothing is measured yet.
+        An empty table when nothing is measured yet. Its ``attrs`` name the GPUs (name and UUID) and engines
+        that measured it (:func:`energybook.report.provenance.attach_sources`), which figures drawn from it
+        stamp and tables show (:func:`energybook.report.provenance.source_line`).
     """
     runs = [r for r in catalog.measured_runs(root) if r.path.stem == name]
+    if gpu is not None:
+        runs = [r for r in runs if r.gpu == gpu]
     raw = catalog.measured_table(runs)
     if raw.empty:
         return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
@@ -413,7 +416,7 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
     table["reps"] = grouped.size()["size"].to_numpy()
     table["j_per_token"] = table["energy_j"] / table["tokens_out"]
     table["tokens_per_j"] = 1 / table["j_per_token"]
-    return table
+    return attach_sources(table, runs)
 
 
 def repeat_table(root=None) -> pd.DataFrame:
@@ -428,7 +431,8 @@ def repeat_table(root=None) -> pd.DataFrame:
     Returns:
         The rows of :func:`energybook.store.catalog.measured_table` (with ``source``); empty when none.
     """
-    return catalog.measured_table([r for r in catalog.measured_runs(root) if r.path.stem.startswith("full-")])
+    runs = [r for r in catalog.measured_runs(root) if r.path.stem.startswith("full-")]
+    return attach_sources(catalog.measured_table(runs), runs)
 
 
 def offgrid_errors(grid: pd.DataFrame, offgrid: pd.DataFrame, calibration=None,
@@ -515,4 +519,6 @@ def measuring_time(table: pd.DataFrame, spec, prefill_tokens: dict[str, int] | i
         out.append(merged.assign(model=model, bound_s=merged["time_s"]))
     result = pd.concat(out, ignore_index=True)
     result["bound_share"] = result["bound_s"] / result["window_s"]
-    return result[["model", "n_in", "batch", "n_out", "window_s", "bound_s", "bound_share"]]
+    result = result[["model", "n_in", "batch", "n_out", "window_s", "bound_s", "bound_share"]]
+    result.attrs = dict(table.attrs)  # the measured windows' GPUs and engines
+    return result

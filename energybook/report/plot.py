@@ -19,7 +19,10 @@ One seaborn theme for every page (:func:`set_theme`) and the book's figure rules
 Every function that draws a grid takes a tidy table with the columns ``model``, ``n_in``,
 ``n_out`` (tokens) and the value to draw, such as :func:`energybook.model.paper.paper_surfaces`
 or :func:`energybook.report.analysis.measured_table` return. Figures carry no title (the page's
-caption says what they show); small multiples carry panel titles.
+caption says what they show); small multiples carry panel titles. A figure drawn from a table that
+carries where it was measured (``measured_table``'s ``attrs``) gets a small grey footer naming the GPUs
+(name and UUID) and engines of the models it shows (:func:`stamp_source`); figures of predictions or of
+the study's published numbers get none.
 
 The style (theme, labels, ticks, colours and markers) lives in :mod:`energybook.report.plot_style` and
 the heat maps in :mod:`energybook.report.plot_grids`; this module draws the curves and re-exports both,
@@ -64,6 +67,7 @@ from energybook.report.plot_style import (  # noqa: F401
     MAX_WIDTH_IN,
     PANEL_WIDTH_IN,
     SCHEME_LABELS,
+    SourceFooter,
     _check,
     _family,
     _label_log_colorbar,
@@ -77,6 +81,8 @@ from energybook.report.plot_style import (  # noqa: F401
     model_label,
     model_styles,
     set_theme,
+    source_footer,
+    stamp_source,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,6 +147,7 @@ def efficiency_curves(table: pd.DataFrame, n_in: int = 64, ax: Axes | None = Non
                     Line2D([], [], color="grey", linestyle="--")]
         labels += [label, reference_label]
     _legend(ax, handles, labels)
+    stamp_source(ax, table, models=order)
     return ax
 
 
@@ -184,6 +191,7 @@ def residuals(table: pd.DataFrame, models: Sequence[str] | None = None, value: s
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, title=LABELS["n_in"], loc="outside lower center", ncol=min(4, len(n_ins)),
                frameon=False)
+    stamp_source(fig, table, models=order)
     return fig
 
 
@@ -214,6 +222,7 @@ def mape_dots(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_xlabel(LABELS["mape_pct"])
     ax.grid(axis="y", visible=False)
     ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below, within the width
+    stamp_source(ax, table)
     return ax
 
 
@@ -257,6 +266,7 @@ def sweet_spot_curves(table: pd.DataFrame, ax: Axes | None = None, models: Seque
         handles += [Line2D([], [], color="grey", marker="o"), Line2D([], [], color="grey", linestyle="--")]
         labels += [label, reference_label]
     _legend(ax, handles, labels)
+    stamp_source(ax, table, models=order)
     return ax
 
 
@@ -299,6 +309,7 @@ def efficiency_by_model(table: pd.DataFrame, group: dict[str, str], ax: Axes | N
     ax.set_ylabel(LABELS.get(value, value))
     ax.grid(axis="x", visible=False)
     ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(kinds))
+    stamp_source(ax, table, models=order)
     return ax
 
 
@@ -329,4 +340,5 @@ def measuring_time(table: pd.DataFrame, model: str, ax: Axes | None = None) -> A
     ax.set_title(model_label(model))
     ax.grid(axis="y", visible=False)
     ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)  # below: the bars fill the axes
+    stamp_source(ax, table, models=[model])
     return ax

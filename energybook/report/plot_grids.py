@@ -29,6 +29,7 @@ from energybook.report.plot_style import (
     _check,
     _label_log_colorbar,
     model_label,
+    stamp_source,
 )
 
 # ----- heat maps ----------------------------------------------------------------------------
@@ -151,6 +152,7 @@ def heatmap(table: pd.DataFrame, model: str, ax: Axes | None = None, value: str 
         _colorbar(ax.figure, mesh, ax, cbar_label or LABELS.get(value, value))
     ax.set_xlabel(LABELS["n_out"])
     ax.set_ylabel(LABELS["n_in"])
+    stamp_source(ax, table, models=[model])
     return ax
 
 
@@ -228,6 +230,7 @@ def heatmaps(table: pd.DataFrame, models: Sequence[str] | None = None, value: st
         ax.set_xlabel("" if below else LABELS["n_out"])
         ax.tick_params(axis="x", labelbottom=not below)  # the output lengths once, under each column
     _colorbar(fig, mesh, axes, cbar_label or LABELS.get(value, value), orientation="horizontal")
+    stamp_source(fig, table, models=order)
     return fig
 
 
@@ -252,4 +255,5 @@ def correlation_matrix(corr: pd.DataFrame, ax: Axes | None = None) -> Axes:
     ax.set_xticks(np.arange(len(names)) + 0.5, names)
     ax.set_yticks(np.arange(len(names)) + 0.5, names[::-1])
     ax.figure.colorbar(mesh, ax=ax, label="correlation of the estimates")
+    stamp_source(ax, corr)  # a fit's correlations name the measurements fitted when they carry them
     return ax

@@ -3,7 +3,8 @@
 One seaborn theme for every page (:func:`set_theme`); figures at most :data:`MAX_WIDTH_IN` inches wide;
 log axes and colour bars with labelled ticks in plain numbers (:func:`log_ticks`); one colour per model
 family and one marker and line style per member (:func:`model_styles`); human labels for models,
-formulas and axes (:func:`model_label`, :func:`formula_label`, :data:`LABELS`). The figures of
+formulas and axes (:func:`model_label`, :func:`formula_label`, :data:`LABELS`); the footer that names the
+GPUs (name and UUID) and engines behind a figure's measurements (:func:`stamp_source`). The figures of
 :mod:`energybook.report.plot` and :mod:`energybook.report.plot_grids` draw with these; import them
 from :mod:`energybook.report.plot`.
 
@@ -20,7 +21,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure, _stale_figure_callback
+from matplotlib.text import Text
 from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.transforms import IdentityTransform
 
 #: The widest figure the book draws (inches, at 100 dpi): 4.6 in for a panel with labelled cells,
 #: up to 5.2 in for line plots with their legends.
@@ -236,3 +240,122 @@ def _legend(ax: Axes, handles=None, labels=None, n: int | None = None) -> None:
         ax.legend(handles, labels, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16),
                   ncol=3 if n > 6 else 2)
 
+
+
+# ----- where the measurements come from -----------------------------------------------------
+
+#: Gap between a figure's drawing and its source footer (points).
+_FOOTER_GAP_PT = 4.0
+
+
+class SourceFooter(Text):
+    """The footer naming where a figure's measurements come from (:func:`stamp_source`).
+
+    It places itself, whenever the figure is drawn or measured, under everything else the figure holds (axes
+    with their labels and legends, colour bars, figure legends, other texts), so that it never overlaps them
+    whatever was drawn after it; the book saves figures with a tight bounding box, which takes it in.
+
+    Attributes:
+        sources: The :class:`energybook.report.provenance.Source` records the line names.
+    """
+
+    def __init__(self, sources, **kwargs):
+        super().__init__(0.5, 0.0, "", **kwargs)
+        self.sources: list = []
+        self.add(sources)
+
+    def add(self, sources) -> None:
+        """Name these records too (each once)."""
+        from energybook.report.provenance import source_line
+
+        self.sources = list(dict.fromkeys([*self.sources, *sources]))
+        self.set_text(_wrap(source_line(self.sources), self.figure))
+
+    def _place(self, renderer) -> None:
+        fig = self.figure
+        if fig is None or renderer is None:
+            return
+        boxes = [a.get_tightbbox(renderer) for a in fig.axes if a.get_visible()]
+        boxes += [a.get_window_extent(renderer) for a in [*fig.legends, *fig.texts]
+                  if a is not self and a.get_visible() and not (isinstance(a, Text) and not a.get_text())]
+        boxes = [b for b in boxes if b is not None and b.height > 0 and b.width > 0]
+        # In display pixels, which a tight bounding box (the book's savefig setting) shifts with the rest.
+        bottom = min(b.y0 for b in boxes) if boxes else fig.bbox.y0
+        left = min(b.x0 for b in boxes) if boxes else fig.bbox.x0
+        right = max(b.x1 for b in boxes) if boxes else fig.bbox.x1
+        self.set_transform(IdentityTransform())
+        self.set_position(((left + right) / 2, bottom - _FOOTER_GAP_PT * fig.dpi / 72))
+
+    def draw(self, renderer) -> None:
+        self._place(renderer)
+        super().draw(renderer)
+
+    def get_window_extent(self, renderer=None, dpi=None):
+        fig = self.figure
+        self._place(renderer if renderer is not None else (fig._get_renderer() if fig is not None else None))
+        return super().get_window_extent(renderer, dpi)
+
+
+def _wrap(line: str, fig: Figure | None) -> str:
+    """The line broken between its GPUs (and within one when still too wide) to the figure's width."""
+    import textwrap
+
+    width = int((fig.get_figwidth() if fig is not None else MAX_WIDTH_IN) * 19)  # x-small characters per inch
+    parts = line.split("; ")
+    lines = [p + (";" if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
+    return "\n".join(textwrap.fill(p, width, break_on_hyphens=False) for p in lines)
+
+
+def _figure_of(target) -> Figure:
+    if isinstance(target, Figure):
+        return target
+    fig = getattr(target, "figure", None)
+    if fig is None:
+        raise TypeError(f"cannot stamp a {type(target).__name__}: pass a matplotlib Figure or Axes")
+    return fig.get_figure(root=True) if hasattr(fig, "get_figure") else fig
+
+
+def source_footer(target) -> SourceFooter | None:
+    """The source footer of a figure (or of an Axes' figure), None when it has none."""
+    fig = _figure_of(target)
+    return next((t for t in fig.texts if isinstance(t, SourceFooter)), None)
+
+
+def stamp_source(target, source, models=None) -> SourceFooter | None:
+    """Stamp a figure with the line naming the GPUs (name and UUID) and engines of its measurements.
+
+    A small grey footer under everything the figure holds (:class:`SourceFooter`), with
+    :func:`energybook.report.provenance.source_line`'s text. Stamping again adds to the same footer, so a
+    figure drawn by several functions names every source once. The plotting functions of
+    :mod:`energybook.report.plot` stamp their figures themselves from a table that carries its sources
+    (:func:`energybook.report.analysis.measured_table`); a page stamps a figure it draws itself, or one drawn
+    from a derived table.
+
+    Args:
+        target: A matplotlib Figure, or an Axes of it.
+        source: Where the figure's measurements come from: runs, a measured table, sidecars or records
+            (what :func:`energybook.report.provenance.measurement_sources` takes).
+        models: Name only these models' sources; by default a table's own models.
+
+    Returns:
+        The footer, or None when ``source`` names no measurement (nothing is stamped).
+
+    Used in every page with figures of measurements, e.g. :doc:`/book/sweet_spots`.
+    """
+    from energybook.report.provenance import measurement_sources
+
+    found = measurement_sources(source, models)
+    fig = _figure_of(target)
+    footer = source_footer(fig)
+    if not found:
+        return footer
+    if footer is None:
+        footer = SourceFooter([], ha="center", va="top", fontsize="x-small", color="#666666",
+                              transform=fig.transFigure)
+        footer.set_figure(fig)
+        footer.stale_callback = _stale_figure_callback
+        fig.texts.append(footer)
+        footer._remove_method = fig.texts.remove
+    footer.add(found)
+    fig.stale = True
+    return footer

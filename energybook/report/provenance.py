@@ -31,6 +31,7 @@ Used in :doc:`/book/experiment`, :doc:`/book/instruments`, :doc:`/book/reproduce
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -38,6 +39,7 @@ import platform
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +98,20 @@ def measuring_minutes(prov: dict[str, Any]) -> float:
     return sum((end - _time(start)).total_seconds() for start, end in groups.items()) / 60
 
 
+def gpu_uuids(prov: dict[str, Any], data: pd.DataFrame | None = None) -> list[str]:
+    """The UUIDs of the GPUs that measured a file: its runs', its point log's, the sidecar's own and (when
+    ``data`` is given) its rows' ``gpu_uuid``, each once, in the order the runs used them."""
+    found = [r.get("gpu_uuid") for r in prov.get("runs") or [] if isinstance(r, dict)]
+    found += [i.get("gpu_uuid") for i in (prov.get("points") or {}).values() if isinstance(i, dict)]
+    found.append(prov.get("gpu_uuid"))
+    if data is not None and "gpu_uuid" in getattr(data, "columns", ()):
+        found += list(data["gpu_uuid"].dropna())
+    return list(dict.fromkeys(str(u) for u in found if u is not None and str(u).strip() and str(u) != "nan"))
+
+
 def gpu_count(prov: dict[str, Any]) -> int:
-    """How many distinct GPUs (by UUID) the runs of a file used."""
-    uuids = {r.get("gpu_uuid") for r in prov.get("runs") or []} | {prov.get("gpu_uuid")}
-    uuids |= {i.get("gpu_uuid") for i in (prov.get("points") or {}).values()}
-    return len(uuids - {None})
+    """How many distinct GPUs (by UUID) the runs of a file used (:func:`gpu_uuids`)."""
+    return len(gpu_uuids(prov))
 
 
 def _engine(prov: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +215,15 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("package")
 
 
+def method_difference(table: pd.DataFrame, reference: str = "energy_j",
+                      other: str = "energy_j_power500") -> pd.DataFrame:
+    """Per point, how far another meter reads from the energy counter: ``(other - ref) / ref`` (%)."""
+    missing = [c for c in (reference, other) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}")
+    return table.assign(difference_pct=(table[other] - table[reference]) / table[reference] * 100)
+
+
 def method_summary(table: pd.DataFrame, others: tuple[str, ...] = ("energy_j_power500", "energy_j_power100"),
                    reference: str = "energy_j") -> pd.DataFrame:
     """Mean, min and max per model of ``(other - reference) / reference`` (%) for each power integration.
@@ -216,8 +236,6 @@ def method_summary(table: pd.DataFrame, others: tuple[str, ...] = ("energy_j_pow
     Returns:
         A table indexed by model with columns ``(method, statistic)``; ``points`` counts the rows used.
     """
-    from energybook.report.analysis import method_difference
-
     parts = {}
     for other in others:
         d = method_difference(table, reference=reference, other=other).dropna(subset=["difference_pct"])
@@ -297,22 +315,30 @@ class ScrollTable:
     """
 
     table: pd.DataFrame
+    source: str = ""
 
     def _repr_html_(self) -> str:
         html = self.table.to_html(border=0, na_rep="-", classes="dataframe")
+        if self.source:
+            html += _SOURCE_HTML.format(escape(self.source))
         return f'<div class="eb-scroll" style="overflow-x: auto; max-width: 100%;">{html}</div>'
 
     def __repr__(self) -> str:
-        return self.table.to_string()
+        return self.table.to_string() + (f"\n{self.source}" if self.source else "")
 
 
-def scroll_table(table: pd.DataFrame) -> ScrollTable:
+def scroll_table(table: pd.DataFrame, source: Any = None) -> ScrollTable:
     """``table`` as HTML in a horizontally scrollable box, so that a wide table never makes the page
     scroll sideways on a narrow screen. Display it as a cell's result.
 
+    Args:
+        table: The table, shown as is.
+        source: Where its numbers were measured (what :func:`source_line` takes), written under it; the
+            table's own ``attrs`` when None (nothing for a table that carries none).
+
     Used in :doc:`/book/experiment`, :doc:`/book/instruments` and :doc:`/book/status`.
     """
-    return ScrollTable(table)
+    return ScrollTable(table, source_line(table if source is None else source))
 
 
 def run_label(run: R.MeasuredRun) -> str:
@@ -440,6 +466,151 @@ def tick_period_s(table: pd.DataFrame) -> pd.Series:
     return (table.loc[keep, "window_s"].astype(float) / ticks[keep]).rename("tick period (s)")
 
 
+# ----- where a figure's or table's measurements come from ------------------------------------
+
+#: Key of :attr:`pandas.DataFrame.attrs` under which a measured table carries its :class:`Source` records
+#: (set by :func:`energybook.report.analysis.measured_table`; kept by filtering, ``assign`` and the views).
+SOURCES_ATTR = "measured_by"
+#: Key of :attr:`pandas.DataFrame.attrs` holding the table's :func:`source_line` (for reading; the records rule).
+SOURCE_ATTR = "source"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One GPU board and engine that measured a model's points.
+
+    Attributes:
+        model: The model measured.
+        gpu: The GPU's name as NVML reports it (``"NVIDIA H100 80GB HBM3"``).
+        uuid: The board's UUID (``"GPU-b676fe77-..."``); ``"UUID not recorded"`` when the sidecar has none.
+        engine: The engine's results folder name (:func:`energybook.store.workspace.engine_slug`: ``hf``,
+            ``vllm``, ``trtllm``...).
+    """
+
+    model: str
+    gpu: str
+    uuid: str
+    engine: str
+
+
+def run_sources(run: R.MeasuredRun | dict[str, Any]) -> list[Source]:
+    """The :class:`Source` records of a loaded run (or of a provenance sidecar): one per GPU board that
+    measured it (:func:`gpu_uuids`), with the run's GPU name and engine."""
+    from energybook.store.workspace import engine_slug, sidecar_engine
+
+    prov = run if isinstance(run, dict) else run.provenance
+    data = None if isinstance(run, dict) else run.data
+    model = str(prov.get("model") or "?")
+    gpu = str(prov.get("gpu") or "unknown GPU")
+    name = sidecar_engine(prov)
+    engine = engine_slug(name) if name else "unknown"
+    return [Source(model, gpu, u, engine) for u in gpu_uuids(prov, data) or ["UUID not recorded"]]
+
+
+def measurement_sources(source: Any, models: Any = None) -> list[Source]:
+    """The distinct :class:`Source` records behind a figure or table, in order of first appearance.
+
+    Args:
+        source: Loaded runs (a list of :class:`~energybook.store.results.MeasuredRun`, or one), provenance
+            sidecars (dicts), :class:`Source` records, or a table carrying them in ``attrs``
+            (:data:`SOURCES_ATTR`, as :func:`energybook.report.analysis.measured_table` returns it); a list
+            may mix them. None gives none.
+        models: Keep only these models; by default a table's ``model`` column (when it has one), else all.
+    """
+    if source is None:
+        return []
+    if isinstance(source, pd.DataFrame):
+        found = [Source(*s) if not isinstance(s, Source) else s for s in source.attrs.get(SOURCES_ATTR, ())]
+        if models is None and "model" in source.columns:
+            models = list(source["model"].dropna().unique())
+    elif isinstance(source, (Source, dict, R.MeasuredRun)):
+        found = [source] if isinstance(source, Source) else run_sources(source)
+    elif isinstance(source, (list, tuple, set)):
+        found = [s for item in source for s in measurement_sources(item)]
+    else:
+        raise TypeError(f"cannot tell where {type(source).__name__} was measured: pass runs, sidecars or a "
+                        "measured table")
+    if models is not None:
+        keep = {str(m) for m in ([models] if isinstance(models, str) else models)}
+        found = [s for s in found if s.model in keep]
+    return list(dict.fromkeys(found))
+
+
+def source_line(source: Any, models: Any = None) -> str:
+    """The one line that names where measurements come from: every GPU (name and UUID) and engine.
+
+    ``"measured on NVIDIA H100 80GB HBM3 (GPU-b676fe77-a2fb-fa13-fd3b-9db31628fa95), hf engine"``; a GPU
+    name and engine measured on several boards lists their UUIDs together, several GPUs or engines are
+    joined by ``"; "``. Every figure (:func:`energybook.report.plot.stamp_source`) and table
+    (:func:`with_source`) that shows measurements carries it.
+
+    Args:
+        source: What :func:`measurement_sources` takes (runs, sidecars, records, a measured table) or an
+            already made line (a string, returned as it is).
+        models: Keep only these models (see :func:`measurement_sources`).
+
+    Returns:
+        The line; ``""`` when nothing measured is behind ``source``.
+
+    Used in every page that shows measurements, e.g. :doc:`/book/sweet_spots` and :doc:`/book/experiment`.
+    """
+    if isinstance(source, str):
+        return source
+    groups: dict[tuple[str, str], list[str]] = {}
+    for s in measurement_sources(source, models):
+        uuids = groups.setdefault((s.gpu, s.engine), [])
+        if s.uuid not in uuids:
+            uuids.append(s.uuid)
+    if not groups:
+        return ""
+    return "measured on " + "; ".join(f"{gpu} ({', '.join(uuids)}), {engine} engine"
+                                      for (gpu, engine), uuids in groups.items())
+
+
+def attach_sources(table: pd.DataFrame, source: Any) -> pd.DataFrame:
+    """``table`` (changed in place, and returned) carrying the :class:`Source` records of ``source`` in its
+    ``attrs``, so that figures and tables drawn from it name where it was measured.
+
+    Args:
+        table: Any table derived from measurements (a fit's residuals, a summary...).
+        source: What :func:`measurement_sources` takes (another measured table, runs...).
+    """
+    if isinstance(source, pd.DataFrame):  # all of its records: the derived table's models filter when shown
+        found = list(dict.fromkeys(Source(*s) for s in source.attrs.get(SOURCES_ATTR, ())))
+    else:
+        found = measurement_sources(source)
+    table.attrs[SOURCES_ATTR] = tuple(tuple(dataclasses.astuple(s)) for s in found)
+    table.attrs[SOURCE_ATTR] = source_line(found)
+    return table
+
+
+def with_source(table: Any, source: Any = None, models: Any = None):
+    """A table (DataFrame or Styler) captioned with its :func:`source_line`, for display.
+
+    Args:
+        table: The table shown (a DataFrame, or a pandas Styler already formatted).
+        source: Where its numbers were measured (what :func:`source_line` takes); the table's own ``attrs``
+            when None.
+        models: Keep only these models' sources.
+
+    Returns:
+        A pandas Styler with the line as its caption (no caption when nothing measured is behind it).
+
+    Used in every page that shows measured tables, e.g. :doc:`/book/fitting`.
+    """
+    frame = table if isinstance(table, pd.DataFrame) else table.data
+    line = source_line(frame if source is None else source, models)
+    styler = table.style if isinstance(table, pd.DataFrame) else table
+    if line:
+        styler = styler.set_caption(line).set_table_styles(
+            [{"selector": "caption", "props": "caption-side: bottom; font-size: 0.8em; color: #666; "
+                                              "text-align: left;"}], overwrite=False)
+    return styler
+
+
+#: The source line under a table of a measurement page (:func:`clean_measurement_notebook`).
+_SOURCE_HTML = '<p class="eb-source" style="font-size: 0.8em; color: #666;">{}</p>'
+
 #: Tag of the note cell that :func:`clean_measurement_notebook` puts under a measurement page's title.
 NOTE_TAG = "eb-measurement-note"
 
@@ -511,6 +682,8 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
     * papermill's parameter cells and the imports are hidden (``remove-cell``), the other code cells
       folded (``hide-input``), so that the outputs lead;
     * the figure gets a name and alt text, and wide tables a sideways-scrolling box;
+    * the figure's caption and every table of measurements (not the provenance tables, which name the GPU
+      themselves) get the :func:`source_line` of the sidecar: the GPU's name and UUID, and the engine;
     * a note with the page's GPU-minutes (:func:`measurement_note`) goes under the title, once.
 
     Running it twice gives the same notebook.
@@ -529,6 +702,7 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
     path = Path(path)
     nb = nbformat.read(str(path), as_version=4)
     model = model or str(prov.get("model", path.stem))
+    line = source_line(prov)
     pm = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path", "cwd"):
         pm.pop(key, None)
@@ -541,6 +715,7 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
         if cell.cell_type != "code":
             continue
         tags = _tags(cell)
+        shows_sidecar = "prov" in cell.source  # the provenance tables name the GPU themselves
         imports_only = cell.source.lstrip().startswith(("import ", "from ")) and not cell.get("outputs")
         if "parameters" in tags or "injected-parameters" in tags or imports_only:
             _add_tag(cell, "remove-cell")
@@ -560,6 +735,9 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
                 value = _scrub(value)
                 if kind == "text/html" and "<table" in value and 'class="eb-scroll"' not in value:
                     value = f'<div class="eb-scroll" style="overflow-x: auto; max-width: 100%;">{value}</div>'
+                mine = kind == "text/html" and "<table" in value and not shows_sidecar
+                if mine and line and escape(line) not in value:
+                    value = value[:value.rfind("</div>")] + _SOURCE_HTML.format(escape(line)) + "</div>"
                 out["data"][kind] = value
             outputs.append(out)
         cell["outputs"] = outputs
@@ -568,6 +746,8 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
             figure = dict(mystnb.get("figure") or {})
             figure.setdefault("caption", f"Measured efficiency of {model} over the grid (output tokens per joule, "
                                          "energy counter), input length increasing upward.")
+            if line and line.lower() not in figure["caption"].lower():
+                figure["caption"] = f"{figure['caption'].rstrip()} {line[0].upper()}{line[1:]}."
             figure["name"] = f"fig-measured-{re.sub(r'[^a-z0-9]+', '-', model.lower()).strip('-')}"
             mystnb["figure"] = figure
             mystnb["image"] = {"alt": f"Heat map of {model}'s measured output tokens per joule: rows are input "

@@ -28,6 +28,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
 
+from energybook.report.plot_style import stamp_source
+
 logger = logging.getLogger(__name__)
 
 #: The three views: column -> (human label with unit, scale to that unit from joules).
@@ -327,6 +329,7 @@ def grid_heatmap(ax: Axes, table: pd.DataFrame, value: str, norm: Normalize, cma
     for n_in, n_out in mark or []:
         i, j = list(grid.index).index(n_in), list(grid.columns).index(n_out)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#d55e00", linewidth=2.2))
+    stamp_source(ax, table)  # measured tables name their GPUs and engines; predictions carry none
     return image
 
 
@@ -353,13 +356,17 @@ def log_colorbar(fig, image, axes, label: str, **kwargs):
     return cbar
 
 
-def table_html(table: pd.DataFrame, formats: dict[str, str] | None = None, caption: str | None = None) -> str:
+def table_html(table: pd.DataFrame, formats: dict[str, str] | None = None, caption: str | None = None,
+               source=None) -> str:
     """A small table as HTML in a container that scrolls sideways on its own, never the page.
 
     Args:
         table: The rows to show (the index is left out).
         formats: Column -> format string (``"{:.1f}"``) for numbers.
         caption: Optional caption above the table.
+        source: Where its numbers were measured (what :func:`energybook.report.provenance.source_line`
+            takes), written under the table; the table's own ``attrs`` when None (nothing for a table of
+            predictions, which carries none).
 
     Used in :doc:`/book/views`, :doc:`/book/physics` and :doc:`/book/worked_example`.
     """
@@ -371,6 +378,11 @@ def table_html(table: pd.DataFrame, formats: dict[str, str] | None = None, capti
     if caption:
         head, rest = body.split(">", 1)
         body = f"{head}><caption>{html.escape(caption)}</caption>{rest}"
+    from energybook.report.provenance import source_line
+
+    line = source_line(table if source is None else source)
+    if line:
+        body += f'<p class="eb-source" style="font-size:0.8em;color:#666">{html.escape(line)}</p>'
     return f'<div class="eb-table-scroll" style="overflow-x:auto;max-width:100%">{body}</div>'
 
 
