@@ -105,7 +105,7 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
             "calibrate it)")
     logger.info("%s", line)
     log.append(f"ETA {line}")
-    measured = 0
+    measured, t_loop = 0, time.perf_counter()
     by_batch: dict[int, list[S.PointShape]] = {}
     for s in shapes:
         by_batch.setdefault(s.batch, []).append(s)
@@ -118,6 +118,7 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
             contexts = plan.decode.get(batch, ())
             lengths = tuple(sorted({s.n_in for s in mine}))
             P.prepare_pieces(engine, batch, contexts, lengths)
+            prepare_s = time.perf_counter() - t_batch
             prefill = {(n, batch): measure_piece(engine, meter, P.prefill_piece(engine, n, batch), config.min_window_s)
                        for n in lengths}
             decode = []
@@ -129,6 +130,8 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
             # its points: what the sidecar's measuring_minutes adds up (the windows alone would count shared pieces
             # twice and miss the compilation)
             share = (time.perf_counter() - t_batch + config.cooldown_s) / len(mine)
+            logger.info("batch %d: %d pieces, prepared in %.1f s, measured in %.1f s", batch,
+                        len(lengths) + len(contexts), prepare_s, time.perf_counter() - t_batch - prepare_s)
             for s in mine:
                 reading, used = _assemble(s, prefill, decode)
                 p = points[(s.n_in, s.n_out)]
@@ -141,13 +144,17 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
                 row = dataclasses.replace(row, window_s=used)
                 rf.append(row, {"gpu_uuid": env.get("gpu_uuid"), "measuring_s": round(share, 3),
                                 "decode_contexts": list(contexts), "integration": S.INTEGRATION_RULE,
-                                "cache_fill": "random"})
+                                "cache_fill": "random",
+                                "prepare_s": round(prepare_s, 3), "pieces": len(lengths) + len(contexts)})
                 measured += 1
                 if bar is not None:
                     bar.update(1)
                 if stop_after is not None and measured >= stop_after:
                     return measured, log
             time.sleep(config.cooldown_s)
+    log.append(f"wall {time.perf_counter() - t_loop:.0f} s for {measured} points (the ETA said {eta:.0f} s for "
+               f"{len(todo)})")
+    logger.info("%s: %s", name, log[-1])
     return measured, log
 
 
