@@ -53,7 +53,7 @@ def test_files_that_differ_in_more_than_the_protocol_are_refused_by_name(change,
 
 def test_wrong_order_and_no_common_point_are_refused():
     f, s = _run("full", {(64, 64): 1.0}, "f.csv"), _run("sampled", {(128, 64): 1.0}, "s.csv")
-    with pytest.raises(ValueError, match="pass the full file first"):
+    with pytest.raises(ValueError, match="pass the reference file"):
         P.compare(s, f)
     with pytest.raises(ValueError, match="share no"):
         P.compare(f, s)

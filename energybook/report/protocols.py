@@ -1,5 +1,8 @@
-"""The sampled protocol against the full one: the same points of one model, on one GPU and one engine, measured
-both ways (``full.csv`` and ``sampled.csv`` in one results folder), compared in output tokens per joule.
+"""The sampled protocol against the reference: the same points of one model, on one GPU and one engine, measured
+both ways in one results folder, compared in output tokens per joule. The reference is the study's protocol as our
+sweeps run it: ``grid.csv`` (the default ``prefix`` mode: every wave of a point counted from one measured wave, read
+at each output length's checkpoint) or ``full.csv`` (every wave of every point run to its end); the sampled file is
+``sampled.csv``. A second board of the same GPU kind writes ``<stem>-<board>.csv`` beside them.
 
 :func:`compare` pairs two loaded files point by point and refuses a pair that differs in anything but the protocol
 (GPU, engine, model, requests, batch cap, weights, prompts, seed, engine settings); :func:`find_pairs` lists the
@@ -21,6 +24,8 @@ from energybook.store.loader import MeasuredRun, load_measured
 #: What the sampled protocol must meet against the full one, in tokens/J: the mean absolute error (%) and the
 #: largest absolute error of any point (%).
 TARGETS = {"mape_pct": 1.0, "max_abs_pct": 2.5}
+#: The protocols a sampled file is checked against: the sweeps' default (``prefix``) and ``full``.
+REFERENCES = ("prefix", "full")
 #: Protocol fields that must agree for two files to be compared (the mode is the one allowed difference).
 _SAME = ("n_req", "max_batch", "seed", "weight_init", "prompts", "engine")
 
@@ -116,11 +121,11 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
 
     full = full if isinstance(full, MeasuredRun) else load_measured(full)
     sampled = sampled if isinstance(sampled, MeasuredRun) else load_measured(sampled)
-    for run, mode in ((full, "full"), (sampled, "sampled")):
+    for run, modes in ((full, REFERENCES), (sampled, ("sampled",))):
         got = (run.provenance.get("protocol") or {}).get("mode")
-        if got != mode:
-            raise ValueError(f"{run.path} was measured with protocol {got!r}, not {mode!r}: pass the full file "
-                             "first and the sampled one second")
+        if got not in modes:
+            raise ValueError(f"{run.path} was measured with protocol {got!r}, not {' or '.join(modes)}: pass the "
+                             "reference file (full or prefix) first and the sampled one second")
     diff = _differences(full, sampled)
     if diff:
         raise ValueError(f"{full.path} and {sampled.path} differ in more than the protocol ({'; '.join(diff)}): "
@@ -142,22 +147,22 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
 
 
 def find_pairs(data: str | Path) -> list[tuple[Path, Path]]:
-    """The (full, sampled) results files under ``data`` that one GPU measured in one results folder: ``full.csv`` or
-    ``full-<board>.csv`` with ``sampled.csv`` or ``sampled-<board>.csv`` (a file holds one GPU, and a second board's
-    file is named after it), paired by the GPU UUIDs their sidecars record; sorted by path."""
+    """The (reference, sampled) results files under ``data`` that one GPU measured in one results folder: ``grid``
+    (prefix) or ``full``, and ``sampled``, each ``<stem>.csv`` or ``<stem>-<board>.csv`` (a file holds one GPU, and a
+    second board's file is named after it), paired by the GPU UUIDs their sidecars record; sorted by path."""
     import re
 
     from energybook.store.loader import read_sidecar
     from energybook.store.writer import file_gpus
 
-    def files(folder: Path, mode: str) -> list[Path]:
-        return sorted(p for p in folder.glob(f"{mode}*.csv") if re.fullmatch(rf"{mode}(-[0-9a-f]{{8}})?", p.stem))
+    def files(folder: Path, stem: str) -> list[Path]:
+        return sorted(p for p in folder.glob(f"{stem}*.csv") if re.fullmatch(rf"{stem}(-[0-9a-f]{{8}})?", p.stem))
 
     pairs = []
-    for folder in sorted({p.parent for p in Path(data).rglob("full*.csv")}):
-        for f in files(folder, "full"):
-            boards = file_gpus(read_sidecar(f))
-            pairs += [(f, s) for s in files(folder, "sampled") if boards & file_gpus(read_sidecar(s))]
+    for folder in sorted({p.parent for p in Path(data).rglob("sampled*.csv")}):
+        for ref in files(folder, "full") + files(folder, "grid"):
+            boards = file_gpus(read_sidecar(ref))
+            pairs += [(ref, s) for s in files(folder, "sampled") if boards & file_gpus(read_sidecar(s))]
     return pairs
 
 
