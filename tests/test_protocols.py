@@ -31,7 +31,7 @@ def test_errors_are_sampled_over_full_minus_one_on_common_points():
     assert c.mape_pct == pytest.approx(1.5) and c.max_abs_pct == pytest.approx(2.0)
     assert c.bias_pct == pytest.approx(-0.5)
     assert not c.passed  # MAPE 1.5% > 1%
-    assert c.summary()["full_minutes"] == 3.0 and c.summary()["gpu_uuid"] == "GPU-1"
+    assert c.summary()["reference_minutes"] == 3.0 and c.summary()["gpu_uuid"] == "GPU-1"
 
 
 def test_a_pair_within_both_targets_passes_and_one_point_beyond_fails():

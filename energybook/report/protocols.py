@@ -7,7 +7,7 @@ at each output length's checkpoint) or ``full.csv`` (every wave of every point r
 :func:`compare` pairs two loaded files point by point and refuses a pair that differs in anything but the protocol
 (GPU, engine, model, requests, batch cap, weights, prompts, seed, engine settings); :func:`find_pairs` lists the
 folders under a data folder that hold both files; :data:`TARGETS` holds the bounds the sampled protocol must meet
-(issue 22). The comparison's error is ``(sampled - full) / full`` of ``tokens_per_j``, in percent.
+(issue 22). The comparison's error is ``sampled / reference - 1`` of ``tokens_per_j``, in percent.
 
 Used in :doc:`/book/protocols`.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from energybook.report.provenance import measuring_minutes
 from energybook.store.loader import MeasuredRun, load_measured
 
-#: What the sampled protocol must meet against the full one, in tokens/J: the mean absolute error (%) and the
+#: What the sampled protocol must meet against the reference, in tokens/J: the mean absolute error (%) and the
 #: largest absolute error of any point (%).
 TARGETS = {"mape_pct": 1.0, "max_abs_pct": 2.5}
 #: The protocols a sampled file is checked against: the sweeps' default (``prefix``) and ``full``.
@@ -32,24 +32,26 @@ _SAME = ("n_req", "max_batch", "seed", "weight_init", "prompts", "engine")
 
 @dataclass(frozen=True)
 class ProtocolCheck:
-    """One model's full-against-sampled comparison.
+    """One model's sampled-against-reference comparison.
 
     Attributes:
         model, gpu, gpu_uuid, engine: What was measured, and where.
-        table: One row per common point: n_in, n_out, batch, tokens_per_j_full, tokens_per_j_sampled,
+        reference: The reference file's protocol (``prefix`` or ``full``).
+        table: One row per common point: n_in, n_out, batch, tokens_per_j_reference, tokens_per_j_sampled,
             error_pct (pandas DataFrame, sorted by n_in then n_out).
-        full_minutes, sampled_minutes: GPU-minutes each file's sidecar records for these points' file.
-        full_path, sampled_path: The two results files.
+        reference_minutes, sampled_minutes: GPU-minutes each file's sidecar records (the whole file's).
+        reference_path, sampled_path: The two results files.
     """
 
+    reference: str
     model: str
     gpu: str
     gpu_uuid: str
     engine: str
     table: Any
-    full_minutes: float
+    reference_minutes: float
     sampled_minutes: float
-    full_path: Path
+    reference_path: Path
     sampled_path: Path
 
     @property
@@ -78,10 +80,10 @@ class ProtocolCheck:
 
     def summary(self) -> dict[str, Any]:
         """One line of the book's table (units in the keys)."""
-        return {"model": self.model, "gpu": self.gpu, "gpu_uuid": self.gpu_uuid, "engine": self.engine,
+        return {"model": self.model, "reference": self.reference, "gpu": self.gpu, "gpu_uuid": self.gpu_uuid, "engine": self.engine,
                 "points": self.n_points, "mape_pct": round(self.mape_pct, 3),
                 "max_abs_pct": round(self.max_abs_pct, 3), "bias_pct": round(self.bias_pct, 3),
-                "passed": self.passed, "full_minutes": round(self.full_minutes, 2),
+                "passed": self.passed, "reference_minutes": round(self.reference_minutes, 2),
                 "sampled_minutes": round(self.sampled_minutes, 2)}
 
 
@@ -108,10 +110,10 @@ def _differences(full: MeasuredRun, sampled: MeasuredRun) -> list[str]:
 
 
 def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -> ProtocolCheck:
-    """Compare a full-protocol file with a sampled one, point by point (the points both hold).
+    """Compare a reference file (prefix or full protocol) with a sampled one, point by point (the points both hold).
 
     Args:
-        full, sampled: Loaded runs (:func:`energybook.store.loader.load_measured`) or their CSV paths.
+        full, sampled: The reference and the sampled file: loaded runs (:func:`energybook.store.loader.load_measured`) or their CSV paths.
 
     Raises:
         ValueError: the files are not both of their mode, differ in anything but the protocol (named), or share
@@ -131,18 +133,18 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
         raise ValueError(f"{full.path} and {sampled.path} differ in more than the protocol ({'; '.join(diff)}): "
                          "compare files measured on one GPU, with one engine and one set of settings")
     key = ["n_in", "n_out"]
-    f = full.data.groupby(key, as_index=False).agg(batch=("batch", "first"), tokens_per_j_full=("tokens_per_j",
+    f = full.data.groupby(key, as_index=False).agg(batch=("batch", "first"), tokens_per_j_reference=("tokens_per_j",
                                                                                                  "mean"))
     s = sampled.data.groupby(key, as_index=False).agg(tokens_per_j_sampled=("tokens_per_j", "mean"))
     table = f.merge(s, on=key, how="inner").sort_values(key).reset_index(drop=True)
     if table.empty:
         raise ValueError(f"{full.path} and {sampled.path} share no (n_in, n_out) point")
-    table["error_pct"] = 100 * (table["tokens_per_j_sampled"] / table["tokens_per_j_full"] - 1)
+    table["error_pct"] = 100 * (table["tokens_per_j_sampled"] / table["tokens_per_j_reference"] - 1)
     prov = full.provenance
-    return ProtocolCheck(model=str(prov.get("model")), gpu=str(prov.get("gpu")), gpu_uuid=str(prov.get("gpu_uuid")),
+    return ProtocolCheck(reference=str(prov.get("protocol", {}).get("mode")), model=str(prov.get("model")), gpu=str(prov.get("gpu")), gpu_uuid=str(prov.get("gpu_uuid")),
                          engine=_engine(prov), table=pd.DataFrame(table),
-                         full_minutes=measuring_minutes(full.provenance),
-                         sampled_minutes=measuring_minutes(sampled.provenance), full_path=full.path,
+                         reference_minutes=measuring_minutes(full.provenance),
+                         sampled_minutes=measuring_minutes(sampled.provenance), reference_path=full.path,
                          sampled_path=sampled.path)
 
 
@@ -192,5 +194,5 @@ def error_heatmap(check: ProtocolCheck, ax=None, limit_pct: float = TARGETS["max
     ax.set_xlabel(LABELS["n_out"])
     ax.set_ylabel(LABELS["n_in"])
     ax.set_title(f"{model_label(check.model)}: {check.gpu}\n{check.gpu_uuid}, {check.engine} engine", fontsize=8)
-    ax.figure.colorbar(im, ax=ax, label="sampled / full - 1, tokens per joule (%)")
+    ax.figure.colorbar(im, ax=ax, label=f"sampled / {check.reference} - 1, tokens per joule (%)")
     return ax
