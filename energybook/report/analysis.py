@@ -376,7 +376,13 @@ def scroll_table(table, formats=None, na_rep: str = "-", source=None, models=Non
     return HTML(f'<div class="eb-table" style="overflow-x: auto; max-width: 100%;">{styler.to_html()}</div>')
 
 
-def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.DataFrame:
+#: The engine whose committed grids the book's chapters analyse (the H100 grids of the first edition; issue 25 moves
+#: the chapters to the lean engine's grids). Pages pass it to :func:`measured_table` and
+#: :func:`energybook.store.catalog.grid_runs`, so that another engine's grids of the same model never mix in.
+BOOK_ENGINE = "hf"
+
+
+def measured_table(root=None, name: str = "grid", gpu: str | None = None, engine: str | None = None) -> pd.DataFrame:
     """Our measured grids as one tidy table, one row per (gpu, model, n_in, n_out).
 
     Reads every results file called ``<name>.csv`` under ``root`` (default: the workspace's
@@ -389,18 +395,21 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
         name: Stem of the results files to read (``grid`` for the torch engine's sweeps of the
             7x7 grid, ``trtllm-grid`` or ``vllm-grid`` for the external engines').
         gpu: Keep only this GPU (exact name as recorded), or all when None.
+        engine: Keep only this engine's grids (its folder name: ``hf``, ``lean``), or all when None. Rows are kept
+            apart by GPU and engine (``engine`` column): two engines' points are never averaged.
 
     Returns:
         An empty table when nothing is measured yet. Its ``attrs`` name the GPUs (name and UUID) and engines
         that measured it (:func:`energybook.report.provenance.attach_sources`), which figures drawn from it
         stamp and tables show (:func:`energybook.report.provenance.source_line`).
     """
-    runs = [r for r in catalog.measured_runs(root) if r.path.stem == name]
+    runs = catalog.grid_runs(root, engine=engine, name=name)
     if gpu is not None:
         runs = [r for r in runs if r.gpu == gpu]
     raw = catalog.measured_table(runs)
+    engine_of = {str(r.path): r.engine for r in runs}
     if raw.empty:
-        return pd.DataFrame(columns=["gpu", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
+        return pd.DataFrame(columns=["gpu", "engine", "model", "n_in", "n_out", "j_per_token", "tokens_per_j", "reps"])
     # Plain numpy dtypes (the loader's nullable ones do not mix with matplotlib and lmfit).
     for c in raw.columns:
         if pd.api.types.is_numeric_dtype(raw[c]):
@@ -409,9 +418,10 @@ def measured_table(root=None, name: str = "grid", gpu: str | None = None) -> pd.
             raw[c] = raw[c].astype(object)
     if gpu is not None:
         raw = raw[raw["gpu"] == gpu]
-    numeric = [c for c in raw.columns if c not in ("gpu", "model", "n_in", "n_out", "source")
+    raw["engine"] = [engine_of[src] for src in raw["source"]]
+    numeric = [c for c in raw.columns if c not in ("gpu", "engine", "model", "n_in", "n_out", "source")
                and pd.api.types.is_numeric_dtype(raw[c])]
-    grouped = raw.groupby(["gpu", "model", "n_in", "n_out"], as_index=False)
+    grouped = raw.groupby(["gpu", "engine", "model", "n_in", "n_out"], as_index=False)
     table = grouped[numeric].mean()
     table["reps"] = grouped.size()["size"].to_numpy()
     table["j_per_token"] = table["energy_j"] / table["tokens_out"]

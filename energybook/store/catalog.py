@@ -89,6 +89,16 @@ def measured_runs(root: str | Path | None = None, allow_test_data: bool = False)
     return R.count_once([R.load_measured(p, allow_test_data=allow_test_data) for p in result_files(root)])
 
 
+def grid_runs(root: str | Path | None = None, engine: str | None = None, name: str = "grid",
+              allow_test_data: bool = False) -> list[R.MeasuredRun]:
+    """The measured grids: runs whose file is ``<name>.csv`` (``grid``: a 7x7 sweep in the default protocol), of
+    ``engine`` (its folder name: ``hf``, ``lean``...; all when None), as :func:`measured_runs` loads them.
+
+    A second board of the same GPU kind writes ``grid-<board>.csv``, which is not among them."""
+    return [r for r in measured_runs(root, allow_test_data) if r.path.stem == name
+            and (engine is None or r.engine == engine)]
+
+
 def measured_table(runs: list[R.MeasuredRun]):
     """All rows of the runs in one tidy table, with ``source`` (the CSV path) beside each row."""
     import pandas as pd

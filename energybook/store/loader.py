@@ -183,6 +183,15 @@ class MeasuredRun:
         """GPU name the data were measured on."""
         return str(self.provenance.get("gpu", "?"))
 
+    @property
+    def engine(self) -> str:
+        """The engine's folder name (``hf``, ``lean``, ``trtllm``...; :func:`energybook.store.workspace.engine_slug`)
+        from the sidecar, ``"?"`` when it records none."""
+        from energybook.store.workspace import engine_slug, sidecar_engine
+
+        name = sidecar_engine(self.provenance)
+        return engine_slug(name) if name else "?"
+
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar of a results CSV as a dict (empty when absent).
