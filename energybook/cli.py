@@ -9,7 +9,9 @@ Sub-commands:
   prints the shares;
 * ``energybook measure --model M [M ...]``: the same through the papermill notebook, executed copy kept;
 * ``energybook predict --model M --n-in A --n-out B``: the energy of a workload on a calibrated GPU, from the
-  configuration alone (the physical model, :mod:`energybook.model.physics`);
+  configuration alone (the physical model, :mod:`energybook.model.physics`); it refuses (exit 2) what cannot run
+  (weights and KV cache beyond the GPU's memory, an explicit ``--batch`` included; n_in + n_out beyond the model's
+  positions) and warns, on stderr and in the JSON's ``warnings``, outside the calibrated range;
 * ``energybook advise --model M --workload FILE_OR_SPEC``: a workload's energy and the output cap or prompt
   truncation that minimises joules per output token (:mod:`energybook.report.advise`);
 * ``energybook book``: build the book from the committed data (CPU only, in a checkout).
@@ -158,7 +160,9 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     arch = A.load(args.model)
     cal = _calibration(args.gpu)
     pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
-                     calibration=cal)
+                     calibration=cal, strict=True)  # refuses what cannot run: memory, positions (exit 2)
+    for warning in pred.warnings:  # outside the calibrated range: on stderr, and in the JSON under "warnings"
+        print(f"energybook: warning: {warning}", file=sys.stderr)
     if args.json:
         _print_json(pred.to_dict())
         return 0
@@ -187,11 +191,13 @@ def _max_batch() -> int:
 
 def _calibration(gpu: str):
     """The shipped calibration of ``gpu``: a usage error for an uncalibrated GPU, a runtime error (exit 1) for a
-    damaged file."""
+    damaged file or one fitted with another model form than this code's."""
     from energybook.model import physics as P
 
     try:
         return P.load_calibration(gpu)
+    except P.FormMismatch as exc:
+        raise RuntimeError(str(exc)) from None  # fitted with another form of the model: names both hashes
     except ValueError as exc:
         if str(gpu).strip().lower() not in P.calibrated_gpus():
             raise  # names the calibrated GPUs
@@ -217,6 +223,11 @@ def _advise_cmd(args: argparse.Namespace) -> int:
     if longest > MAX_CONTEXT:
         raise ValueError(f"--workload {args.workload}: n_in + n_out must be at most {MAX_CONTEXT} tokens (the longest "
                          f"context), got {longest}")
+    from energybook.model import physics as P
+
+    n_in, n_out = max(zip(workload.n_in, workload.n_out), key=lambda pair: int(pair[0]) + int(pair[1]))
+    if why := P.positions_beyond(arch, int(n_in), int(n_out)):  # what cannot run is refused (exit 2)
+        raise P.Refused(f"--workload {args.workload}: {why}")
     advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch)
     base, best = advice.baseline, advice.best
     plot = ADV.plot_advice(advice, args.plot) if args.plot else None

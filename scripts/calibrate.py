@@ -5,6 +5,12 @@ Writes
   data/calibration/evaluation.json, .md         in-sample and leave-one-model-out errors of every variant
 
 Run from the checkout:  .venv/bin/python scripts/calibrate.py [--gpu h100] [--combine smooth] [--overhead add]
+
+The record carries the model form it was fitted with (``form_version``, ``form_hash``: :mod:`energybook.model.form`)
+and the range its grids covered (``calibrated_range``: batch, lengths, parameter counts, measured mean power). The
+script refuses to store the frozen variant when the code's form differs from the committed
+``data/calibration/form-<version>.json``: a changed form is a new version. The errors it reports are on the grids
+the form was developed on: development errors, not a test of the form.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import numpy as np
 
 from energybook.model import architecture as A
 from energybook.model import fit as FIT
+from energybook.model import form as FORM
 from energybook.model import physics as P
 from energybook.report.analysis import measured_table, offgrid_errors
+from energybook.store import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
+DEVELOPMENT_NOTE = ("development errors: measured on the grids the model form was chosen on (in sample and leave "
+                    "one model out), not a test of the frozen form")
 GPU_NAMES = {"h100": "NVIDIA H100 80GB HBM3"}
 
 
@@ -55,11 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", default="h100", help="GPU key (h100)")
     ap.add_argument("--data", default=str(ROOT / "data" / "measured"), help="measured grids folder")
-    ap.add_argument("--combine", default="smooth", choices=P.COMBINES, help="variant stored as the calibration")
-    ap.add_argument("--overhead", default="add", choices=P.OVERHEADS, help="variant stored as the calibration")
+    ap.add_argument("--combine", default=FORM.SHIPPED_COMBINE, choices=P.COMBINES,
+                    help="variant stored as the calibration")
+    ap.add_argument("--overhead", default=FORM.SHIPPED_OVERHEAD, choices=P.OVERHEADS,
+                    help="variant stored as the calibration")
     args = ap.parse_args(argv)
     gpu_name = GPU_NAMES[args.gpu]
     data = Path(args.data)
+    form = FORM.current_form(args.combine, args.overhead)
+    frozen_file = FORM.form_file(form.version, ROOT)
+    if frozen_file.is_file() and FORM.read_form(form.version, ROOT)["form_hash"] != form.form_hash():
+        raise SystemExit(f"the model form changed since {frozen_file.relative_to(ROOT)} was frozen (its form_hash "
+                         f"{FORM.read_form(form.version, ROOT)['form_hash']}, the code's {form.form_hash()}): bump "
+                         "energybook.model.form.FORM_VERSION, write the new form (energybook.model.form.write_form) "
+                         "and test it on data it never saw")
 
     table = measured_table(data, gpu=gpu_name)
     models = sorted(set(table["model"]))
@@ -103,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next(v for v in variants if v["combine"] == args.combine and v["overhead"] == args.overhead)
     cal = chosen["fit"].calibration
     cal.model_error_log = chosen["lomo_rms_log"]
+    cal.form_version, cal.form_hash = form.version, form.form_hash()
+    cal.calibrated_range = P.calibrated_range([(archs[m], grids[m]) for m in models])
+    grid_files = {r.data["model"].iloc[0]: r.path for r in catalog.measured_runs(data)
+                  if r.path.stem == "grid" and r.gpu == gpu_name and len(r.data)}
     sidecars = {}
     for m in models:
-        path = data / _gpu_folder(gpu_name) / m / "grid.csv"
+        path = Path(grid_files[m]).resolve()
         side = json.loads(path.with_suffix(".json").read_text())
         sidecars[str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)] = dict(
             sha256=side.get("sha256"), rows=side.get("rows"), model=m, started_at=side.get("started_at"))
@@ -142,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             memory_bytes=memory, memory_bytes_range=list(span) if span else None, matched=int(matched),
             points=total_points),
         chosen=dict(combine=args.combine, overhead=args.overhead), provenance=cal.provenance,
+        form=dict(form_version=cal.form_version, form_hash=cal.form_hash), errors_are=DEVELOPMENT_NOTE,
         variants=[{k: v[k] for k in ("combine", "overhead", "in_sample", "lomo", "lomo_rms_log")}
                   | dict(params={k: getattr(v["fit"].calibration.params, k) for k in P.PARAM_NAMES},
                          residual_rms_log=v["fit"].residual_rms_log) for v in variants])
@@ -149,10 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     (data_file.parent / "evaluation.md").write_text(_markdown(report, cal, chosen, archs))
     print(f"{package_file}\n{data_file.parent / 'evaluation.md'}")
     return 0
-
-
-def _gpu_folder(name: str) -> str:
-    return "-".join(name.lower().replace("nvidia", "nvidia").split())
 
 
 def _offgrid_line(offgrid: dict | None) -> str:
@@ -180,7 +200,12 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
         f"calibration `energybook/resources/calibration/{cal.gpu}.json`).", "",
         "- grids: " + ", ".join(f"`{k}` (sha256 {v['sha256'][:12]}...)" for k, v in cal.provenance["grids"].items()),
         f"- energybook commit: {cal.provenance['energybook_commit']}; date {cal.provenance['date']}",
-        f"- stored variant: combine = `{cal.combine}`, overhead = `{cal.overhead}`", "",
+        f"- stored variant: combine = `{cal.combine}`, overhead = `{cal.overhead}`",
+        f"- model form: {cal.form_version} (form_hash `{cal.form_hash}`, `data/calibration/form-{cal.form_version}"
+        ".json`)", "",
+        "Every error below is a **development error**: measured on the grids the model form was chosen on (in "
+        "sample, and leave one model out of those same grids). None is a test of the frozen form; only data it "
+        "never saw test it (models measured after the freeze, the seeded off-grid points, another GPU).", "",
         "## Model", "",
         "Per forward pass (prefill chunk or decode step), with exact counts from the configuration:", "",
         "    busy = comb(F_mm/R_mm, (W+O)/B_w) + comb(F_att/R_att + N_pair/R_pair, K/B_kv) + A/B_el + N_blk*t_blk"
@@ -220,7 +245,7 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
               f"{b['memory_bytes_range']}); it reproduces {b['matched']} of {b['points']} measured batches.", "",
               f"Model error term (rms log LOMO error): {cal.model_error_log:.4f}; the 95% interval of `predict` is "
               "exp(+-1.96 sqrt(s_param^2 + model_error_log^2)).", "",
-              "## Errors of the total energy (MAPE, %)", "",
+              "## Development errors of the total energy (MAPE, %)", "",
               "| model | attention | Eq. 5 in sample (per-model fit) | physical in sample | ratio to Eq. 5 "
               "| physical leave-one-model-out |", "|---|---|---|---|---|---|"]
     for m in models:

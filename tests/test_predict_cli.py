@@ -30,6 +30,7 @@ def test_predict_json_contract():
         assert isinstance(out[k], float) and out[k] > 0, k
     assert out["j_per_token_low"] < out["j_per_token"] < out["j_per_token_high"]
     assert out["tokens_per_j"] == pytest.approx(1 / out["j_per_token"])
+    assert out["warnings"] == [] and proc.stderr == ""  # inside the calibrated range: no warning
 
 
 def test_predict_a_config_file_with_a_fixed_batch(tmp_path, capsys):

@@ -96,7 +96,15 @@ few prefill times made 75% of the sum of squares and held ``P_busy`` 2% below th
 GPU); :func:`predict` gives the energy of any
 (architecture, n_in, n_out, batch or max_batch, n_req) with an interval (see :class:`Prediction`).
 :func:`load_calibration` reads a stored calibration from the package data (``energybook/resources/calibration/``,
-written by ``scripts/calibrate.py``).
+written by ``scripts/calibrate.py``) and refuses one fitted with another form of the model than the frozen one
+this code evaluates (:mod:`energybook.model.form`: the record's ``form_hash``).
+
+:func:`predict` refuses what cannot run (:class:`Refused`): waves whose weights, KV cache and buffers do not fit
+the GPU's memory, an explicit batch included (:func:`check_memory` names the bytes needed and available and the
+largest batch that fits), and with ``strict`` (as ``energybook predict`` calls it) n_in + n_out beyond the model's
+``max_position_embeddings``. It warns (:attr:`Prediction.warnings`) where a request lies outside what the
+calibration's grids covered: batch, parameter count, n_in, n_out, predicted mean power
+(:func:`request_warnings`, the record's ``calibrated_range``).
 
 Used in :doc:`/book/physics`.
 """
@@ -105,6 +113,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,6 +122,7 @@ from energybook.model import batch as B
 from energybook.model import complexity as C
 from energybook.model.architecture import Architecture
 from energybook.model.batch import HF_PROFILE, EngineProfile
+from energybook.model.form import FormMismatch, check_form  # noqa: F401
 from energybook.model.physics_fit import (  # noqa: F401  (the model's names, importable from here)
     COMBINES,
     OVERHEADS,
@@ -130,10 +140,11 @@ from energybook.model.physics_fit import (  # noqa: F401  (the model's names, im
     batch_limit,
     calibrate,
     calibrated_gpus,
-    load_calibration,
+    calibrated_range,
     memory_for_batches,
     observations,
     phase_energy,
+    read_calibration,
 )
 from energybook.model.physics_passes import (  # noqa: F401
     NORM_BYTES,
@@ -151,6 +162,26 @@ ENGINE_PREFILL_TOKENS = HF_PROFILE.prefill_tokens
 ENGINE_CACHE_BUCKET = HF_PROFILE.bucket_max
 #: Context bucket of the engine's decode CUDA graphs (tokens): one graph per bucket per wave.
 ENGINE_GRAPH_BUCKET = HF_PROFILE.bucket_max
+
+
+
+def load_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
+    """The stored calibration of a GPU, checked against the model form this code evaluates.
+
+    Args:
+        gpu: GPU key (``"h100"``), case-insensitive.
+        path: A calibration JSON to read instead of the shipped one.
+
+    Raises:
+        ValueError: for an uncalibrated GPU (the message lists the calibrated ones) or a malformed file.
+        FormMismatch: for a calibration fitted with another form of the model (its ``form_hash`` differs from
+            :func:`energybook.model.form.current_form`'s; the message names both). A record without a form is
+            loaded with a logged warning.
+    """
+    cal = read_calibration(gpu, path)
+    check_form(cal, path if path is not None else f"the shipped calibration {str(gpu).strip().lower()}.json")
+    return cal
+
 
 # ----- prediction -----------------------------------------------------------------------------
 #: z of the two-sided 95% normal interval.
@@ -183,6 +214,8 @@ class Prediction:
         decode_s: Decode time (seconds).
         energy_low_j: Lower end of the interval on ``energy_j`` (joules).
         energy_high_j: Upper end (joules).
+        warnings: Where the request lies outside what the calibration's grids covered (batch, model size,
+            lengths, predicted power) or beyond the model's positions (:func:`request_warnings`); empty inside.
     """
 
     model: str
@@ -200,6 +233,7 @@ class Prediction:
     decode_s: float
     energy_low_j: float
     energy_high_j: float
+    warnings: tuple[str, ...] = ()
 
     @property
     def tokens_out(self) -> int:
@@ -249,6 +283,7 @@ class Prediction:
             d[k] = getattr(self, k)
         d["j_per_request_low"] = self.energy_low_j / self.n_req
         d["j_per_request_high"] = self.energy_high_j / self.n_req
+        d["warnings"] = list(self.warnings)
         return d
 
 
@@ -261,25 +296,136 @@ def _profile(calibration: Calibration) -> EngineProfile:
     return B.profile_for(calibration.engine) if calibration.engine else HF_PROFILE
 
 
+#: The largest batch :func:`check_memory` considers (requests; the CLI's limit on --batch).
+_LARGEST_BATCH = 10**7
+
+
+class Refused(ValueError):
+    """A request the model does not answer because it cannot run: it does not fit the GPU's memory, or it needs
+    more positions than the model has. The message names the limit and the way out."""
+
+
+def _largest_fitting(arch: Architecture, n_in: int, n_out: int, calibration: Calibration) -> int:
+    """The largest batch whose KV cache and buffers fit beside the weights, by the engine's rule (0: none)."""
+    return batch_limit(arch, n_in, n_out, calibration.memory_bytes, _LARGEST_BATCH, _profile(calibration))
+
+
+def memory_needed(arch: Architecture, n_in: int, n_out: int, batch: int, calibration: Calibration) -> dict[str, float]:
+    """The device memory a wave of ``batch`` requests of (n_in, n_out) needs by the engine's rule (bytes).
+
+    Returns:
+        ``weights_bytes``; ``cache_bytes`` (the requests' KV cache, logits, token ids and decode activations);
+        ``fixed_bytes`` (one prefill chunk's activations, the LM head's scratch, the headroom); ``needed_bytes``
+        = weights + (cache + fixed) / the share of the memory after the weights that the engine may use; and
+        ``available_bytes``, the calibration's memory before the weights.
+    """
+    profile = _profile(calibration)
+    weights = float(arch.num_params * arch.bytes_per_element)
+    cache = float(batch * B.request_bytes(arch, n_in, n_out, profile))
+    fixed = float(B.fixed_bytes(arch, n_in, profile, batch))
+    return dict(weights_bytes=weights, cache_bytes=cache, fixed_bytes=fixed,
+                needed_bytes=weights + (cache + fixed) / profile.memory_fraction,
+                available_bytes=float(calibration.memory_bytes))
+
+
+def check_memory(arch: Architecture, n_in: int, n_out: int, batch: int, calibration: Calibration,
+                 requested: int | None = None) -> None:
+    """Refuse a wave of ``batch`` requests that does not fit the calibrated GPU's memory (``requested``: the batch
+    asked for, when the balanced waves are smaller).
+
+    Raises:
+        Refused: naming the bytes needed, the bytes available and the largest batch that fits.
+    """
+    largest = _largest_fitting(arch, n_in, n_out, calibration)
+    if batch <= largest:
+        return
+    m = memory_needed(arch, n_in, n_out, batch, calibration)
+    gpu = calibration.gpu_name or calibration.gpu
+    if m["weights_bytes"] >= m["available_bytes"]:
+        way = (f"the weights alone ({m['weights_bytes']:.4g} bytes) do not fit: no batch fits; use a GPU with more "
+               "memory")
+    elif largest == 0:
+        way = "not even one request fits at these lengths: shorten the prompt or the output"
+    else:
+        way = f"the largest batch that fits is {largest}: use a batch of at most {largest}"
+    asked = f"batch {batch}" if requested in (None, batch) else f"batch {requested} (waves of {batch} requests)"
+    raise Refused(
+        f"{arch.name} at {asked} with n_in {n_in} and n_out {n_out} needs {m['needed_bytes']:.4g} bytes of GPU "
+        f"memory (weights {m['weights_bytes']:.4g} + KV cache and per-request buffers {m['cache_bytes']:.4g} + fixed "
+        f"buffers {m['fixed_bytes']:.4g}, the engine using {_profile(calibration).memory_fraction:.0%} of what the "
+        f"weights leave), but the {gpu} has {m['available_bytes']:.4g} bytes available; {way}")
+
+
+def positions_beyond(arch: Architecture, n_in: int, n_out: int) -> str:
+    """Why (n_in, n_out) needs more positions than the model has (its ``max_position_embeddings``), or ""."""
+    limit = arch.max_position_embeddings
+    if n_in + n_out <= limit:
+        return ""
+    return (f"n_in + n_out = {n_in + n_out} is beyond {arch.name}'s {limit} positions (max_position_embeddings "
+            f"{limit}): the model cannot run it; keep n_in + n_out at most {limit}")
+
+
 def schedule(arch: Architecture, n_in: int, n_out: int, calibration: Calibration, batch: int | None = None,
              max_batch: int = 1024, n_req: int = 1000) -> tuple[int, int]:
     """(batch, waves) the engine would use: ``batch`` as given, else the KV-memory rule of the calibration's engine
     (:func:`energybook.model.batch.profile_for`) under ``max_batch``.
 
     Raises:
-        ValueError: for non-positive values or when not even one request fits.
+        ValueError: for non-positive values.
+        Refused: when the waves do not fit the GPU's memory (a given ``batch`` too large, or not even one request
+            fits), naming the bytes needed and available and the largest batch that fits.
     """
     C.check_positive(n_in=n_in, n_out=n_out, n_req=n_req)
     if batch is not None:
         C.check_positive(batch=batch)
-        return balanced_batch(n_req, min(n_req, batch))
+        b, waves = balanced_batch(n_req, min(n_req, batch))
+        check_memory(arch, n_in, n_out, b, calibration, requested=batch)
+        return b, waves
     C.check_positive(max_batch=max_batch)
     limit = batch_limit(arch, n_in, n_out, calibration.memory_bytes, max_batch, _profile(calibration))
+    if limit < 1:
+        check_memory(arch, n_in, n_out, 1, calibration)
     return balanced_batch(n_req, min(n_req, max_batch, limit))
 
 
+def request_warnings(arch: Architecture, n_in: int, n_out: int, batch: int, power_w: float | None,
+                     calibration: Calibration) -> list[str]:
+    """Where a request lies outside what the calibration's grids covered (:attr:`Calibration.calibrated_range`):
+    its batch, the model's parameter count, n_in, n_out, the predicted mean power; and positions beyond the
+    model's limit. One sentence each; none inside the range."""
+    out = []
+    rng = calibration.calibrated_range
+    if not rng:
+        out.append(f"the calibration of {calibration.gpu} records no calibrated range: whether this request lies "
+                   "inside what its grids covered is unknown")
+    models = ", ".join(rng.get("models", [])) or "the calibration grids"
+
+    def outside(key: str, value: float) -> tuple[float, float] | None:
+        if key not in rng:
+            return None
+        low, high = rng[key]
+        return (low, high) if not low <= value <= high else None
+
+    if (r := outside("batch", batch)) is not None:
+        out.append(f"batch {batch} is outside the calibrated batches {r[0]:g}..{r[1]:g} (requests per wave)")
+    if (r := outside("num_params", arch.num_params)) is not None:
+        out.append(f"{arch.name} has {arch.num_params:.4g} parameters, outside the calibrated model sizes "
+                   f"{r[0]:.4g}..{r[1]:.4g} ({models})")
+    if (r := outside("n_in", n_in)) is not None:
+        out.append(f"n_in {n_in} is outside the calibrated prompt lengths {r[0]:g}..{r[1]:g} tokens")
+    if (r := outside("n_out", n_out)) is not None:
+        out.append(f"n_out {n_out} is outside the calibrated output lengths {r[0]:g}..{r[1]:g} tokens")
+    if power_w is not None and (r := outside("power_w", power_w)) is not None:
+        out.append(f"the predicted mean power {power_w:.0f} W is outside the measured mean powers "
+                   f"{r[0]:.0f}..{r[1]:.0f} W of the calibration grids")
+    if why := positions_beyond(arch, n_in, n_out):
+        out.append(why)
+    return out
+
+
 def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None, max_batch: int = 1024,
-            n_req: int = 1000, calibration: Calibration | None = None, samples: int = 200) -> Prediction:
+            n_req: int = 1000, calibration: Calibration | None = None, samples: int = 200,
+            strict: bool = False) -> Prediction:
     """The energy of ``n_req`` requests of (n_in, n_out) on a calibrated GPU, with an interval.
 
     Args:
@@ -291,11 +437,22 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
         n_req: Requests.
         calibration: The GPU's calibration (default :func:`load_calibration` of ``"h100"``).
         samples: Parameter sets drawn for the interval (0: the interval holds the model error only).
+        strict: Refuse n_in + n_out beyond the model's ``max_position_embeddings`` (``energybook predict`` does);
+            False: predict it with a warning (the measuring engine extends a model's position table with dummy
+            weights, so the grids hold such points, e.g. OPT-1.3B to 8192 positions, but a real checkpoint cannot
+            run them).
+
+    Returns:
+        The prediction, with :attr:`Prediction.warnings` naming what lies outside the calibrated range.
 
     Raises:
-        ValueError: for non-positive lengths or batches, or when not even one request fits.
+        ValueError: for non-positive lengths or batches.
+        Refused: when the waves do not fit the GPU's memory (an explicit ``batch`` included), or, with ``strict``,
+            when n_in + n_out is beyond the model's positions.
     """
     cal = calibration if calibration is not None else load_calibration()
+    if strict and (why := positions_beyond(arch, n_in, n_out)):
+        raise Refused(why)
     b, waves = schedule(arch, n_in, n_out, cal, batch, max_batch, n_req)
     counts = pass_counts(arch, n_in, n_out, n_req, b, waves, _profile(cal))
     e = phase_energy(counts, cal.params, cal.combine, cal.overhead)
@@ -305,8 +462,9 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
     if draws:
         s_par = float(np.std(np.log(draws)))
     half = Z95 * math.hypot(s_par, cal.model_error_log)
+    warnings = request_warnings(arch, n_in, n_out, counts.max_wave, e.energy_j / e.duration_s, cal)
     return Prediction(model=arch.name, gpu=cal.gpu, n_in=n_in, n_out=n_out, n_req=n_req, batch=counts.max_wave,
                       waves=waves, energy_j=e.energy_j, duration_s=e.duration_s,
                       prefill_energy_j=e.prefill_energy_j, decode_energy_j=e.decode_energy_j,
                       prefill_s=e.prefill_s, decode_s=e.decode_s, energy_low_j=e.energy_j * math.exp(-half),
-                      energy_high_j=e.energy_j * math.exp(half))
+                      energy_high_j=e.energy_j * math.exp(half), warnings=tuple(warnings))

@@ -212,6 +212,11 @@ class Calibration:
         model_error_log: The model's own error: rms of log(predicted / measured) energy over the
             leave-one-model-out predictions (dimensionless; 0.05 is about 5%).
         provenance: What it was calibrated from (grids with sha256, commit, date, command).
+        form_version: The version of the model form it was fitted with (:mod:`energybook.model.form`; "" when the
+            record predates the frozen form).
+        form_hash: sha256 of that form (:meth:`energybook.model.form.ModelForm.form_hash`; "" when unknown).
+        calibrated_range: What the calibration grids covered (:func:`calibrated_range`): ``batch``, ``n_in``,
+            ``n_out``, ``num_params`` and ``power_w`` as [low, high], and the ``models``; {} when unknown.
     """
 
     gpu: str
@@ -226,6 +231,9 @@ class Calibration:
     power_cap_w: float = 700.0
     model_error_log: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    form_version: str = ""
+    form_hash: str = ""
+    calibrated_range: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (SI units; the units are listed under ``units``)."""
@@ -234,7 +242,9 @@ class Calibration:
                     params={k: getattr(self.params, k) for k in PARAM_NAMES},
                     stderr=self.stderr, units=PARAM_UNITS, covariance=np.asarray(self.covariance).tolist(),
                     memory_bytes=self.memory_bytes, power_cap_w=self.power_cap_w,
-                    model_error_log=self.model_error_log, provenance=self.provenance)
+                    model_error_log=self.model_error_log, provenance=self.provenance,
+                    form_version=self.form_version, form_hash=self.form_hash,
+                    calibrated_range=self.calibrated_range)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -253,7 +263,9 @@ class Calibration:
                        stderr={k: float(v) for k, v in d["stderr"].items()}, covariance=cov,
                        overhead=str(d.get("overhead", "overlap")), memory_bytes=float(d["memory_bytes"]),
                        power_cap_w=float(d["power_cap_w"]),
-                       model_error_log=float(d["model_error_log"]), provenance=dict(d.get("provenance", {})))
+                       model_error_log=float(d["model_error_log"]), provenance=dict(d.get("provenance", {})),
+                       form_version=str(d.get("form_version") or ""), form_hash=str(d.get("form_hash") or ""),
+                       calibrated_range=dict(d.get("calibrated_range") or {}))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed calibration record: {exc!r}") from None
 
@@ -351,6 +363,52 @@ START = PhysicsParams(matmul_flops_s=400e12, attention_flops_s=200e12, weight_by
                       graph_capture_s=20e-3)
 
 
+#: lmfit's minimiser of :func:`calibrate`.
+FIT_METHOD = "least_squares"
+#: The residuals of one measured workload in :func:`calibrate`, in their order: log(model / measured) of each.
+RESIDUALS = ("prefill_energy_j", "decode_energy_j", "prefill_s", "decode_s")
+
+
+def residual_weights(measured: np.ndarray, weights: str = "share") -> np.ndarray:
+    """The weight of each residual of :func:`calibrate` (rows: workloads; columns: :data:`RESIDUALS`).
+
+    ``"share"``: ``sqrt(2 f)``, ``f`` the phase's share of the workload's measured energy (for the energies) or
+    time (for the times); ``"equal"``: 1.
+
+    Raises:
+        ValueError: for an unknown weighting.
+    """
+    measured = np.asarray(measured, dtype=float)
+    if weights == "share":
+        f_e = measured[:, 0] / (measured[:, 0] + measured[:, 1])
+        f_t = measured[:, 2] / (measured[:, 2] + measured[:, 3])
+        return np.sqrt(2 * np.column_stack([f_e, 1 - f_e, f_t, 1 - f_t]))
+    if weights == "equal":
+        return np.ones_like(measured)
+    raise ValueError(f"unknown weighting {weights!r}; use one of {WEIGHTS}")
+
+
+def _scaled_bounds(start: PhysicsParams, power_cap_w: float) -> dict[str, tuple[float, float, float]]:
+    """(start, min, max) of each parameter as lmfit sees it (divided by its scale)."""
+    out = {}
+    for k in PARAM_NAMES:
+        value = getattr(start, k) / _SCALE[k]
+        if k.endswith("power_w"):
+            out[k] = (min(value, power_cap_w * 0.999), 0.0, power_cap_w)
+        elif k in _TIMES:
+            out[k] = (value, 0.0, 1e5)
+        else:
+            out[k] = (value, value * 1e-3, value * 1e3)
+    return out
+
+
+def fit_bounds(start: PhysicsParams = START, power_cap_w: float = 700.0) -> dict[str, tuple[float, float, float]]:
+    """(start value, lower bound, upper bound) of each parameter in :func:`calibrate` (SI units): the powers
+    within ``[0, power_cap_w]`` (starting at most at 0.999 of it), the fixed times within ``[0, 1e5 x scale]``, the
+    rates within a factor 1000 of their start value either way."""
+    return {k: tuple(float(x * _SCALE[k]) for x in v) for k, v in _scaled_bounds(start, power_cap_w).items()}
+
+
 @dataclass
 class CalibrationFit:
     """What :func:`calibrate` returns: the calibration and the fit's diagnostics.
@@ -410,22 +468,11 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
     if not (np.isfinite(measured).all() and (measured > 0).all()):
         raise ValueError("measured energies and times must be positive and finite")
     log_measured = np.log(measured)
-    if weights == "share":
-        f_e = measured[:, 0] / (measured[:, 0] + measured[:, 1])
-        f_t = measured[:, 2] / (measured[:, 2] + measured[:, 3])
-        weight = np.sqrt(2 * np.column_stack([f_e, 1 - f_e, f_t, 1 - f_t]))
-    else:
-        weight = np.ones_like(measured)
+    weight = residual_weights(measured, weights)
 
     params = lmfit.Parameters()
-    for k in PARAM_NAMES:
-        value = getattr(start, k) / _SCALE[k]
-        if k.endswith("power_w"):
-            params.add(k, value=min(value, power_cap_w * 0.999), min=0.0, max=power_cap_w)
-        elif k in _TIMES:
-            params.add(k, value=value, min=0.0, max=1e5)
-        else:
-            params.add(k, value=value, min=value * 1e-3, max=value * 1e3)
+    for k, (value, low, high) in _scaled_bounds(start, power_cap_w).items():
+        params.add(k, value=value, min=low, max=high)
     for k, v in (fixed or {}).items():
         params[k].set(value=v / _SCALE[k], vary=False, min=-np.inf, max=np.inf)
 
@@ -440,7 +487,7 @@ def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "
             rows.append([e.prefill_energy_j, e.decode_energy_j, e.prefill_s, e.decode_s])
         return (weight * (np.log(np.maximum(np.array(rows), 1e-300)) - log_measured)).ravel()
 
-    result = lmfit.minimize(residual, params, method="least_squares")
+    result = lmfit.minimize(residual, params, method=FIT_METHOD)
     best = unpack(result.params)
     scale = np.array([_SCALE[k] for k in PARAM_NAMES])
     k = len(PARAM_NAMES)
@@ -516,6 +563,37 @@ def memory_for_batches(archs_and_rows: list[tuple[Architecture, list[tuple[int, 
     return (min(good), max(good)) if good else None
 
 
+def calibrated_range(grids: list[tuple[Architecture, Any]]) -> dict[str, Any]:
+    """What calibration grids cover: [low, high] of the batch, n_in, n_out (tokens), the models' parameter counts
+    and the measured mean power (energy / duration of each point, watts), and the models, for the warnings of
+    :func:`energybook.model.physics.predict`.
+
+    Args:
+        grids: (architecture, its measured rows) per model: rows with ``batch``, ``n_in``, ``n_out``, ``energy_j``
+            and ``duration_s`` columns (``energybook.report.analysis.measured_table``).
+
+    Raises:
+        ValueError: for no rows.
+    """
+    rows = [(a, t) for a, t in grids if len(t)]
+    if not rows:
+        raise ValueError("a calibrated range needs measured rows")
+
+    def span(values) -> list[float]:
+        values = np.concatenate([np.asarray(v, dtype=float) for v in values])
+        return [float(values.min()), float(values.max())]
+
+    def ints(values) -> list[int]:
+        return [int(v) for v in span(values)]
+
+    return dict(
+        batch=ints(t["batch"] for _, t in rows), n_in=ints(t["n_in"] for _, t in rows),
+        n_out=ints(t["n_out"] for _, t in rows), num_params=ints([a.num_params] for a, _ in rows),
+        power_w=span(np.asarray(t["energy_j"], dtype=float) / np.asarray(t["duration_s"], dtype=float)
+                     for _, t in rows),
+        models=sorted(a.name for a, _ in rows))
+
+
 # ----- stored calibrations --------------------------------------------------------------------
 def calibrated_gpus() -> list[str]:
     """GPU keys with a shipped calibration (``energybook/resources/calibration/<gpu>.json``)."""
@@ -526,8 +604,9 @@ def calibrated_gpus() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json"))
 
 
-def load_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
-    """The stored calibration of a GPU.
+def read_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
+    """The stored calibration of a GPU, as recorded (:func:`energybook.model.physics.load_calibration` also checks
+    its model form).
 
     Args:
         gpu: GPU key (``"h100"``), case-insensitive.

@@ -80,7 +80,8 @@ class ProtocolCheck:
 
     def summary(self) -> dict[str, Any]:
         """One line of the book's table (units in the keys)."""
-        return {"model": self.model, "reference": self.reference, "gpu": self.gpu, "gpu_uuid": self.gpu_uuid, "engine": self.engine,
+        return {"model": self.model, "reference": self.reference, "gpu": self.gpu, "gpu_uuid": self.gpu_uuid,
+                "engine": self.engine,
                 "points": self.n_points, "mape_pct": round(self.mape_pct, 3),
                 "max_abs_pct": round(self.max_abs_pct, 3), "bias_pct": round(self.bias_pct, 3),
                 "passed": self.passed, "reference_minutes": round(self.reference_minutes, 2),
@@ -113,7 +114,8 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
     """Compare a reference file (prefix or full protocol) with a sampled one, point by point (the points both hold).
 
     Args:
-        full, sampled: The reference and the sampled file: loaded runs (:func:`energybook.store.loader.load_measured`) or their CSV paths.
+        full, sampled: The reference and the sampled file: loaded runs
+            (:func:`energybook.store.loader.load_measured`) or their CSV paths.
 
     Raises:
         ValueError: the files are not both of their mode, differ in anything but the protocol (named), or share
@@ -141,8 +143,9 @@ def compare(full: MeasuredRun | str | Path, sampled: MeasuredRun | str | Path) -
         raise ValueError(f"{full.path} and {sampled.path} share no (n_in, n_out) point")
     table["error_pct"] = 100 * (table["tokens_per_j_sampled"] / table["tokens_per_j_reference"] - 1)
     prov = full.provenance
-    return ProtocolCheck(reference=str(prov.get("protocol", {}).get("mode")), model=str(prov.get("model")), gpu=str(prov.get("gpu")), gpu_uuid=str(prov.get("gpu_uuid")),
-                         engine=_engine(prov), table=pd.DataFrame(table),
+    return ProtocolCheck(reference=str(prov.get("protocol", {}).get("mode")), model=str(prov.get("model")),
+                         gpu=str(prov.get("gpu")), gpu_uuid=str(prov.get("gpu_uuid")), engine=_engine(prov),
+                         table=pd.DataFrame(table),
                          reference_minutes=measuring_minutes(full.provenance),
                          sampled_minutes=measuring_minutes(sampled.provenance), reference_path=full.path,
                          sampled_path=sampled.path)
