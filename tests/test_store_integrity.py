@@ -219,4 +219,4 @@ def test_a_file_never_takes_a_second_gpu_and_the_default_path_names_the_new_one(
         rf.start(other)
         rf.append(row(16, gpu_uuid="GPU-abcdef12-3456"), {"gpu_uuid": "GPU-abcdef12-3456"})
     assert R.gpu_file(board, "GPU-abcdef12-3456") == board
-    assert R.file_gpus(prov_of(board)) == {"GPU-abcdef12-3456"} and R.file_gpus(prov_of(path)) == {"GPU-1"}
+    assert R.file_gpus(prov_of(board)) == ["GPU-abcdef12-3456"] and R.file_gpus(prov_of(path)) == ["GPU-1"]

@@ -166,8 +166,8 @@ def find_pairs(data: str | Path) -> list[tuple[Path, Path]]:
     pairs = []
     for folder in sorted({p.parent for p in Path(data).rglob("sampled*.csv")}):
         for ref in files(folder, "full") + files(folder, "grid"):
-            boards = file_gpus(read_sidecar(ref))
-            pairs += [(ref, s) for s in files(folder, "sampled") if boards & file_gpus(read_sidecar(s))]
+            boards = set(file_gpus(read_sidecar(ref)))
+            pairs += [(ref, s) for s in files(folder, "sampled") if boards & set(file_gpus(read_sidecar(s)))]
     return pairs
 
 

@@ -48,6 +48,7 @@ import pandas as pd
 from energybook.store import results as R
 from energybook.store.catalog import measured_dir, measured_runs, measured_table, result_files  # noqa: F401
 from energybook.store.workspace import checkout_root
+from energybook.store.writer import file_gpus
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,12 @@ def measuring_minutes(prov: dict[str, Any]) -> float:
 
 
 def gpu_uuids(prov: dict[str, Any], data: pd.DataFrame | None = None) -> list[str]:
-    """The UUIDs of the GPUs that measured a file: its runs', its point log's, the sidecar's own and (when
-    ``data`` is given) its rows' ``gpu_uuid``, each once, in the order the runs used them."""
-    found = [r.get("gpu_uuid") for r in prov.get("runs") or [] if isinstance(r, dict)]
-    found += [i.get("gpu_uuid") for i in (prov.get("points") or {}).values() if isinstance(i, dict)]
-    found.append(prov.get("gpu_uuid"))
+    """The UUIDs of the GPUs that measured a file (:func:`energybook.store.writer.file_gpus`) and, when ``data`` is
+    given, its rows' ``gpu_uuid``, each once, in the order the runs used them."""
+    found = file_gpus(prov)
     if data is not None and "gpu_uuid" in getattr(data, "columns", ()):
-        found += list(data["gpu_uuid"].dropna())
-    return list(dict.fromkeys(str(u) for u in found if u is not None and str(u).strip() and str(u) != "nan"))
+        found += [str(u) for u in data["gpu_uuid"].dropna() if str(u).strip() and str(u) != "nan"]
+    return list(dict.fromkeys(found))
 
 
 def gpu_count(prov: dict[str, Any]) -> int:

@@ -409,11 +409,13 @@ class ResultsFile:
 
 
 
-def file_gpus(prov: dict[str, Any]) -> set[str]:
-    """The GPU UUIDs a sidecar records (its own, its runs' and its points')."""
-    found = {prov.get("gpu_uuid")} | {r.get("gpu_uuid") for r in prov.get("runs") or [] if isinstance(r, dict)}
-    found |= {i.get("gpu_uuid") for i in (prov.get("points") or {}).values() if isinstance(i, dict)}
-    return {str(u) for u in found if u}
+def file_gpus(prov: dict[str, Any]) -> list[str]:
+    """The UUIDs of the GPUs a sidecar records (its runs', its point log's and its own), each once, in the order
+    the runs used them."""
+    found = [r.get("gpu_uuid") for r in prov.get("runs") or [] if isinstance(r, dict)]
+    found += [i.get("gpu_uuid") for i in (prov.get("points") or {}).values() if isinstance(i, dict)]
+    found.append(prov.get("gpu_uuid"))
+    return list(dict.fromkeys(str(u) for u in found if u is not None and str(u).strip() and str(u) != "nan"))
 
 
 def gpu_file(path: Path, uuid: str | None) -> Path:
