@@ -2,6 +2,7 @@
 # The measuring runbook: models measured in parts that each fit one lent-machine call, resumed by the next call.
 #
 #   bash benchmarks/runbook.sh DATA SECONDS MODEL [MODEL ...]
+#   bash benchmarks/runbook.sh DATA SECONDS study     # the study's 13 models, smallest first (STUDY_ORDER)
 #
 # DATA: the data folder that the next call brings back (only CSV and JSON files are written there);
 # SECONDS: the time this call may spend measuring. In order: the GPU's peaks (`energybook peaks`, once per GPU),
@@ -13,6 +14,10 @@
 set -uo pipefail
 DATA=${1:?data folder}; SECONDS_LEFT=${2:?seconds}; shift 2
 [ $# -ge 1 ] || { echo "usage: bash benchmarks/runbook.sh DATA SECONDS MODEL [MODEL ...]" >&2; exit 2; }
+if [ "$*" = study ]; then  # smallest first: each call adds whole models, and the book is whole after each
+  # shellcheck disable=SC2046
+  set -- $(python3 -c "from energybook.model.architecture import STUDY_ORDER; print(' '.join(STUDY_ORDER))")
+fi
 T0=$(date +%s)
 left() { echo $(( SECONDS_LEFT - ($(date +%s) - T0) )); }
 mkdir -p "$DATA"

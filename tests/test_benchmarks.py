@@ -104,3 +104,34 @@ def test_the_runbook_refuses_a_call_without_models_or_gpu(tmp_path):
     nogpu = subprocess.run([bash, str(script), str(tmp_path / "d"), "60", "Llama-3.2-1B"], capture_output=True,
                            text=True, env=env)
     assert nogpu.returncode == 1 and "no GPU here" in nogpu.stderr
+
+
+def test_the_runbook_measures_the_study_models_smallest_first(tmp_path):
+    """``runbook.sh DATA SECONDS study`` sweeps the 13 study models in STUDY_ORDER (each call adds whole models),
+    peaks first; a fake nvidia-smi and a python3 that records the energybook commands stand in for the GPU."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    from energybook.model.architecture import STUDY_ORDER
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "runbook.sh"
+    log = tmp_path / "calls.txt"
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho GPU-test-uuid\n")
+    (tmp_path / "python3").write_text(f'#!/bin/sh\nif [ "$1" = -m ]; then echo "$@" >> {log}; exit 0; fi\n'
+                                      f'exec {sys.executable} "$@"\n')
+    for f in ("nvidia-smi", "python3"):
+        (tmp_path / f).chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": str(script.parents[1])}
+    run = subprocess.run([bash, str(script), str(tmp_path / "d"), "3600", "study"], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("-m energybook peaks")
+    assert [c.split("--model ")[1].split()[0] for c in calls[1:]] == STUDY_ORDER
+    assert all("--engine lean --mode sampled" in c for c in calls[1:])
