@@ -21,6 +21,7 @@ from energybook.model import architecture as A
 from energybook.model import fit as F
 from energybook.model import formulas as FM
 from energybook.model.complexity import GRID
+from energybook.model.paper import quoted as _quoted
 from energybook.report.provenance import attach_sources, method_difference  # noqa: F401 (method_difference: here too)
 from energybook.store import catalog
 
@@ -320,7 +321,11 @@ def ratio_to_study(table: pd.DataFrame, study: pd.DataFrame, energy: str = "ener
 
 @dataclass(frozen=True)
 class StudyText:
-    """Numbers the study prints in its text rather than its tables (arXiv 2602.05695).
+    """Numbers the study prints in its text rather than its tables (arXiv 2602.05695v1).
+
+    Every default is read from the one table of quoted study numbers,
+    ``energybook/resources/paper/quoted.csv`` (:func:`energybook.model.paper.quoted`), where each has its
+    scope and where the study prints it.
 
     Attributes:
         best_worst_ratio: Best over worst grid-point efficiency, mean over its 13 models.
@@ -333,14 +338,14 @@ class StudyText:
         n_req: Requests per grid point.
     """
 
-    best_worst_ratio: float = 33.41
-    best_worst_ratio_sd: float = 4.90
-    mape_pct: float = 1.79
-    llama_64_256: float = 120.71
-    llama_64_4096: float = 51.90
-    batch_1024_64_4096: float = 51.91
-    batch_256_64_4096: float = 47.27
-    n_req: int = 1000
+    best_worst_ratio: float = _quoted("best_worst_ratio_mean")
+    best_worst_ratio_sd: float = _quoted("best_worst_ratio_sd")
+    mape_pct: float = _quoted("mape_mean_memory_flops_model")
+    llama_64_256: float = _quoted("llama32_1b_tokens_per_j_nin64_nout256")
+    llama_64_4096: float = _quoted("llama32_1b_tokens_per_j_nin64_nout4096")
+    batch_1024_64_4096: float = _quoted("batch_llama32_1b_nout4096_max_batch_1024")
+    batch_256_64_4096: float = _quoted("batch_llama32_1b_nout4096_max_batch_256")
+    n_req: int = _quoted("n_req")
 
 
 #: The study's text figures, used in :doc:`/book/sweet_spots` and :doc:`/book/comparison`.
