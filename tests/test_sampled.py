@@ -179,8 +179,13 @@ def test_a_sampled_sweep_on_the_cpu_writes_every_point_and_resumes(tmp_path):
     assert set(df["mode"]) == {"sampled"} and set(df["window_kind"]) == {"sampled"}
     assert (df["tokens_out"] == df["batch"] * df["waves"] * df["n_out"]).all()
     assert (df["energy_j"] > df["prefill_energy_j"]).all() and (df["power_w"] > 0).all()
-    log = json.loads(res.path.with_suffix(".json").read_text())["points"]
+    side = json.loads(res.path.with_suffix(".json").read_text())
+    log = side["points"]
     assert all(e["integration"] == S.INTEGRATION_RULE and e["decode_contexts"] for e in log.values())
+    assert side["sample_plan"]["integration"] == S.INTEGRATION_RULE and side["sample_plan"]["prefill"]
+    # each batch's whole GPU time (preparation included) is shared among its points: the measuring minutes
+    assert side["measuring_minutes"] == pytest.approx(sum(e["measuring_s"] for e in log.values()) / 60, abs=1e-3)
+    assert all(e["measuring_s"] * len(log) >= e["prepare_s"] for e in log.values())  # a share of the preparation
     again = run_sweep(tiny_config(tmp_path), config, **kw)
     assert again.measured == 0 and again.skipped == 4
     with pytest.raises(ValueError, match="sampled protocol measures with the lean engine"):

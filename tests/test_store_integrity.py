@@ -220,3 +220,18 @@ def test_a_file_never_takes_a_second_gpu_and_the_default_path_names_the_new_one(
         rf.append(row(16, gpu_uuid="GPU-abcdef12-3456"), {"gpu_uuid": "GPU-abcdef12-3456"})
     assert R.gpu_file(board, "GPU-abcdef12-3456") == board
     assert R.file_gpus(prov_of(board)) == ["GPU-abcdef12-3456"] and R.file_gpus(prov_of(path)) == ["GPU-1"]
+
+
+def test_annotate_records_facts_without_touching_rows_or_bookkeeping(tmp_path):
+    path = make(tmp_path, n=2)
+    with R.ResultsFile(path) as rf:
+        rf.start(PROV)
+        rf.annotate(sample_plan={"per_octave": 2})
+        with pytest.raises(ValueError, match="cannot change \\['rows'\\]"):
+            rf.annotate(rows=99)
+        rf.append(row(64), {"gpu_uuid": "GPU-1"})
+    prov = prov_of(path)
+    assert prov["sample_plan"] == {"per_octave": 2} and prov["rows"] == 3
+    assert len(R.load_measured(path, allow_test_data=True).data) == 3  # checksum still right
+    with pytest.raises(RuntimeError, match="call start"):
+        R.ResultsFile(path).annotate(x=1)

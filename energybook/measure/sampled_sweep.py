@@ -98,6 +98,7 @@ def sweep_sampled(engine, meter, rf, todo, config, name: str, env, progress: boo
     log = [f"sample plan: {plan.n_samples} pieces for {len(shapes)} points ({per_octave} decode contexts per "
            "doubling)"]
     batches = len({s.batch for s in shapes})
+    rf.annotate(sample_plan=plan.to_record())  # the whole plan of this run (each point also logs its pieces)
     eta = plan.n_samples * (max(MIN_PIECE_WINDOW_S, config.min_window_s) + 0.2) + batches * (
         PREPARE_S + config.cooldown_s)
     line = (f"{name}: {plan.n_samples} pieces over {batches} batches, about {eta / 60:.1f} min (windows, plus "

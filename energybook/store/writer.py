@@ -350,6 +350,24 @@ class ResultsFile:
         logger.warning("%s: recorded %d complete row(s) appended after its sidecar was last written (an "
                        "interrupted append): %s", self.path, len(new), ", ".join(_point_key(k) for k, _ in new))
 
+    def annotate(self, **facts: Any) -> None:
+        """Record facts of this run in the sidecar (e.g. a sampled sweep's ``sample_plan``), replacing the same keys;
+        the rows, their checksum and the point log are left as they are.
+
+        Raises:
+            RuntimeError: :meth:`start` was not called (or the file was closed).
+            ValueError: a key the sidecar's bookkeeping owns.
+        """
+        state = self._state
+        if not self._lock.held or state is None:
+            raise RuntimeError(f"annotate {self.path} without its lock: call start() first")
+        owned = {"points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes", "model", "gpu",
+                 "gpu_uuid", "protocol", "engine_settings", "test_data"}
+        if owned & set(facts):
+            raise ValueError(f"annotate cannot change {sorted(owned & set(facts))}: the sidecar's own keys")
+        state.prov = dict(state.prov, **facts)
+        _write_sidecar(self.sidecar, state.prov)
+
     def append(self, row: Row | dict[str, Any], point_info: dict[str, Any] | None = None) -> None:
         """Append one finished point, then update the sidecar's checksum, size, row count and point log.
 
