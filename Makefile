@@ -144,10 +144,20 @@ test-latest:
 
 # For teachers: the whole book with every solution of the exercises left out (text and code), into
 # _build/students/_build/html. book/_ext/eb_book.py sets sphinx-exercise's hide_solutions when
-# EB_HIDE_SOLUTIONS=1. The recipe is `book`'s with that variable and another output folder.
+# EB_HIDE_SOLUTIONS=1. The recipe is `book`'s with that variable and another output folder; then
+# - the copies of the pages' sources (html/_sources/*.md, behind the theme's download button) go: they
+#   hold the solutions;
+# - the build fails if any file of it still holds a solution (a solution box, its title, or a solution
+#   directive). tests/test_students_build.py reads it closer (pytest -m book tests/test_students_build.py).
+STUDENTS_HTML := _build/students/_build/html
 .PHONY: book-students notebooks
 book-students: $(BOOK_STAMP)
+	rm -rf $(STUDENTS_HTML)
 	EB_HIDE_SOLUTIONS=1 $(BOOK_BIN)/jupyter-book build . --all -W -n --keep-going --path-output _build/students
+	rm -rf $(STUDENTS_HTML)/_sources
+	@if grep -rlE 'class="solution\b|>Solution to |\{solution(-start|-end)?\}' $(STUDENTS_HTML); then \
+		echo "book-students: the files above still hold solutions"; exit 1; \
+	else echo "book-students: no solution in $(STUDENTS_HTML)"; fi
 
 # The .ipynb copies of the book's pages that the Colab buttons open (each with an install cell),
 # into _build/notebooks; CI publishes them to the branch named by eb_notebooks_branch in _config.yml.

@@ -12,8 +12,9 @@ Sub-commands:
   configuration alone (the physical model, :mod:`energybook.model.physics`); it refuses (exit 2) what cannot run
   (weights and KV cache beyond the GPU's memory, an explicit ``--batch`` included; n_in + n_out beyond the model's
   positions) and warns, on stderr and in the JSON's ``warnings``, outside the calibrated range;
-* ``energybook advise --model M --workload FILE_OR_SPEC``: a workload's energy and the output cap or prompt
-  truncation that minimises joules per output token (:mod:`energybook.report.advise`);
+* ``energybook advise --model M --workload FILE_OR_SPEC``: a workload's energy per request and in total, and the
+  output caps or prompt truncations within the user's limits (``--min-n-out``, ``--max-truncation``,
+  ``--quality-floor``) and the calibrated range, ranked by joules per request (:mod:`energybook.report.advise`);
 * ``energybook book``: build the book from the committed data (CPU only, in a checkout).
 
 The conventions of Python tools: ``python -m energybook`` runs it too and ``--version`` prints the version;
@@ -206,10 +207,14 @@ def _calibration(gpu: str):
 
 
 def _advise_cmd(args: argparse.Namespace) -> int:
+    from energybook.measure.protocol import MAX_CONTEXT
     from energybook.model import architecture as A
     from energybook.report import advise as ADV
 
     _in_range("--max-batch", args.max_batch, _max_batch())
+    _in_range("--min-n-out", args.min_n_out, MAX_CONTEXT, what=" tokens (no output cap below it)")
+    _in_range("--max-truncation", args.max_truncation, 1, low=0, what=" (the fraction of a prompt that may be cut)")
+    _in_range("--quality-floor", args.quality_floor, 1, low=0, what=" (the fraction of the requests left whole)")
     arch = A.load(args.model)
     cal = _calibration(args.gpu)
     path = Path(args.workload.strip())
@@ -217,8 +222,6 @@ def _advise_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"--workload {args.workload}: no such file; give a CSV with n_in and n_out columns or a "
                          'spec such as "n_in=512,n_out<=2048"')
     workload = ADV.parse_workload(args.workload)
-    from energybook.measure.protocol import MAX_CONTEXT
-
     longest = int(max(workload.n_in)) + int(max(workload.n_out))
     if longest > MAX_CONTEXT:
         raise ValueError(f"--workload {args.workload}: n_in + n_out must be at most {MAX_CONTEXT} tokens (the longest "
@@ -228,28 +231,43 @@ def _advise_cmd(args: argparse.Namespace) -> int:
     n_in, n_out = max(zip(workload.n_in, workload.n_out), key=lambda pair: int(pair[0]) + int(pair[1]))
     if why := P.positions_beyond(arch, int(n_in), int(n_out)):  # what cannot run is refused (exit 2)
         raise P.Refused(f"--workload {args.workload}: {why}")
-    advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch)
+    advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch, min_n_out=args.min_n_out,
+                        max_truncation=args.max_truncation, quality_floor=args.quality_floor)
     base, best = advice.baseline, advice.best
     plot = ADV.plot_advice(advice, args.plot) if args.plot else None
+    for w in advice.warnings:  # requests outside the calibrated range: on stderr, and in the JSON under "warnings"
+        print(f"energybook: warning: {w}", file=sys.stderr)
     if args.json:
-        options = [dict(dataclasses.asdict(o), j_per_token=o.j_per_token, label=o.label)
-                   for o in [base, *advice.options]]
+        limits = dataclasses.asdict(advice.limits)
         _print_json(dict(model=arch.name, gpu=cal.gpu, workload=workload.source, n_req=workload.n_req,
-                         baseline=options[0], options=options[1:], best=best.label, warning=advice.warning,
-                         plot=None if plot is None else str(plot)))
+                         limits=limits, ranked_by="energy_j_per_request", baseline=base.to_dict(),
+                         options=[o.to_dict() for o in advice.options], best=best.label, excluded=advice.excluded,
+                         warnings=advice.warnings, warning=advice.warning, plot=None if plot is None else str(plot)))
         return 0
     print(f"{arch.name} on {cal.gpu_name}: workload {workload.source} ({workload.n_req} requests)")
-    print(f"  energy as given: {base.energy_j:.4g} J in total, {base.j_per_request:.4g} J per request, "
-          f"{base.j_per_token:.4g} J per output token")
-    print(f"  {'option':26s} {'J/request':>10s} {'J/out token':>11s} {'saved/request':>13s} {'saved total':>12s}")
-    for o in [base, *advice.options]:
-        print(f"  {o.label:26s} {o.j_per_request:10.4g} {o.j_per_token:11.4g} {o.saving_j_per_request:13.4g} "
-              f"{o.saving_j:12.4g}")
+    print(f"  as given: {base.energy_j_per_request:.4g} J per request, {base.energy_j_total:.4g} J for the workload "
+          f"({base.output_tokens_per_request:.0f} output and {base.prompt_tokens_per_request:.0f} prompt tokens per "
+          "request on average)")
+    print(f"  limits: {advice.limits.describe()}")
+    print("  options, fewest joules per request first (cut: tokens per request removed, and their share):")
+    print(f"  {'option':26s} {'J/request':>10s} {'J total':>10s} {'saved J/req':>11s} {'saved':>6s} "
+          f"{'output cut':>15s} {'prompt cut':>15s} {'whole':>6s}")
+    for o in advice.ranked:
+        print(f"  {o.label:26s} {o.energy_j_per_request:10.4g} {o.energy_j_total:10.4g} "
+              f"{o.saving_j_per_request:11.4g} {o.saving_pct:5.1f}% "
+              f"{o.output_tokens_cut_per_request:7.0f} ({o.output_cut_fraction:4.0%}) "
+              f"{o.prompt_tokens_truncated_per_request:7.0f} ({o.prompt_truncated_fraction:4.0%}) "
+              f"{o.requests_whole_fraction:5.0%}")
     if best is base:
-        print("  lowest joules per output token: the workload as given (no cap or truncation lowers it)")
+        print("  fewest joules per request: the workload as given (no cap or truncation within the limits lowers it)")
     else:
-        print(f"  lowest joules per output token: {best.label} ({best.j_per_token:.4g} J per output token, saves "
-              f"{best.saving_j_per_request:.4g} J per request, {best.saving_j:.4g} J in total)")
+        print(f"  fewest joules per request: {best.label} ({best.energy_j_per_request:.4g} J per request, saves "
+              f"{best.saving_j_per_request:.4g} J ({best.saving_pct:.1f}%) per request, {best.saving_j_total:.4g} J "
+              f"in total; cuts {best.output_tokens_cut_per_request:.0f} output and "
+              f"{best.prompt_tokens_truncated_per_request:.0f} prompt tokens per request, leaves "
+              f"{best.requests_whole_fraction:.0%} of the requests whole)")
+    for line in advice.excluded:
+        print(f"  not proposed: {line}")
     print(f"  note: {advice.warning}")
     if plot is not None:
         print(f"  plot: {plot}")
@@ -494,10 +512,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_predict_cmd)
 
-    p = add("advise", help="a workload's energy and the length caps that save most (no GPU needed)")
+    p = add("advise", help="a workload's energy per request and the length caps that lower it within your limits "
+            "(no GPU needed)",
+            description="Price a workload with the physical model and propose output caps or prompt truncations, "
+            "ranked by joules per request (the mean over the workload's requests) with the total for the workload. "
+            "Only options within the limits below and the calibrated range are proposed; requests outside that "
+            "range are warned about. A cap or truncation can cost answer quality, which no energy model measures.")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--workload", required=True, help='a CSV with n_in and n_out columns, or a spec such as '
-                   '"n_in=512,n_out<=2048"')
+                   '"n_in=512,n_out<=2048,n_req=1000" (n_req 1..10**7)')
+    p.add_argument("--min-n-out", type=int, default=None, help="propose no output cap below this many tokens "
+                   "(1..2**20; default: none besides the calibrated output lengths)")
+    p.add_argument("--max-truncation", type=float, default=0.0, help="the largest fraction of any prompt that a "
+                   "truncation may cut, 0..1 (0: no truncation; 0.5: no prompt cut below half its length)")
+    p.add_argument("--quality-floor", type=float, default=0.0, help="the least fraction of the requests, 0..1, "
+                   "that an option must leave whole (output not cut, prompt not truncated)")
     p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
     p.add_argument("--gpu", default="h100", help="calibrated GPU")
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")

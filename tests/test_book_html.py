@@ -10,12 +10,22 @@ A page fails when
 * its HTML includes the same script twice (the cause of the error above, caught without a browser);
 * at 390 px the page scrolls sideways (``document.documentElement.scrollWidth > clientWidth + 1``;
   the message names the widest elements);
+* at 390 px a display equation can be clipped: its box ``div.math`` does not scroll sideways
+  (pydata-sphinx-theme gives it ``overflow: hidden``), its MathJax container sticks out of a box that
+  hides or cannot scroll to it (on the left, for the theme's row-reverse flex row), or its content is
+  wider than the container and the container does not scroll (``overflow-x`` neither ``auto`` nor
+  ``scroll``); book/_static/energybook.css makes both scroll;
 * at 390 px a content image (a figure of the page, not the theme's icons or logos, nor an image
   under 100 px wide) is shown at less than 0.6 of its natural width: its labels would then be a few
   pixels tall (a figure 4.6 in wide at 100 dpi is shown at about 0.74 of its size there);
 * any ``<img>`` has no alt text, or an empty one;
 * its HTML holds a local absolute path (``/root/``, ``/home/``, ``/tmp/``, ``/work/``, ``.venv``,
   ``site-packages``): a sign that a cell printed where the build ran.
+
+Without a browser: every exercise of the book has one number, in one sequence across the book (no two
+pages show "Exercise 1"), the full build holds every solution (which tests/test_students_build.py then
+looks for in the students' build), and every admonition title written in a page's source is rendered as
+the box's title (``:::{important} Title`` would put it into the body).
 
 And no page of a local build (``repository.url`` of ``_config.yml`` still the committed placeholder)
 links to the placeholder repository, nor has a repository, issues or launch button; a build for a
@@ -30,6 +40,7 @@ The site is served from a local HTTP server, as file:// URLs can block scripts s
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import os
 import re
@@ -41,6 +52,7 @@ from urllib.parse import urlparse
 import pytest
 
 from scripts import make_notebooks
+from tests.test_book_text import TITLELESS, directives
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = Path(os.environ.get("EB_BOOK_HTML") or ROOT / "_build" / "html")
@@ -164,6 +176,78 @@ def test_no_link_goes_nowhere():
         assert any(u.startswith("https://mybinder.org/v2/gh/" + owner_name + "/") for u in links)
 
 
+# --- exercises, solutions and admonition titles, read from the built HTML ---------------------------
+# sphinx-exercise's numbered exercise: <div class="exercise admonition" id="LABEL"> and its title
+# <p class="admonition-title"><span class="caption-number">Exercise N </span> (its title)</p>.
+EXERCISE_DIV = re.compile(r'<div class="exercise\b[^"]*" id="([^"]+)">\s*<p class="admonition-title">(.*?)</p>', re.S)
+EXERCISE_NUMBER = re.compile(r'<span class="caption-number">Exercise (\d+) </span>')
+SOLUTION_DIV = re.compile(r'<div class="solution\b[^"]*"')
+ADMONITION_TITLE = re.compile(r'<p class="admonition-title">(.*?)</p>', re.S)
+
+
+def _page_html(page: str) -> str:
+    path = HTML / f"{page}.html"
+    if not path.is_file():
+        _missing(f"{path} was not built: run `make book` first")
+    return path.read_text(encoding="utf-8")
+
+
+def _source(page: str) -> str | None:
+    path = ROOT / f"{page}.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def plain(fragment: str) -> str:
+    """The text of an HTML fragment or of a MyST title: no tags, entities, markup or curly quotes."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", fragment))
+    text = text.translate(str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}))
+    return " ".join(text.replace("`", "").replace("*", "").split())
+
+
+def exercise_numbers() -> dict[str, tuple[str, int | None]]:
+    """Every exercise of the built book: its label, the page and its number (None: unnumbered)."""
+    found = {}
+    for page in toc_pages():
+        for label, title in EXERCISE_DIV.findall(_page_html(page)):
+            m = EXERCISE_NUMBER.search(title)
+            found[label] = (page, int(m.group(1)) if m else None)
+    return found
+
+
+def test_exercises_are_numbered_once_across_the_book():
+    """One sequence, 1 to n, in the order of the table of contents: no two pages show the same number."""
+    numbers = exercise_numbers()
+    sources = [d["options"].get("label") for page in toc_pages() for d in directives(_source(page) or "")
+               if d["name"] in ("exercise", "exercise-start")]
+    assert sorted(numbers) == sorted(sources), "the built exercises are not the sources' exercises"
+    unnumbered = sorted(label for label, (_, n) in numbers.items() if n is None)
+    assert not unnumbered, f"exercises without a number: {unnumbered}"
+    in_order = [n for _, n in sorted(numbers.values(), key=lambda v: (toc_pages().index(v[0]), v[1]))]
+    assert in_order == list(range(1, len(numbers) + 1)), f"not one sequence 1..n across the book: {in_order}"
+
+
+def test_the_full_build_holds_every_solution():
+    """The book (not the students' edition) shows a solution for every solution directive of the sources."""
+    for page in toc_pages():
+        wanted = sum(d["name"] in ("solution", "solution-start") for d in directives(_source(page) or ""))
+        shown = len(SOLUTION_DIV.findall(_page_html(page)))
+        assert shown == wanted, f"{page}: {wanted} solutions in the source, {shown} in the HTML"
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_admonition_titles_are_rendered_as_titles(page):
+    """Each title written after an admonition's name is the box's title, not the start of its body (MyST puts
+    the text after ``{important}``, which takes no title, into the body under the title "Important")."""
+    source = _source(page)
+    if source is None:
+        pytest.skip(f"{page} has no MyST source")
+    rendered = {plain(t) for t in ADMONITION_TITLE.findall(_page_html(page))}
+    written = [d["arg"] for d in directives(source)
+               if d["name"] in ("admonition", *TITLELESS) and d["arg"] and "{" not in d["arg"]]
+    missing = [t for t in written if plain(t) not in rendered]
+    assert not missing, f"{page}: titles written in the source but not shown as a box's title: {missing}"
+
+
 # The elements that stick out furthest to the right of the viewport, for the horizontal-scroll message.
 OVERFLOW_JS = """() => {
   const width = document.documentElement.clientWidth;
@@ -194,6 +278,45 @@ ICON_PX = 100
 SHRUNK_JS = """() => Array.from(document.querySelectorAll('article.bd-article img'))
   .map(img => ({src: (img.getAttribute('src') || '').slice(-60), natural: img.naturalWidth,
                 shown: img.getBoundingClientRect().width}))"""
+
+# Display equations that cannot be read whole: their box (div.math) does not scroll (the theme hides its
+# overflow), the MathJax container sticks out of an ancestor that hides its overflow (or, scrolling, of its
+# left edge, where no scroll bar reaches), or its content is wider than the container and the container
+# does not scroll. Each with the start of its TeX and the reason.
+CLIPPED_MATH_JS = """() => {
+  const out = [];
+  for (const box of document.querySelectorAll('div.math')) {
+    const mjx = box.querySelector('mjx-container');
+    if (!mjx) continue;
+    const tex = (box.getAttribute('data-tex') || mjx.getAttribute('aria-label') ||
+                 (mjx.querySelector('mjx-assistive-mml') || {}).textContent || '').slice(0, 50);
+    const boxOverflow = getComputedStyle(box).overflowX;
+    if (!['auto', 'scroll'].includes(boxOverflow)) {
+      out.push({why: `div.math with overflow-x ${boxOverflow}: a long equation is cut at its edge`, tex}); continue;
+    }
+    const r = mjx.getBoundingClientRect();
+    const own = getComputedStyle(mjx).overflowX;
+    if (mjx.scrollWidth > mjx.clientWidth + 1 && !['auto', 'scroll'].includes(own)) {
+      out.push({why: `content ${mjx.scrollWidth} px in a container of ${mjx.clientWidth} px that does not scroll`,
+                tex}); continue;
+    }
+    if (!['auto', 'scroll'].includes(own)) {
+      out.push({why: `display math container with overflow-x ${own}, not auto`, tex}); continue;
+    }
+    for (let p = mjx.parentElement; p && p !== document.body; p = p.parentElement) {
+      const s = getComputedStyle(p).overflowX;
+      if (s === 'visible') continue;
+      const pr = p.getBoundingClientRect();
+      const scrolls = ['auto', 'scroll'].includes(s);
+      if (r.left < pr.left - 1 || (!scrolls && r.right > pr.right + 1)) {
+        out.push({why: `${Math.round(r.width)} px wide, cut by ${p.tagName.toLowerCase()}.${(p.className || '')
+                   .toString().trim().split(/\\s+/).join('.')} (${Math.round(pr.width)} px, overflow-x ${s})`, tex});
+        break;
+      }
+    }
+  }
+  return out;
+}"""
 
 # pydata-sphinx-theme logs this on a first visit, before any theme mode is stored: harmless.
 BENIGN_CONSOLE = re.compile(r"^Got invalid theme mode: \. Resetting to auto\.$")
@@ -267,6 +390,10 @@ def test_page_renders(site, browser, page, width):
             if scroll > client + 1:
                 widest = tab.evaluate(OVERFLOW_JS)
                 pytest.fail(f"{page}: scrolls sideways at {pixels} px (page {scroll} px wide); widest: {widest}")
+            if n_math:
+                clipped = tab.evaluate(CLIPPED_MATH_JS)
+                assert not clipped, (f"{page}: at {pixels} px display equations are clipped instead of scrolling "
+                                     f"(book/_static/energybook.css): {clipped[:3]}")
             shown = tab.evaluate(SHRUNK_JS)
             assert shown or not tab.locator("article img").count(), f"{page}: no article.bd-article around the images"
             shrunk = [f"{i['src']} ({i['natural']} px shown at {i['shown']:.0f} px, {i['shown'] / i['natural']:.2f})"

@@ -183,8 +183,15 @@ def test_advise_json(capsys, tmp_path):
     out = _json(capsys, ["advise", "--model", "Qwen2-1.5B", "--workload", "n_in=512,n_out<=2048,n_req=500", "--json"])
     assert (out["model"], out["gpu"], out["n_req"]) == ("Qwen2-1.5B", "h100", 500)
     assert out["baseline"]["kind"] == "as given" and out["baseline"]["cap"] is None
-    keys = {"kind", "cap", "label", "j_per_request", "j_per_token", "energy_j", "saving_j", "saving_j_per_request"}
+    keys = {"kind", "cap", "label", "energy_j_per_request", "energy_j_total", "saving_j_per_request",
+            "saving_j_total", "saving_pct", "output_tokens_cut_per_request", "output_cut_fraction",
+            "prompt_tokens_truncated_per_request", "prompt_truncated_fraction", "requests_whole_fraction",
+            "energy_j_per_output_token"}
     assert all(keys <= set(o) for o in [out["baseline"], *out["options"]])
+    assert out["ranked_by"] == "energy_j_per_request" and out["warnings"] == [] and out["excluded"]
+    assert out["limits"] == {"min_n_out": None, "max_truncation": 0.0, "quality_floor": 0.0}
+    j = [o["energy_j_per_request"] for o in out["options"]]
+    assert j == sorted(j) and out["best"] == out["options"][0]["label"]
     assert out["best"] in {o["label"] for o in [out["baseline"], *out["options"]]} and out["plot"] is None
 
 

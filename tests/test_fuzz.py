@@ -103,7 +103,7 @@ _model = st.one_of(st.sampled_from(MODELS), st.text(max_size=12))
 OPTIONS = {
     "counts": ["--n-in", "--n-out", "--batch"],
     "predict": ["--n-in", "--n-out", "--batch", "--max-batch", "--n-req"],
-    "advise": ["--max-batch"],
+    "advise": ["--max-batch", "--min-n-out", "--max-truncation", "--quality-floor"],
     "sweep": ["--n-in", "--n-out", "--n-req", "--max-batch", "--repeats", "--seed", "--min-window", "--cooldown",
               "--time-limit", "--meter-poll", "--ranks", "--timeout"],
 }
@@ -163,6 +163,12 @@ _IMPOSSIBLE = {  # (command's argv before the option, option, values out of rang
                          st.sampled_from(["nan", "inf", "-inf", "-1", "1e9"])),
     "sweep-time-limit": (["sweep", "--model", "Llama-3.2-1B"], "--time-limit",
                          st.sampled_from(["nan", "inf", "-1", "0", "1e12"])),
+    "advise-min-n-out": (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=64,n_out<=256"], "--min-n-out",
+                         st.one_of(st.integers(max_value=0), st.integers(min_value=MAX_CONTEXT + 1))),
+    "advise-max-truncation": (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=64,n_out<=256"],
+                              "--max-truncation", st.sampled_from(["nan", "inf", "-inf", "-0.1", "1.01", "1e9"])),
+    "advise-quality-floor": (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=64,n_out<=256"],
+                             "--quality-floor", st.sampled_from(["nan", "inf", "-inf", "-0.1", "1.01", "1e9"])),
 }
 
 

@@ -71,7 +71,7 @@ def test_advise_on_a_spec_with_a_plot(tmp_path, capsys):
                      "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "500 requests" in out and "output cap 1024" in out and "answer quality" in out
-    assert "lowest joules per output token" in out
+    assert "fewest joules per request" in out and "joules per output token" not in out
     assert png.is_file() and png.stat().st_size > 1000
 
 
@@ -82,11 +82,14 @@ def test_advise_on_a_csv(tmp_path):
     assert workload.n_req == 50 and workload.weight.sum() == pytest.approx(1)
     advice = ADV.advise(A.load("Llama-3.2-1B"), workload, P.load_calibration())
     frame = advice.to_frame()
-    assert {"output cap", "prompt truncation", "as given"} <= set(frame["kind"])
+    assert set(frame["kind"]) == {"output cap", "as given"}  # no truncation unless max_truncation allows it
     cap = next(o for o in advice.options if o.kind == "output cap" and o.cap == 64)
-    assert 0 < cap.j_per_request < advice.baseline.j_per_request  # a cap lowers the energy per request
-    assert cap.saving_j == pytest.approx(cap.saving_j_per_request * 50)
-    assert advice.best.j_per_token <= advice.baseline.j_per_token
+    assert 0 < cap.energy_j_per_request < advice.baseline.energy_j_per_request  # a cap lowers the energy per request
+    assert cap.saving_j_total == pytest.approx(cap.saving_j_per_request * 50)
+    assert advice.best.energy_j_per_request <= advice.baseline.energy_j_per_request
+    assert any("n_out 32 is outside the calibrated output lengths" in w for w in advice.warnings)
+    truncated = ADV.advise(A.load("Llama-3.2-1B"), workload, P.load_calibration(), max_truncation=0.5)
+    assert {o.kind for o in truncated.options} == {"output cap", "prompt truncation"}
 
 
 def test_workload_spec_forms():

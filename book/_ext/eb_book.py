@@ -198,9 +198,11 @@ class RemoveHiddenSolutions(SphinxTransform):
 
 
 def hide_solutions_from_env(app: Sphinx, config) -> None:
-    """``config-inited``: ``EB_HIDE_SOLUTIONS=1`` sets sphinx-exercise's ``hide_solutions``."""
+    """``config-inited``: ``EB_HIDE_SOLUTIONS=1`` sets sphinx-exercise's ``hide_solutions``, and copies no page
+    sources into the HTML (``_sources/`` would hold every solution, and the download button with it)."""
     if os.environ.get(HIDE_ENV, "") == "1":
         config.hide_solutions = True
+        config.html_copy_source = False
         logger.info("energybook: students' build, solutions hidden (%s=1)", HIDE_ENV)
 
 
