@@ -300,7 +300,7 @@ def _wrap(line: str, fig: Figure | None) -> str:
     """The line broken between its GPUs (and within one when still too wide) to the figure's width."""
     import textwrap
 
-    width = int((fig.get_figwidth() if fig is not None else MAX_WIDTH_IN) * 19)  # x-small characters per inch
+    width = int((fig.get_figwidth() if fig is not None else MAX_WIDTH_IN) * 14)  # x-small characters per inch
     parts = line.split("; ")
     lines = [p + (";" if i < len(parts) - 1 else "") for i, p in enumerate(parts)]
     return "\n".join(textwrap.fill(p, width, break_on_hyphens=False) for p in lines)
