@@ -159,17 +159,20 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     _in_range("--max-batch", args.max_batch, _max_batch())
     _in_range("--n-req", args.n_req, MAX_N_REQ, what=" requests")
     arch = A.load(args.model)
-    cal = _calibration(args.gpu)
+    cal = _calibration(args.gpu, args.engine)
+    if args.gpu_peaks:
+        cal = _transferred(cal, args.gpu_peaks)
     pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
                      calibration=cal, strict=True)  # refuses what cannot run: memory, positions (exit 2)
     for warning in pred.warnings:  # outside the calibrated range: on stderr, and in the JSON under "warnings"
         print(f"energybook: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json(pred.to_dict())
+        _print_json(dict(pred.to_dict(), calibration=cal.describe()))
         return 0
     d = pred.to_dict()
-    print(f"{arch.name} on {cal.gpu_name} ({cal.engine} engine): {args.n_req} requests of n_in {args.n_in}, "
+    print(f"{arch.name} on {cal.target_gpu} ({cal.engine_key} engine): {args.n_req} requests of n_in {args.n_in}, "
           f"n_out {args.n_out}, batch {pred.batch} in {pred.waves} wave(s)")
+    print(f"  calibration               {_calibration_line(cal)}")
     print(f"  joules per output token   {pred.j_per_token:10.4g} J   (95% interval {pred.j_per_token_low:.4g} .. "
           f"{pred.j_per_token_high:.4g})")
     print(f"  joules per total token    {pred.j_per_total_token:10.4g} J")
@@ -190,20 +193,46 @@ def _max_batch() -> int:
     return MAX_BATCH
 
 
-def _calibration(gpu: str):
-    """The shipped calibration of ``gpu``: a usage error for an uncalibrated GPU, a runtime error (exit 1) for a
-    damaged file or one fitted with another model form than this code's."""
+def _calibration(gpu: str | None, engine: str | None):
+    """The shipped calibration of (``gpu``, ``engine``): a usage error for an uncalibrated pair (the message lists
+    the calibrations and the command that makes one), a runtime error (exit 1) for a damaged file or one fitted with
+    another model form than this code's."""
     from energybook.model import physics as P
 
     try:
-        return P.load_calibration(gpu)
+        return P.load_calibration(gpu, engine=engine)
     except P.FormMismatch as exc:
         raise RuntimeError(str(exc)) from None  # fitted with another form of the model: names both hashes
+    except P.CalibrationNotFound:
+        raise  # names the calibrations that exist and the command that makes one
     except ValueError as exc:
-        if str(gpu).strip().lower() not in P.calibrated_gpus():
-            raise  # names the calibrated GPUs
         raise RuntimeError(f"{exc}: the calibration shipped with energybook is damaged; reinstall energybook "
                            "(pip install -e . in a checkout)") from None
+
+
+def _transferred(cal, peaks_file: str):
+    """``cal`` moved to the GPU of a peaks file (:func:`energybook.model.physics.transfer`); a file that is not a
+    peaks file is a usage error naming it."""
+    from energybook.model import physics as P
+    from energybook.store.peaks import load_peaks
+    from energybook.store.schema import DataError
+
+    path = Path(peaks_file)
+    if not path.is_file():
+        raise ValueError(f"--gpu-peaks {peaks_file}: no such file; give a peaks file that `energybook peaks` wrote "
+                         "(<data>/peaks/<gpu-uuid>.json)")
+    try:
+        peaks = load_peaks(path)
+    except DataError as exc:
+        raise ValueError(f"--gpu-peaks: {exc}") from None
+    return P.transfer(cal, peaks, path)
+
+
+def _calibration_line(cal) -> str:
+    """One line naming a calibration: GPU, engine, file, commit, and the transfer if any."""
+    d = cal.describe()
+    line = f"{d['gpu']} --engine {d['engine']} ({Path(d['file']).name}, commit {str(d['commit'])[:12]})"
+    return f"{line}; {cal.transferred}" if cal.transferred else line
 
 
 def _advise_cmd(args: argparse.Namespace) -> int:
@@ -216,7 +245,7 @@ def _advise_cmd(args: argparse.Namespace) -> int:
     _in_range("--max-truncation", args.max_truncation, 1, low=0, what=" (the fraction of a prompt that may be cut)")
     _in_range("--quality-floor", args.quality_floor, 1, low=0, what=" (the fraction of the requests left whole)")
     arch = A.load(args.model)
-    cal = _calibration(args.gpu)
+    cal = _calibration(args.gpu, args.engine)
     path = Path(args.workload.strip())
     if path.suffix.lower() == ".csv" and not path.is_file():
         raise ValueError(f"--workload {args.workload}: no such file; give a CSV with n_in and n_out columns or a "
@@ -239,12 +268,14 @@ def _advise_cmd(args: argparse.Namespace) -> int:
         print(f"energybook: warning: {w}", file=sys.stderr)
     if args.json:
         limits = dataclasses.asdict(advice.limits)
-        _print_json(dict(model=arch.name, gpu=cal.gpu, workload=workload.source, n_req=workload.n_req,
+        _print_json(dict(model=arch.name, gpu=cal.gpu, calibration=cal.describe(), workload=workload.source,
+                         n_req=workload.n_req,
                          limits=limits, ranked_by="energy_j_per_request", baseline=base.to_dict(),
                          options=[o.to_dict() for o in advice.options], best=best.label, excluded=advice.excluded,
                          warnings=advice.warnings, warning=advice.warning, plot=None if plot is None else str(plot)))
         return 0
     print(f"{arch.name} on {cal.gpu_name}: workload {workload.source} ({workload.n_req} requests)")
+    print(f"  calibration: {_calibration_line(cal)}")
     print(f"  as given: {base.energy_j_per_request:.4g} J per request, {base.energy_j_total:.4g} J for the workload "
           f"({base.output_tokens_per_request:.0f} output and {base.prompt_tokens_per_request:.0f} prompt tokens per "
           "request on average)")
@@ -508,7 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=None, help="requests per wave (default: the engine's KV-memory rule)")
     g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
     p.add_argument("--n-req", type=int, default=1000, help="requests (1..10**7)")
-    p.add_argument("--gpu", default="h100", help="calibrated GPU")
+    p.add_argument("--gpu", default=None, help="the calibrated GPU: a name, slug or short name (h100, "
+                   "nvidia-h100-80gb-hbm3, 'NVIDIA H100 80GB HBM3'); default: the one GPU calibrated for the "
+                   "engine (an error naming the choices when there are several)")
+    p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
+                   "GPU and engine; default hf, the only engine calibrated so far)")
+    p.add_argument("--gpu-peaks", "--peaks", dest="gpu_peaks", default=None, metavar="PATH",
+                   help="predict for another GPU from its measured peaks (a file of `energybook peaks`): "
+                   "the calibration's bandwidths, matmul rates and power cap scaled by the ratio of the peaks; "
+                   "the output says 'transferred from <GPU> by peaks of <uuid>'")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_predict_cmd)
 
@@ -528,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-floor", type=float, default=0.0, help="the least fraction of the requests, 0..1, "
                    "that an option must leave whole (output not cut, prompt not truncated)")
     p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
-    p.add_argument("--gpu", default="h100", help="calibrated GPU")
+    p.add_argument("--gpu", default=None, help="the calibrated GPU: a name, slug or short name (h100, "
+                   "nvidia-h100-80gb-hbm3, 'NVIDIA H100 80GB HBM3'); default: the one GPU calibrated for the "
+                   "engine (an error naming the choices when there are several)")
+    p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
+                   "GPU and engine; default hf, the only engine calibrated so far)")
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_advise_cmd)

@@ -1,10 +1,18 @@
 """Calibrate the physical energy model (energybook.model.physics) on the committed grids, and evaluate it.
 
 Writes
-  energybook/resources/calibration/<gpu>.json   the shipped calibration (what `energybook predict` reads)
+  energybook/resources/calibration/<gpu-slug>--<engine>.json   the shipped calibration of one (GPU, engine): what
+                                                 `energybook predict --gpu G --engine E` reads
   data/calibration/evaluation.json, .md         in-sample and leave-one-model-out errors of every variant
 
-Run from the checkout:  .venv/bin/python scripts/calibrate.py [--gpu h100] [--combine smooth] [--overhead add]
+Run from the checkout:
+  .venv/bin/python scripts/calibrate.py [--gpu h100] [--engine hf] [--peaks PATH] [--combine smooth] [--overhead add]
+
+One calibration per (GPU, engine): the grids of that GPU measured with that engine (``measured/<gpu>/<engine>/``),
+the engine's batch profile (:func:`energybook.model.batch.profile_for`), the shared efficiency parameters fitted
+across the models. The GPU's peaks are recorded (``peaks``): the peaks file ``energybook peaks`` wrote for the
+grids' GPU (``--peaks``, else ``<data>/peaks/<gpu-uuid>.json`` when it exists), else the datasheet figures of
+:data:`DATASHEETS`, marked ``kind: "datasheet"``.
 
 The record carries the model form it was fitted with (``form_version``, ``form_hash``: :mod:`energybook.model.form`)
 and the range its grids covered (``calibrated_range``: batch, lengths, parameter counts, measured mean power). The
@@ -37,6 +45,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVELOPMENT_NOTE = ("development errors: measured on the grids the model form was chosen on (in sample and leave "
                     "one model out), not a test of the frozen form")
 GPU_NAMES = {"h100": "NVIDIA H100 80GB HBM3"}
+#: Datasheet figures of a GPU, recorded as its peaks when no peaks file was measured (``kind: "datasheet"``).
+DATASHEETS = {
+    "NVIDIA H100 80GB HBM3": dict(
+        name="NVIDIA H100 80GB HBM3", peak_flops=989e12, bandwidth_bytes_s=3.35e12, power_cap_w=700.0,
+        memory_bytes=85520809984.0,
+        source="datasheet, not measured: NVIDIA's H100 SXM5 figures (dense bf16 tensor 989 TFLOP/s, HBM3 3.35 TB/s, "
+               "700 W) and the 81559 MiB nvidia-smi reports for an H100 80GB HBM3; no peaks file of this GPU was "
+               "found (measure one with `energybook peaks`)"),
+}
 
 
 def _energy(cal: P.Calibration, obs: list[P.Observation]) -> np.ndarray:
@@ -63,14 +80,21 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gpu", default="h100", help="GPU key (h100)")
+    ap.add_argument("--gpu", default="h100", help="GPU: short name (h100), slug or NVML name")
+    ap.add_argument("--engine", default=P.DEFAULT_ENGINE,
+                    help="engine whose grids are fitted (its folder under measured/<gpu>/: hf, lean)")
+    ap.add_argument("--peaks", default=None,
+                    help="the GPU's peaks file (default: <data>/peaks/<gpu-uuid>.json of the grids' GPU if it exists, "
+                         "else the datasheet figures, recorded as such)")
     ap.add_argument("--data", default=str(ROOT / "data" / "measured"), help="measured grids folder")
     ap.add_argument("--combine", default=FORM.SHIPPED_COMBINE, choices=P.COMBINES,
                     help="variant stored as the calibration")
     ap.add_argument("--overhead", default=FORM.SHIPPED_OVERHEAD, choices=P.OVERHEADS,
                     help="variant stored as the calibration")
     args = ap.parse_args(argv)
-    gpu_name = GPU_NAMES[args.gpu]
+    gpu_name = GPU_NAMES.get(args.gpu.strip().lower(), args.gpu)
+    engine = P.engine_key(args.engine)
+    gpu_short = args.gpu.strip().lower() if args.gpu.strip().lower() in GPU_NAMES else P.gpu_key(gpu_name)
     data = Path(args.data)
     form = FORM.current_form(args.combine, args.overhead)
     frozen_file = FORM.form_file(form.version, ROOT)
@@ -80,21 +104,24 @@ def main(argv: list[str] | None = None) -> int:
                          "energybook.model.form.FORM_VERSION, write the new form (energybook.model.form.write_form) "
                          "and test it on data it never saw")
 
-    table = measured_table(data, gpu=gpu_name)
+    table = measured_table(data, gpu=gpu_name, engine=engine)
     models = sorted(set(table["model"]))
     if len(models) < 2:
-        raise SystemExit(f"need grids of at least two models under {data}, found {models}")
+        raise SystemExit(f"need grids of at least two models of {gpu_name} with engine {engine} under {data}, "
+                         f"found {models}")
+    profile = P.B.profile_for(engine)
     archs = {m: A.load(m) for m in models}
     grids = {m: table[table["model"] == m].sort_values(["n_in", "n_out"]) for m in models}
-    obs = {m: P.observations(archs[m], grids[m]) for m in models}
+    obs = {m: P.observations(archs[m], grids[m], profile) for m in models}
     power_cap = float(table["power_limit_w"].max())
 
     # The batch rule: the memory for which the engine's rule gives every measured batch.
     rows = [(archs[m], [(int(r.n_in), int(r.n_out), int(r.n_req), int(r.batch)) for r in grids[m].itertuples()])
             for m in models]
-    span = P.memory_for_batches(rows)
+    span = P.memory_for_batches(rows, profile=profile)
     memory = 0.5 * (span[0] + span[1]) if span else 85.0e9
-    probe = P.Calibration("x", "", "", "max", P.START, {}, np.zeros((len(P.PARAM_NAMES),) * 2), memory_bytes=memory)
+    probe = P.Calibration("x", "", engine, "max", P.START, {}, np.zeros((len(P.PARAM_NAMES),) * 2),
+                          memory_bytes=memory)
     matched = sum(P.schedule(a, n_in, n_out, probe, max_batch=1024, n_req=n_req)[0] == b
                   for a, rs in rows for n_in, n_out, n_req, b in rs)
     total_points = sum(len(rs) for _, rs in rows)
@@ -105,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = []
     for overhead in P.OVERHEADS:
         for combine in P.COMBINES:
-            kw = dict(combine=combine, overhead=overhead, power_cap_w=power_cap, gpu=args.gpu, gpu_name=gpu_name,
-                      memory_bytes=memory)
+            kw = dict(combine=combine, overhead=overhead, power_cap_w=power_cap, gpu=gpu_short, gpu_name=gpu_name,
+                      engine=engine, memory_bytes=memory)
             full = P.calibrate(sum(obs.values(), []), **kw)
             inside = {m: _mape(_errors(full.calibration, obs[m])) for m in models}
             lomo, lomo_err = {}, []
@@ -124,18 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     cal.model_error_log = chosen["lomo_rms_log"]
     cal.form_version, cal.form_hash = form.version, form.form_hash()
     cal.calibrated_range = P.calibrated_range([(archs[m], grids[m]) for m in models])
-    grid_files = {r.data["model"].iloc[0]: r.path for r in catalog.measured_runs(data)
-                  if r.path.stem == "grid" and r.gpu == gpu_name and len(r.data)}
+    grid_files = {r.data["model"].iloc[0]: r.path for r in catalog.grid_runs(data, engine=engine)
+                  if r.gpu == gpu_name and len(r.data)}
     sidecars = {}
     for m in models:
         path = Path(grid_files[m]).resolve()
         side = json.loads(path.with_suffix(".json").read_text())
         sidecars[str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)] = dict(
             sha256=side.get("sha256"), rows=side.get("rows"), model=m, started_at=side.get("started_at"))
-        engine = side.get("engine", {})
+        engine_settings = side.get("engine", {})
+        gpu_uuid = side.get("gpu_uuid")
+    cal.peaks = _peaks(args.peaks, data, gpu_name, gpu_uuid)
     cal.provenance = dict(
         grids=sidecars, gpu_name=gpu_name, power_limit_w=power_cap,
-        engine={k: engine.get(k) for k in ("engine", "attention", "decode_graphs", "graph_max_batch", "dtype",
+        engine={k: engine_settings.get(k) for k in ("engine", "attention", "decode_graphs", "graph_max_batch", "dtype",
                                            "max_batch", "memory_fraction", "prefill_tokens")},
         energybook_commit=_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command="python scripts/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -146,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         memory_bytes_range=list(span) if span else None,
         model_error="model_error_log: rms of log(predicted/measured) total energy over the leave-one-model-out "
                     "predictions of this variant")
-    package_file = cal.save(ROOT / "energybook" / "resources" / "calibration" / f"{args.gpu}.json")
-    data_file = ROOT / "data" / "calibration" / f"{args.gpu}.json"  # the evaluation goes beside it; the record
+    package_file = cal.save(ROOT / "energybook" / "resources" / "calibration"
+                            / P.calibration_file_name(gpu_name, engine))
+    data_file = ROOT / "data" / "calibration" / "evaluation.json"  # the evaluation goes here; the record
     data_file.parent.mkdir(parents=True, exist_ok=True)             # itself ships in the package only
 
     mha = [m for m in models if not archs[m].is_gqa]
@@ -175,6 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _peaks(path: str | None, data: Path, gpu_name: str, gpu_uuid: str | None) -> dict:
+    """The record's ``peaks``: the peaks file named, else the grids' GPU's in the data folder, else the datasheet."""
+    from energybook.store.peaks import find_peaks, load_peaks
+
+    if path is None and gpu_uuid:
+        found = find_peaks(data.parent, gpu_uuid)  # <data>/peaks/, beside <data>/measured/
+        path = str(found) if found is not None else None
+    if path is not None:
+        peaks = load_peaks(path)
+        if gpu_uuid and peaks.gpu_uuid != gpu_uuid:
+            raise SystemExit(f"{path} describes GPU {peaks.gpu_uuid}, the grids were measured on {gpu_uuid}")
+        shown = Path(path).resolve()
+        return P.peaks_reference(peaks, shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown)
+    if gpu_name not in DATASHEETS:
+        raise SystemExit(f"no peaks file of {gpu_name} ({gpu_uuid}) and no datasheet figures: measure them with "
+                         "`energybook peaks` on that GPU and pass --peaks")
+    return P.peaks_reference(datasheet=DATASHEETS[gpu_name], gpu_uuid=gpu_uuid)
+
+
 def _offgrid_line(offgrid: dict | None) -> str:
     """The off-grid target's line: the physical model's MAPE per model, beside the per-model fits'."""
     if not offgrid:
@@ -197,7 +246,7 @@ def _markdown(report: dict, cal: P.Calibration, chosen: dict, archs: dict) -> st
     lines = [
         f"# Physical energy model: calibration and evaluation ({report['gpu']})", "",
         "Written by `python scripts/calibrate.py` (regenerate with the same command; it also writes the shipped "
-        f"calibration `energybook/resources/calibration/{cal.gpu}.json`).", "",
+        f"calibration `energybook/resources/calibration/{P.calibration_file_name(cal.gpu_name, cal.engine)}`).", "",
         "- grids: " + ", ".join(f"`{k}` (sha256 {v['sha256'][:12]}...)" for k, v in cal.provenance["grids"].items()),
         f"- energybook commit: {cal.provenance['energybook_commit']}; date {cal.provenance['date']}",
         f"- stored variant: combine = `{cal.combine}`, overhead = `{cal.overhead}`",

@@ -81,7 +81,7 @@ def test_a_corrupt_results_file_is_a_runtime_error(monkeypatch, capsys):
 def test_a_damaged_shipped_calibration_is_a_runtime_error(monkeypatch, tmp_path, capsys):
     from energybook import resources
 
-    (tmp_path / "h100.json").write_text("{not json")
+    (tmp_path / "nvidia-h100-80gb-hbm3--hf.json").write_text("{not json")
     real = resources.path
     monkeypatch.setattr(resources, "path", lambda *parts: tmp_path.joinpath(*parts[1:]) if parts[:1] == (
         "calibration",) else real(*parts))
@@ -214,7 +214,7 @@ def test_sweep_json_goes_with_plan(capsys):
 
 
 @pytest.mark.parametrize("command, shown", [
-    ("predict", ["(default: 1024)", "(default: h100)", "(default: the engine's KV-memory rule)"]),
+    ("predict", ["(default: 1024)", "(default: hf)", "(default: the engine's KV-memory rule)"]),
     ("counts", ["(default: 64)", "(default: 256)"]),
     ("sweep", ["(default: 1000)", "(default: lean)", "(default: normal:0.02)"]),
 ])

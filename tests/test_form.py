@@ -102,7 +102,7 @@ def test_the_development_grids_are_the_committed_ones():
 
 
 def test_the_shipped_calibration_records_the_frozen_form():
-    record = json.loads(resources.path("calibration", "h100.json").read_text())
+    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
     form = FORM.current_form(record["combine"], record["overhead"])
     assert (record["form_version"], record["form_hash"]) == ("v1", form.form_hash())
     cal = P.load_calibration("h100")
@@ -114,7 +114,7 @@ def test_the_shipped_calibration_records_the_frozen_form():
 
 
 def test_a_calibration_of_another_form_is_refused(tmp_path):
-    record = json.loads(resources.path("calibration", "h100.json").read_text())
+    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
     record["form_hash"] = "0" * 64
     path = tmp_path / "h100.json"
     path.write_text(json.dumps(record))
@@ -126,7 +126,7 @@ def test_a_calibration_of_another_form_is_refused(tmp_path):
 
 
 def test_a_calibration_without_a_form_is_loaded_with_a_warning(tmp_path, caplog):
-    record = json.loads(resources.path("calibration", "h100.json").read_text())
+    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
     del record["form_hash"], record["form_version"]
     path = tmp_path / "h100.json"
     path.write_text(json.dumps(record))
@@ -139,9 +139,9 @@ def test_a_calibration_without_a_form_is_loaded_with_a_warning(tmp_path, caplog)
 def test_predict_refuses_a_calibration_of_another_form(monkeypatch, tmp_path, capsys):
     from energybook import cli
 
-    record = json.loads(resources.path("calibration", "h100.json").read_text())
+    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
     record["form_hash"] = "f" * 64
-    (tmp_path / "h100.json").write_text(json.dumps(record))
+    (tmp_path / "nvidia-h100-80gb-hbm3--hf.json").write_text(json.dumps(record))
     real = resources.path
     monkeypatch.setattr(resources, "path", lambda *parts: tmp_path.joinpath(*parts[1:]) if parts[:1] == (
         "calibration",) else real(*parts))
@@ -155,7 +155,7 @@ def test_the_readme_command_regenerates_the_stored_variant():
     readme = (ROOT / "data" / "calibration" / "README.md").read_text()
     commands = re.findall(r"scripts/calibrate\.py[^\n`]*", readme)
     assert commands
-    record = json.loads(resources.path("calibration", "h100.json").read_text())
+    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
     for command in commands:
         flags = dict(re.findall(r"--(combine|overhead) (\S+)", command))
         assert flags.get("combine", FORM.SHIPPED_COMBINE) == record["combine"], command

@@ -116,7 +116,7 @@ def test_bad_inputs():
                dict(n_in=8, n_out=8, n_req=0), dict(n_in=8, n_out=8, max_batch=-3)):
         with pytest.raises(ValueError, match="positive"):
             P.predict(arch, calibration=cal, samples=0, **kw)
-    with pytest.raises(ValueError, match="calibrated GPUs: h100"):
+    with pytest.raises(ValueError, match="calibrations: --gpu nvidia-h100-80gb-hbm3 --engine hf"):
         P.load_calibration("a100")
     with pytest.raises(ValueError, match="must be positive"):
         P.PhysicsParams(**{**P.START.__dict__, "kv_bytes_s": 0.0})
@@ -128,8 +128,8 @@ def test_bad_inputs():
 
 def test_committed_calibration_ships_and_matches_its_copy():
     cal = P.load_calibration("H100")
-    shipped = resources.path("calibration", "h100.json")
-    copy = ROOT / "data" / "calibration" / "h100.json"
+    shipped = resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json")
+    copy = ROOT / "data" / "calibration" / "nvidia-h100-80gb-hbm3--hf.json"
     if copy.is_file():
         assert copy.read_text() == shipped.read_text()
     prov = cal.provenance

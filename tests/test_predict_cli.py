@@ -54,7 +54,7 @@ def test_predict_text_output(capsys):
     (["predict", "--model", "nope", "--n-in", "8", "--n-out", "8"], "unknown model 'nope'"),
     (["predict", "--model", "Llama-3.2-1B", "--n-in", "-8", "--n-out", "8"], "n_in must be a positive"),
     (["predict", "--model", "Llama-3.2-1B", "--n-in", "8", "--n-out", "8", "--gpu", "a100"],
-     "no calibration for GPU 'a100'; calibrated GPUs: h100"),
+     "no calibration for GPU 'a100' with engine 'hf'; calibrations: --gpu nvidia-h100-80gb-hbm3 --engine hf"),
     (["advise", "--model", "Llama-3.2-1B", "--workload", "missing.csv"], "missing.csv"),
     (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in~abc"], "cannot read the workload"),
     (["advise", "--model", "Llama-3.2-1B", "--workload", "n_in=-5,n_out=3"], "positive integer"),

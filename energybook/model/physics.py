@@ -125,6 +125,8 @@ from energybook.model.batch import HF_PROFILE, EngineProfile
 from energybook.model.form import FormMismatch, check_form  # noqa: F401
 from energybook.model.physics_fit import (  # noqa: F401  (the model's names, importable from here)
     COMBINES,
+    DEFAULT_ENGINE,
+    GPU_ALIASES,
     OVERHEADS,
     PARAM_NAMES,
     PARAM_UNITS,
@@ -133,18 +135,26 @@ from energybook.model.physics_fit import (  # noqa: F401  (the model's names, im
     WEIGHTS,
     Calibration,
     CalibrationFit,
+    CalibrationNotFound,
     Observation,
     PhaseEnergy,
     PhysicsParams,
+    StoredCalibration,
     balanced_batch,
     batch_limit,
     calibrate,
     calibrated_gpus,
     calibrated_range,
+    calibration_file_name,
+    engine_key,
+    find_calibration,
+    gpu_key,
     memory_for_batches,
     observations,
+    peaks_reference,
     phase_energy,
     read_calibration,
+    stored_calibrations,
 )
 from energybook.model.physics_passes import (  # noqa: F401
     NORM_BYTES,
@@ -165,22 +175,114 @@ ENGINE_GRAPH_BUCKET = HF_PROFILE.bucket_max
 
 
 
-def load_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
-    """The stored calibration of a GPU, checked against the model form this code evaluates.
+def load_calibration(gpu: str | None = None, path: str | Path | None = None,
+                     engine: str | None = None) -> Calibration:
+    """The stored calibration of a (GPU, engine), checked against the model form this code evaluates.
+
+    One calibration per (GPU, engine): ``energybook/resources/calibration/<gpu-slug>--<engine>.json``
+    (:func:`energybook.model.physics_fit.stored_calibrations`). The GPU enters the record through its peaks (the
+    record's ``peaks``: a measured peaks file or, for the H100 record fitted before any was measured, the datasheet),
+    the engine through its profile (:func:`energybook.model.batch.profile_for`).
 
     Args:
-        gpu: GPU key (``"h100"``), case-insensitive.
+        gpu: GPU name (``"NVIDIA H100 80GB HBM3"``), slug (``"nvidia-h100-80gb-hbm3"``) or short name (``"h100"``),
+            case-insensitive; None: the one GPU calibrated for the engine.
         path: A calibration JSON to read instead of the shipped one.
+        engine: ``"hf"`` (``"torch"`` names it too) or another engine with a calibration; None: ``"hf"``
+            (:data:`energybook.model.physics_fit.DEFAULT_ENGINE`, the only engine calibrated so far).
 
     Raises:
-        ValueError: for an uncalibrated GPU (the message lists the calibrated ones) or a malformed file.
+        CalibrationNotFound: (a ValueError) for an uncalibrated (GPU, engine), or no GPU named while several are
+            calibrated for the engine: the message lists the calibrations and the command that makes one.
+        ValueError: for a malformed file.
         FormMismatch: for a calibration fitted with another form of the model (its ``form_hash`` differs from
             :func:`energybook.model.form.current_form`'s; the message names both). A record without a form is
             loaded with a logged warning.
     """
-    cal = read_calibration(gpu, path)
-    check_form(cal, path if path is not None else f"the shipped calibration {str(gpu).strip().lower()}.json")
+    cal = read_calibration(gpu, path, engine)
+    check_form(cal, path if path is not None else f"the shipped calibration {Path(cal.file).name}")
     return cal
+
+
+#: The parameters a GPU's measured peaks move in :func:`transfer`: rates with the copy bandwidth, with the matmul
+#: rate, and times that shrink with the matmul rate; the powers follow the power cap. ``pass_overhead_s`` and
+#: ``graph_capture_s`` (the host's launch and capture work) are kept.
+TRANSFER_BANDWIDTH = ("weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s")
+TRANSFER_COMPUTE = ("matmul_flops_s", "attention_flops_s", "attention_pairs_s")
+TRANSFER_COMPUTE_TIMES = ("attention_block_s",)
+TRANSFER_POWERS = ("busy_power_w", "overhead_power_w")
+
+
+def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None = None) -> Calibration:
+    """A calibration fitted on one GPU, moved to another by that GPU's measured peaks alone.
+
+    The shared efficiency parameters keep their meaning; the GPU's rates are scaled by the ratio of the target's
+    peaks to the calibration's (its record's ``peaks``): the bandwidths ``B_w``, ``B_kv``, ``B_el`` by the copy
+    bandwidth, ``R_mm``, ``R_att``, ``R_pair`` (and ``t_blk`` inversely) by the bf16 matmul rate, ``P_busy`` and
+    ``P_oh`` by the power cap (and held under the new cap), the memory of the batch rule by the device memory;
+    the per-pass and capture costs, host work, are kept. The result keeps the calibration's GPU and engine (what it
+    was fitted on); the target GPU is in its ``provenance["transfer"]``. The covariance is scaled with the
+    parameters. The interval still holds only the calibration's own model error, not the transfer's: the result says
+    so in its ``transferred`` label (``"transferred from <calibration GPU> by peaks of <gpu uuid>"``), which
+    ``energybook predict`` prints and puts in its JSON.
+
+    Args:
+        calibration: A calibration whose record names its peaks (``peaks``).
+        peaks: The target GPU's :class:`energybook.store.peaks.Peaks` (:func:`energybook.store.peaks.load_peaks`).
+        peaks_file: The peaks file (named in the label's record).
+
+    Raises:
+        ValueError: for a calibration without peaks.
+    """
+    import dataclasses
+
+    ref = calibration.peaks or {}
+    need = ("bandwidth_bytes_s", "matmul_flops", "power_cap_w")
+    if not all(isinstance(ref.get(k), (int, float)) and ref[k] > 0 for k in need):
+        raise ValueError(f"the calibration of {calibration.gpu_name or calibration.gpu} records no peaks "
+                         f"({', '.join(need)}): it cannot be transferred; recalibrate it with scripts/calibrate.py")
+    r_bw = float(peaks.copy_bytes_per_s) / float(ref["bandwidth_bytes_s"])
+    r_mm = float(peaks.matmul_flops) / float(ref["matmul_flops"])
+    r_pw = float(peaks.power_limit_w) / float(ref["power_cap_w"])
+    r_mem = float(peaks.memory_bytes) / float(ref["memory_bytes"]) if ref.get("memory_bytes") else 1.0
+    factor = {k: 1.0 for k in PARAM_NAMES}
+    factor.update({k: r_bw for k in TRANSFER_BANDWIDTH})
+    factor.update({k: r_mm for k in TRANSFER_COMPUTE})
+    factor.update({k: 1.0 / r_mm for k in TRANSFER_COMPUTE_TIMES})
+    factor.update({k: r_pw for k in TRANSFER_POWERS})
+    values = {k: getattr(calibration.params, k) * factor[k] for k in PARAM_NAMES}
+    cap = float(peaks.power_limit_w)
+    for k in TRANSFER_POWERS:
+        values[k] = min(values[k], cap)
+    scale = np.array([factor[k] for k in PARAM_NAMES])
+    cov = np.asarray(calibration.covariance, dtype=float) * np.outer(scale, scale)
+    rng = dict(calibration.calibrated_range)
+    if "power_w" in rng:
+        rng["power_w"] = [v * r_pw for v in rng["power_w"]]
+    source = calibration.gpu_name or calibration.gpu
+    label = f"transferred from {source} by peaks of {peaks.gpu_uuid}"
+    prov = dict(calibration.provenance, transfer=dict(
+        label=label, peaks_file=None if peaks_file is None else str(peaks_file), target_gpu=peaks.gpu,
+        target_gpu_uuid=peaks.gpu_uuid, reference_peaks_kind=ref.get("kind", "unknown"),
+        ratios=dict(bandwidth=r_bw, matmul=r_mm, power_cap=r_pw, memory=r_mem)))
+    return dataclasses.replace(
+        calibration, params=PhysicsParams(**values),
+        stderr={k: v * factor.get(k, 1.0) for k, v in calibration.stderr.items()}, covariance=cov,
+        memory_bytes=calibration.memory_bytes * r_mem, power_cap_w=cap, calibrated_range=rng, provenance=prov,
+        file=calibration.file, transferred=label)
+
+
+def transfer_warnings(calibration: Calibration) -> list[str]:
+    """What a transferred calibration's prediction cannot vouch for (empty for one as fitted)."""
+    if not calibration.transferred:
+        return []
+    out = [f"{calibration.transferred}: rates scaled by the ratio of the peaks; the interval holds the "
+           "calibration's own model error, not the transfer's (untested until that GPU is measured)"]
+    ref = calibration.provenance.get("transfer", {}).get("reference_peaks_kind")
+    if ref != "measured":
+        out.append("the calibration's own peaks are datasheet figures, not measured ones: the ratios mix measured "
+                   "and datasheet rates (a measured copy bandwidth or matmul rate is below the datasheet's)")
+    return out
 
 
 # ----- prediction -----------------------------------------------------------------------------
@@ -435,7 +537,7 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
         batch: Requests per wave; None: the engine's KV-memory rule under ``max_batch``.
         max_batch: The engine's batch cap (requests), used when ``batch`` is None.
         n_req: Requests.
-        calibration: The GPU's calibration (default :func:`load_calibration` of ``"h100"``).
+        calibration: The (GPU, engine) calibration (default :func:`load_calibration`: the one ``hf`` GPU).
         samples: Parameter sets drawn for the interval (0: the interval holds the model error only).
         strict: Refuse n_in + n_out beyond the model's ``max_position_embeddings`` (``energybook predict`` does);
             False: predict it with a warning (the measuring engine extends a model's position table with dummy
@@ -462,7 +564,8 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
     if draws:
         s_par = float(np.std(np.log(draws)))
     half = Z95 * math.hypot(s_par, cal.model_error_log)
-    warnings = request_warnings(arch, n_in, n_out, counts.max_wave, e.energy_j / e.duration_s, cal)
+    warnings = request_warnings(arch, n_in, n_out, counts.max_wave, e.energy_j / e.duration_s, cal) \
+        + transfer_warnings(cal)
     return Prediction(model=arch.name, gpu=cal.gpu, n_in=n_in, n_out=n_out, n_req=n_req, batch=counts.max_wave,
                       waves=waves, energy_j=e.energy_j, duration_s=e.duration_s,
                       prefill_energy_j=e.prefill_energy_j, decode_energy_j=e.decode_energy_j,

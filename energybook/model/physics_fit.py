@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,14 @@ class Calibration:
         form_hash: sha256 of that form (:meth:`energybook.model.form.ModelForm.form_hash`; "" when unknown).
         calibrated_range: What the calibration grids covered (:func:`calibrated_range`): ``batch``, ``n_in``,
             ``n_out``, ``num_params`` and ``power_w`` as [low, high], and the ``models``; {} when unknown.
+        peaks: The GPU's peaks the record refers to (:func:`peaks_reference`): ``kind`` ``"measured"`` (a peaks
+            file of ``energybook peaks``, with its ``file`` and ``sha256``) or ``"datasheet"`` (no peaks file existed;
+            the figures are the vendor's), and ``bandwidth_bytes_s``, ``matmul_flops``, ``power_cap_w``,
+            ``memory_bytes``, ``source``; {} when unknown. :func:`energybook.model.physics.transfer` divides another
+            GPU's peaks by these.
+        file: Where the record was read from ("" for one made in memory); not stored.
+        transferred: "" for a calibration as fitted; else how it was moved to another GPU
+            (:func:`energybook.model.physics.transfer`: ``"transferred from <GPU> by peaks of <uuid>"``); not stored.
     """
 
     gpu: str
@@ -234,6 +244,9 @@ class Calibration:
     form_version: str = ""
     form_hash: str = ""
     calibrated_range: dict[str, Any] = field(default_factory=dict)
+    peaks: dict[str, Any] = field(default_factory=dict)
+    file: str = field(default="", compare=False)
+    transferred: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (SI units; the units are listed under ``units``)."""
@@ -244,7 +257,41 @@ class Calibration:
                     memory_bytes=self.memory_bytes, power_cap_w=self.power_cap_w,
                     model_error_log=self.model_error_log, provenance=self.provenance,
                     form_version=self.form_version, form_hash=self.form_hash,
-                    calibrated_range=self.calibrated_range)
+                    calibrated_range=self.calibrated_range, peaks=self.peaks)
+
+    @property
+    def gpu_slug(self) -> str:
+        """The GPU's file-system name (``"nvidia-h100-80gb-hbm3"``): the slug of :attr:`gpu_name`, else of
+        :attr:`gpu` through :data:`GPU_ALIASES`."""
+        return gpu_key(self.gpu_name or self.gpu)
+
+    @property
+    def engine_key(self) -> str:
+        """The engine's name in calibration file names (``"hf"``; ``"torch"`` is the ``hf`` engine)."""
+        return engine_key(self.engine or DEFAULT_ENGINE)
+
+    def describe(self) -> dict[str, Any]:
+        """What a prediction names of the calibration it used (the ``calibration`` block of ``energybook predict
+        --json``): ``gpu`` (slug), ``gpu_name``, ``engine``, ``file``, ``data_files`` (path: sha256 of the grids it
+        was fitted on), ``commit``, ``date``, ``form_version``, ``form_hash``, ``peaks``, ``transferred``
+        and ``target_gpu`` (the GPU predicted for)."""
+        prov = self.provenance
+        grids = prov.get("grids") or {}
+        file = self.file
+        if file and Path(file).parent.name == "calibration" and Path(file).parent.parent.name == "resources":
+            file = f"energybook/resources/calibration/{Path(file).name}"  # the shipped record, where it ships
+        return dict(gpu=self.gpu_slug, gpu_name=self.gpu_name, engine=self.engine_key, file=file,
+                    data_files={k: (v.get("sha256") if isinstance(v, dict) else None) for k, v in grids.items()},
+                    commit=prov.get("energybook_commit", ""), date=prov.get("date", ""),
+                    form_version=self.form_version, form_hash=self.form_hash, peaks=self.peaks,
+                    transferred=self.transferred, target_gpu=self.target_gpu)
+
+    @property
+    def target_gpu(self) -> str:
+        """The GPU a prediction is for: :attr:`gpu_name`, or the target of a transfer."""
+        if self.transferred:
+            return str(self.provenance.get("transfer", {}).get("target_gpu") or self.gpu_name)
+        return self.gpu_name or self.gpu
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -265,7 +312,7 @@ class Calibration:
                        power_cap_w=float(d["power_cap_w"]),
                        model_error_log=float(d["model_error_log"]), provenance=dict(d.get("provenance", {})),
                        form_version=str(d.get("form_version") or ""), form_hash=str(d.get("form_hash") or ""),
-                       calibrated_range=dict(d.get("calibrated_range") or {}))
+                       calibrated_range=dict(d.get("calibrated_range") or {}), peaks=dict(d.get("peaks") or {}))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed calibration record: {exc!r}") from None
 
@@ -427,7 +474,7 @@ class CalibrationFit:
 
 
 def calibrate(obs: list[Observation], combine: str = "smooth", overhead: str = "overlap", power_cap_w: float = 700.0,
-              start: PhysicsParams = START, gpu: str = "h100", gpu_name: str = "", engine: str = "torch",
+              start: PhysicsParams = START, gpu: str = "h100", gpu_name: str = "", engine: str = "hf",
               memory_bytes: float = 85.0e9, fixed: dict[str, float] | None = None,
               weights: str = "share") -> CalibrationFit:
     """Fit the shared parameters to measured workloads with lmfit (least squares on log ratios).
@@ -595,36 +642,185 @@ def calibrated_range(grids: list[tuple[Architecture, Any]]) -> dict[str, Any]:
 
 
 # ----- stored calibrations --------------------------------------------------------------------
-def calibrated_gpus() -> list[str]:
-    """GPU keys with a shipped calibration (``energybook/resources/calibration/<gpu>.json``)."""
+#: The engine a calibration is picked for when none is named: ``hf``, the only engine calibrated so far.
+DEFAULT_ENGINE = "hf"
+#: Short GPU names that ``--gpu`` accepts besides the slug of the NVML name (short name -> slug).
+GPU_ALIASES = {"h100": "nvidia-h100-80gb-hbm3"}
+#: Engine names that differ from the calibration file's (the ``hf`` engine's registered name is ``torch``).
+ENGINE_ALIASES = {"torch": "hf"}
+#: The command that makes a calibration (``{gpu}``, ``{engine}``: the GPU's slug and the engine).
+CALIBRATE_COMMAND = ("python scripts/calibrate.py --gpu {gpu} --engine {engine} --combine smooth --overhead add "
+                     "(in a checkout, from grids measured on that GPU with that engine)")
+
+
+def gpu_key(gpu: str) -> str:
+    """The slug a GPU's calibration is filed under: ``"NVIDIA H100 80GB HBM3"``, ``"nvidia-h100-80gb-hbm3"`` and
+    ``"h100"`` (:data:`GPU_ALIASES`) all give ``"nvidia-h100-80gb-hbm3"``."""
+    key = re.sub(r"[^a-z0-9._-]+", "-", str(gpu).strip().lower()).strip("-.")
+    return GPU_ALIASES.get(key, key)
+
+
+def engine_key(engine: str) -> str:
+    """The engine's name in calibration file names: lower case, ``torch`` written ``hf``."""
+    key = str(engine).strip().lower()
+    return ENGINE_ALIASES.get(key, key)
+
+
+def calibration_file_name(gpu: str, engine: str) -> str:
+    """``<gpu-slug>--<engine>.json``: ``("h100", "hf")`` -> ``"nvidia-h100-80gb-hbm3--hf.json"``."""
+    return f"{gpu_key(gpu)}--{engine_key(engine)}.json"
+
+
+@dataclass(frozen=True)
+class StoredCalibration:
+    """One shipped calibration file.
+
+    Attributes:
+        gpu: The GPU's slug.
+        engine: The engine (:func:`engine_key`).
+        path: The file.
+        legacy: True for a file of the old naming, ``<gpu>.json`` without an engine (read as the ``hf`` engine,
+            with a deprecation warning; this naming is read for one more release).
+    """
+
+    gpu: str
+    engine: str
+    path: Path
+    legacy: bool = False
+
+    @property
+    def aliases(self) -> list[str]:
+        """The short names of its GPU."""
+        return sorted(k for k, v in GPU_ALIASES.items() if v == self.gpu)
+
+    def label(self) -> str:
+        """``"nvidia-h100-80gb-hbm3 --engine hf (--gpu h100)"``: how to pick it."""
+        alias = f" (or --gpu {', '.join(self.aliases)})" if self.aliases else ""
+        return f"--gpu {self.gpu} --engine {self.engine}{alias}"
+
+
+class CalibrationNotFound(ValueError):
+    """No shipped calibration for the (GPU, engine) asked for, or no single one when one was left to choose: the
+    message lists the calibrations that exist and the command that makes one."""
+
+
+def stored_calibrations() -> list[StoredCalibration]:
+    """The shipped calibrations (``energybook/resources/calibration/<gpu-slug>--<engine>.json``), by file name; a
+    file of the old naming ``<gpu>.json`` counts as the ``hf`` engine's (``legacy``), unless the new name of the same
+    (GPU, engine) exists too."""
     try:
         folder = resources.path("calibration")
     except FileNotFoundError:
         return []
-    return sorted(p.stem for p in folder.glob("*.json"))
+    out: dict[tuple[str, str], StoredCalibration] = {}
+    for p in sorted(folder.glob("*.json")):
+        if "--" in p.stem:
+            gpu, _, engine = p.stem.rpartition("--")
+            out[(gpu_key(gpu), engine_key(engine))] = StoredCalibration(gpu_key(gpu), engine_key(engine), p)
+    for p in sorted(folder.glob("*.json")):
+        if "--" not in p.stem:
+            out.setdefault((gpu_key(p.stem), DEFAULT_ENGINE),
+                           StoredCalibration(gpu_key(p.stem), DEFAULT_ENGINE, p, legacy=True))
+    return sorted(out.values(), key=lambda c: (c.gpu, c.engine))
 
 
-def read_calibration(gpu: str = "h100", path: str | Path | None = None) -> Calibration:
-    """The stored calibration of a GPU, as recorded (:func:`energybook.model.physics.load_calibration` also checks
-    its model form).
+def calibrated_gpus() -> list[str]:
+    """Slugs of the GPUs with a shipped calibration (of any engine)."""
+    return sorted({c.gpu for c in stored_calibrations()})
+
+
+def _choices(stored: list[StoredCalibration]) -> str:
+    return "; ".join(c.label() for c in stored) or "none"
+
+
+def find_calibration(gpu: str | None = None, engine: str | None = None) -> StoredCalibration:
+    """The shipped calibration of (GPU, engine).
 
     Args:
-        gpu: GPU key (``"h100"``), case-insensitive.
-        path: A calibration JSON to read instead of the shipped one.
+        gpu: A GPU name (``"NVIDIA H100 80GB HBM3"``), slug (``"nvidia-h100-80gb-hbm3"``) or short name (``"h100"``),
+            case-insensitive; None: the one GPU calibrated for the engine (an error when there are several).
+        engine: The engine (``"hf"``, ``"lean"``; ``"torch"`` is ``"hf"``); None: :data:`DEFAULT_ENGINE`.
 
     Raises:
-        ValueError: for an uncalibrated GPU (the message lists the calibrated ones) or a malformed file.
+        CalibrationNotFound: no calibration of that (GPU, engine), or several GPUs and none named; the message lists
+            the calibrations that exist and the command that makes one.
+    """
+    stored = stored_calibrations()
+    eng = engine_key(engine) if engine is not None else DEFAULT_ENGINE
+    of_engine = [c for c in stored if c.engine == eng]
+    if gpu is None:
+        if len(of_engine) == 1:
+            return of_engine[0]
+        why = (f"several GPUs are calibrated for engine {eng!r}: name one with --gpu" if of_engine
+               else f"no calibration for engine {eng!r}")
+    else:
+        key = gpu_key(gpu)
+        hit = [c for c in of_engine if c.gpu == key]
+        if hit:
+            return hit[0]
+        why = f"no calibration for GPU {gpu!r} with engine {eng!r}"
+    raise CalibrationNotFound(
+        f"{why}; calibrations: {_choices(stored)}; make one with: "
+        + CALIBRATE_COMMAND.format(gpu=gpu_key(gpu) if gpu is not None else "<gpu>", engine=eng))
+
+
+def read_calibration(gpu: str | None = None, path: str | Path | None = None,
+                     engine: str | None = None) -> Calibration:
+    """The stored calibration of a (GPU, engine), as recorded (:func:`energybook.model.physics.load_calibration`
+    also checks its model form).
+
+    Args:
+        gpu: GPU name, slug or short name (:func:`find_calibration`); None: the one GPU calibrated for the engine.
+        path: A calibration JSON to read instead of the shipped one.
+        engine: The engine; None: :data:`DEFAULT_ENGINE`.
+
+    Raises:
+        CalibrationNotFound: for an uncalibrated (GPU, engine) (the message lists the calibrations and the command
+            that makes one).
+        ValueError: for a malformed file.
     """
     if path is None:
-        key = str(gpu).strip().lower()
-        known = calibrated_gpus()
-        if key not in known:
-            raise ValueError(f"no calibration for GPU {gpu!r}; calibrated GPUs: {', '.join(known) or 'none'} "
-                             "(scripts/calibrate.py makes one from measured grids)")
-        path = resources.path("calibration", f"{key}.json")
+        stored = find_calibration(gpu, engine)
+        path = stored.path
+        if stored.legacy:
+            msg = (f"calibration file {path.name} has the old naming; rename it "
+                   f"{calibration_file_name(stored.gpu, stored.engine)} (<gpu-slug>--<engine>.json): the old name is "
+                   "read for one more release")
+            warnings.warn(msg, DeprecationWarning, stacklevel=3)
+            logger.warning(msg)
     path = Path(path)
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from None
-    return Calibration.from_dict(record)
+    cal = Calibration.from_dict(record)
+    cal.file = str(path)
+    return cal
+
+
+def peaks_reference(peaks: Any = None, path: str | Path | None = None, datasheet: dict[str, Any] | None = None,
+                    gpu_uuid: str | None = None) -> dict[str, Any]:
+    """The ``peaks`` block of a calibration record: a measured peaks file (``peaks``: an
+    :class:`energybook.store.peaks.Peaks`, ``path`` its file, hashed here), or, when none was measured, the
+    ``datasheet`` figures (``name``, ``peak_flops``, ``bandwidth_bytes_s``, ``power_cap_w``, ``memory_bytes``,
+    ``source``) marked ``kind: "datasheet"``, with the ``gpu_uuid`` of the grids' GPU.
+
+    Raises:
+        ValueError: for neither peaks nor datasheet figures.
+    """
+    import hashlib
+
+    if peaks is not None:
+        ref = dict(kind="measured", gpu=peaks.gpu, gpu_uuid=peaks.gpu_uuid,
+                   bandwidth_bytes_s=float(peaks.copy_bytes_per_s), matmul_flops=float(peaks.matmul_flops),
+                   power_cap_w=float(peaks.power_limit_w), memory_bytes=float(peaks.memory_bytes),
+                   idle_power_w=float(peaks.idle_power_w), source="energybook peaks")
+        if path is not None:
+            ref.update(file=str(path), sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest())
+        return ref
+    if datasheet is None:
+        raise ValueError("a peaks reference needs a measured peaks file or datasheet figures")
+    return dict(kind="datasheet", file=None, sha256=None, gpu=datasheet["name"], gpu_uuid=gpu_uuid,
+                bandwidth_bytes_s=float(datasheet["bandwidth_bytes_s"]), matmul_flops=float(datasheet["peak_flops"]),
+                power_cap_w=float(datasheet["power_cap_w"]), memory_bytes=float(datasheet["memory_bytes"]),
+                source=str(datasheet["source"]))
