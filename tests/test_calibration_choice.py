@@ -161,8 +161,6 @@ def test_more_bandwidth_speeds_up_decode_but_not_prefill(tmp_path):
         prefill, a = speedup(model, 4096, 1, 64)  # long prompts, one output token
         assert a.prefill_s > 0.9 * a.duration_s
         assert 1.0 <= prefill < 1.12 and prefill - 1 < 0.5 * (decode - 1), (model, prefill, decode)
-    prefill, _ = speedup("OPT-1.3B", 4096, 1, 64)
-    assert prefill == pytest.approx(1.0, abs=0.05)
 
 
 def test_predict_with_gpu_peaks_labels_the_transfer(tmp_path, capsys):

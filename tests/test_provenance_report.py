@@ -243,7 +243,8 @@ def test_clean_measurement_notebook(tmp_path):
     assert all("remove-cell" in c.metadata["tags"] for c in code[:3])  # parameters, injected, imports
     log = code[3].outputs
     assert [o["name"] for o in log] == ["stdout"]
-    assert "INFO energybook.sweep: prefill 8.02 s" in log[0]["text"]
+    assert "INFO energybook.sweep" not in log[0]["text"]  # raw log records are cut out (issue 25, item 5)
+    assert "9 points measured" in log[0]["text"] and "3.45 minutes" in log[0]["text"]
     assert "data/measured/gpu/M/grid.csv: results" in log[0]["text"] and "\n\n\n" not in log[0]["text"]
     table = code[4].outputs[0]["data"]
     assert table["text/plain"] == "96.09" and "96.09" in table["text/html"]

@@ -68,6 +68,16 @@ def _annotation(x: float, fmt: str | None) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def annotation_color(rgba) -> str:
+    """The colour of a cell's label on a cell of colour ``rgba``: black on light cells (the yellow top of
+    viridis, the pale middle of RdBu), white on dark ones (its purple bottom, the deep ends of RdBu).
+
+    A cell is dark when its luma (ITU-R BT.601 weights: 0.299 R + 0.587 G + 0.114 B) is below one half.
+    """
+    r, g, b = (float(c) for c in tuple(rgba)[:3])
+    return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+
+
 def _draw(ax: Axes, grid: pd.DataFrame, norm: Normalize, cmap: str, annot: bool, fmt: str | None,
           fontsize: str = "x-small", ticksize: str = "small"):
     values = grid.to_numpy(dtype=float)
@@ -87,10 +97,8 @@ def _draw(ax: Axes, grid: pd.DataFrame, norm: Normalize, cmap: str, annot: bool,
                 v = values[i, j]
                 if not np.isfinite(v):
                     continue
-                r, g, b, _ = mesh.cmap(mesh.norm(v))
-                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(j + 0.5, i + 0.5, _annotation(v, fmt), ha="center", va="center", fontsize=fontsize,
-                        color="white" if dark else "black")
+                        color=annotation_color(mesh.cmap(mesh.norm(v))))
     return mesh
 
 

@@ -23,7 +23,9 @@ which grid points have the shortest energy windows and whether a complete run ch
 :func:`clean_measurement_notebook` tidies an executed measurement notebook for the book without
 touching a measured number: it drops stderr outputs and progress bars, scrubs local paths, hides
 papermill's parameter cells and plumbing code, adds the figure's name and alt text, wraps wide
-tables, and puts a note with the page's GPU-minutes (:func:`measurement_note`) under its title.
+tables, and puts a note with the page's GPU-minutes (:func:`measurement_note`) under its title;
+:func:`redraw_measurement_figures` redraws a page's heat map from its committed data with the book's
+plotting code (:func:`measurement_heatmap`, what the template's heat-map cell runs).
 
 Used in :doc:`/book/experiment`, :doc:`/book/instruments`, :doc:`/book/reproduce`,
 :doc:`/book/status` and :doc:`/book/intro`.
@@ -38,7 +40,7 @@ import logging
 import platform
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -618,6 +620,8 @@ _PROGRESS = re.compile(r"[^\s|]*\s?sweep:\s+\d+%\|[^|]*\|[^\]\n]*\]")
 # An absolute path ending in a workspace's data/measured/ folder, or a notebook path.
 _ABSOLUTE_DATA = re.compile(r"(?<![\w.\-/])(?:/[^\s/:'\"]+)+/(data/measured/|notebooks/|book/measurements/)")
 _ABSOLUTE = re.compile(r"(?<![\w.])/(?:home|work|opt|root|tmp|usr|Users|scratch|mnt|srv|var)/[^\s'\"]*")
+# A log record as the CLI's logging prints it ("INFO energybook.sweep: n_in 4096 batch 334 ...").
+_LOG_RECORD = re.compile(r"^(?:DEBUG|INFO) [\w.]+: ")
 
 
 def _scrub(text: str) -> str:
@@ -630,6 +634,8 @@ def _strip_progress(text: str) -> str:
     lines = [line.rstrip() for line in text.split("\n")]
     kept: list[str] = []
     for line in lines:
+        if _LOG_RECORD.match(line):
+            continue  # a raw log record of the sweep, printed by an old copy of the notebook
         if line or (kept and kept[-1]):
             kept.append(line)
     return "\n".join(kept).strip("\n") + "\n"
@@ -674,8 +680,8 @@ def clean_measurement_notebook(path: str | Path, prov: dict[str, Any], model: st
                                write: bool = True):
     """Tidy an executed measurement notebook for the book, leaving every measured number as it is.
 
-    * stderr outputs (warnings such as tqdm's) are dropped, and the sweep's progress bars are cut
-      out of its printed log (the log lines themselves stay);
+    * stderr outputs (warnings such as tqdm's) are dropped, and the sweep's progress bars and raw
+      ``INFO`` / ``DEBUG`` log records are cut out of its printed output (warnings and the summary stay);
     * local absolute paths are scrubbed from sources, outputs and papermill's metadata (a path into a
       workspace's ``data/measured/`` keeps its part from ``data/`` on);
     * papermill's parameter cells and the imports are hidden (``remove-cell``), the other code cells
@@ -774,3 +780,142 @@ def measurement_notes(notebooks: list[str | Path]) -> dict[str, str]:
         nb = nbformat.read(str(nb_path), as_version=4)
         notes[Path(nb_path).stem] = next((c.source for c in nb.cells if NOTE_TAG in _tags(c)), "")
     return notes
+
+
+#: Tag of a measurement page's heat-map cell: the template's, and a page's redrawn one
+#: (:func:`redraw_measurement_figures`).
+HEATMAP_TAG = "eb-heatmap"
+
+#: Tag of the one-line note that :func:`redraw_measurement_figures` puts under a redrawn figure.
+REDRAW_TAG = "eb-redrawn-note"
+
+_REDRAWN_ON = re.compile(r"redrawn on (\d{4}-\d{2}-\d{2})")
+
+
+def _template_cells() -> list:
+    """The code cells of the shipped measurement template."""
+    import nbformat
+
+    from energybook.measure.notebook import notebook_source
+
+    nb = nbformat.read(str(notebook_source()), as_version=4)
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _template_heatmap_source() -> str:
+    """The source of the measurement template's heat-map cell (the cell tagged :data:`HEATMAP_TAG`)."""
+    return next(c.source for c in _template_cells() if HEATMAP_TAG in _tags(c))
+
+
+def measurement_heatmap(run: R.MeasuredRun):
+    """The measurement page's heat map of a run, drawn by the template's own heat-map cell.
+
+    Runs the template's imports cell and its heat-map cell (:func:`energybook.report.plot.heatmap` of the
+    first repeat, in the book's theme and at its size, with the source footer of
+    :func:`energybook.report.plot.stamp_source`) with ``df`` and ``run`` set to this run, so that a redrawn
+    page shows exactly what a new one shows. Call it inside ``matplotlib.rc_context()`` to keep the theme
+    from leaking out.
+
+    Returns:
+        The Figure (still open: close it when done).
+    """
+    cells = _template_cells()
+    imports = next(c.source for c in cells if "from energybook.report import" in c.source
+                   and c.source.lstrip().startswith(("import ", "from ")))
+    heat = re.sub(r"^\s*plt\.show\(\)\s*$", "", _template_heatmap_source(), flags=re.M)  # keep it, to save
+    namespace: dict[str, Any] = {"__name__": "energybook_measure_template"}
+    exec(compile(imports, "measure.ipynb (imports)", "exec"), namespace)  # noqa: S102 - the shipped template
+    namespace.update(run=run, df=run.data)
+    exec(compile(heat, "measure.ipynb (heat map)", "exec"), namespace)  # noqa: S102
+    return namespace["ax"].figure
+
+
+def _figure_png(fig) -> str:
+    """The figure as the notebook's inline backend shows it (tight box, the figure's dpi), base64."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def redraw_measurement_figures(path: str | Path, run: R.MeasuredRun | str | Path, date: str | None = None,
+                               write: bool = True):
+    """Redraw an executed measurement page's heat map from its committed data, with the book's plotting code.
+
+    The pages measured with an older template drew their own heat map (6 px labels, a colour bar in
+    log10 units, white labels on yellow cells). This redraws the figure from the page's own results file
+    with :func:`measurement_heatmap` (what the template's heat-map cell now runs), and changes nothing
+    else that was measured:
+
+    * the figure cell's PNG (and its ``text/plain`` figure repr) is replaced, its source becomes the
+      template's heat-map cell, and it is tagged :data:`HEATMAP_TAG`, with the function, data file and
+      date in ``metadata["energybook"]["redrawn"]``;
+    * raw ``INFO`` / ``DEBUG`` log records are cut out of the printed outputs (a stream output without
+      one is left as it is);
+    * one note (tagged :data:`REDRAW_TAG`) goes under the figure, saying so, with the date.
+
+    Every other output stays byte-identical. Running it again gives the same notebook: the date of an
+    existing note is kept unless ``date`` is given.
+
+    Args:
+        path: The executed measurement notebook (``.ipynb``).
+        run: The page's measured run, or the path of its results CSV (``data/measured/.../grid.csv``).
+        date: The date the note states (``YYYY-MM-DD``); the existing note's date, else today (UTC).
+        write: Write the result back to ``path``.
+
+    Returns:
+        The redrawn notebook (an ``nbformat`` node).
+
+    Raises:
+        ValueError: when the notebook has no figure output to redraw.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    path = Path(path)
+    if not isinstance(run, R.MeasuredRun):
+        run = R.load_measured(run)
+    nb = nbformat.read(str(path), as_version=4)
+    figures = [c for c in nb.cells if c.cell_type == "code"
+               and any("image/png" in (o.get("data") or {}) for o in c.get("outputs", []))]
+    if not figures:
+        raise ValueError(f"{path} has no figure output to redraw")
+    old_notes = [c for c in nb.cells if REDRAW_TAG in _tags(c)]
+    found = next((m.group(1) for c in old_notes for m in [_REDRAWN_ON.search(c.source)] if m), None)
+    date = date or found or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    nb.cells = [c for c in nb.cells if REDRAW_TAG not in _tags(c)]
+    with matplotlib.rc_context():
+        fig = measurement_heatmap(run)
+        try:
+            png, shown = _figure_png(fig), repr(fig)
+        finally:
+            plt.close(fig)
+    data = _shown_path(run.path)
+    name = f"{__name__}.redraw_measurement_figures"
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and any(_LOG_RECORD.match(line)
+                                                         for line in out.get("text", "").split("\n")):
+                out["text"] = _strip_progress(out["text"])
+    for cell in figures:
+        cell.source = _template_heatmap_source()
+        _add_tag(cell, HEATMAP_TAG)
+        cell.metadata.setdefault("energybook", {})["redrawn"] = {"by": name, "data": data, "date": date}
+        for out in cell.outputs:
+            if "image/png" in (out.get("data") or {}):
+                out["data"]["image/png"] = png
+                if "text/plain" in out["data"]:
+                    out["data"]["text/plain"] = shown
+        note = nbformat.v4.new_markdown_cell(
+            f"*This figure was redrawn on {date} from the page's committed data (`{data}`) by the book's plotting "
+            f"code (`energybook.report.plot.heatmap`), with `{name}`; the tables above are the run's own output.*",
+            metadata={"tags": [REDRAW_TAG]})
+        if "id" in note:
+            note["id"] = f"{REDRAW_TAG}-{figures.index(cell)}"  # a fixed id: redrawing twice gives the same file
+        nb.cells.insert(next(i for i, c in enumerate(nb.cells) if c is cell) + 1, note)
+    if write:
+        nbformat.write(nb, str(path))
+    return nb
