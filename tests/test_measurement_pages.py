@@ -81,7 +81,7 @@ def test_pages_heat_map_is_the_chapters_at_the_books_width(page):
     # Drawn by the chapters' code: the template's cell, tagged, with the redraw's record and note.
     assert P.HEATMAP_TAG in cell.metadata["tags"] and "hide-input" in cell.metadata["tags"]
     assert "plot.heatmap(" in cell.source and "plot.stamp_source(" in cell.source and "imshow" not in cell.source
-    assert cell.source == P._template_heatmap_source()
+    assert cell.source == P._REDRAW_IMPORTS + P._template_heatmap_source()
     redrawn = cell.metadata["energybook"]["redrawn"]
     assert redrawn["by"] == REDRAW and re.fullmatch(r"\d{4}-\d{2}-\d{2}", redrawn["date"])
     assert redrawn["data"] == f"data/measured/nvidia-h100-80gb-hbm3/hf/{page.stem}/grid.csv"

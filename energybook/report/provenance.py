@@ -802,6 +802,10 @@ def _template_cells() -> list:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
+#: The imports a redrawn heat-map cell carries itself (a committed page's imports cell is the older template's).
+_REDRAW_IMPORTS = "import matplotlib.pyplot as plt\n\nfrom energybook.report import plot\n\n"
+
+
 def _template_heatmap_source() -> str:
     """The source of the measurement template's heat-map cell (the cell tagged :data:`HEATMAP_TAG`)."""
     return next(c.source for c in _template_cells() if HEATMAP_TAG in _tags(c))
@@ -901,7 +905,8 @@ def redraw_measurement_figures(path: str | Path, run: R.MeasuredRun | str | Path
                                                          for line in out.get("text", "").split("\n")):
                 out["text"] = _strip_progress(out["text"])
     for cell in figures:
-        cell.source = _template_heatmap_source()
+        # the page's own imports cell predates the chapters' plotting: the cell names what it draws with
+        cell.source = _REDRAW_IMPORTS + _template_heatmap_source()
         _add_tag(cell, HEATMAP_TAG)
         cell.metadata.setdefault("energybook", {})["redrawn"] = {"by": name, "data": data, "date": date}
         for out in cell.outputs:
