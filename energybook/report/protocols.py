@@ -20,6 +20,7 @@ from typing import Any
 
 from energybook.report.provenance import measuring_minutes
 from energybook.store.loader import MeasuredRun, load_measured
+from energybook.store.workspace import sidecar_engine
 
 #: What the sampled protocol must meet against the reference, in tokens/J: the mean absolute error (%) and the
 #: largest absolute error of any point (%).
@@ -89,8 +90,7 @@ class ProtocolCheck:
 
 
 def _engine(prov: dict[str, Any]) -> str:
-    eng = prov.get("engine")
-    return str(eng.get("engine") if isinstance(eng, dict) else eng or (prov.get("protocol") or {}).get("engine"))
+    return str(sidecar_engine(prov))
 
 
 def _differences(full: MeasuredRun, sampled: MeasuredRun) -> list[str]:
@@ -179,23 +179,13 @@ def compare_all(data: str | Path) -> list[ProtocolCheck]:
 def error_heatmap(check: ProtocolCheck, ax=None, limit_pct: float = TARGETS["max_abs_pct"]):
     """The sampled protocol's error (%) over the (n_in, n_out) grid: one annotated cell per compared point, input
     length upward, on a diverging scale fixed at +-``limit_pct`` (the per-point bound) so that panels compare; the
-    panel's title names the model, the GPU with its UUID, and the engine."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    panel's title names the model, the GPU with its UUID, and the engine. Drawn by the chapters' heat map
+    (:func:`energybook.report.plot_grids.heatmap`)."""
+    from energybook.report.plot_grids import heatmap
+    from energybook.report.plot_style import model_label
 
-    from energybook.report.plot_style import LABELS, model_label
-
-    grid = check.table.pivot(index="n_in", columns="n_out", values="error_pct").sort_index(ascending=False)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.6, 3.8), layout="constrained")
-    im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-limit_pct, vmax=limit_pct, aspect="auto")
-    for (i, j), v in np.ndenumerate(grid.to_numpy()):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
-    ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
-    ax.set_xlabel(LABELS["n_out"])
-    ax.set_ylabel(LABELS["n_in"])
+    ax = heatmap(check.table.assign(model=check.model), check.model, ax=ax, value="error_pct", log=False, center=0.0,
+                 vmin=-limit_pct, vmax=limit_pct, fmt="+.1f",
+                 cbar_label=f"sampled / {check.reference} - 1, tokens per joule (%)")
     ax.set_title(f"{model_label(check.model)}: {check.gpu}\n{check.gpu_uuid}, {check.engine} engine", fontsize=8)
-    ax.figure.colorbar(im, ax=ax, label=f"sampled / {check.reference} - 1, tokens per joule (%)")
     return ax

@@ -33,12 +33,11 @@ from typing import Any
 
 from energybook.store.loader import load_measured
 from energybook.store.schema import _HEADER, COLUMNS, DataError, _point_key, row_key, sidecar_path
+from energybook.store.writer import BOOKKEEPING as _BOOKKEEPING
 from energybook.store.writer import ResultsFile, commit, finish_pending
 
 logger = logging.getLogger(__name__)
 
-#: Sidecar keys that describe a file's content, not the run that measured it.
-_BOOKKEEPING = ("points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes")
 _RUN_KEYS = ("started_at", "command", "gpu_uuid", "host")
 #: What every part must share with the results file.
 _SAME = ("model", "protocol", "test_data", "gpu")

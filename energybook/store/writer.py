@@ -56,6 +56,12 @@ from energybook.store.schema import (
 
 logger = logging.getLogger(__name__)
 
+#: Sidecar keys that describe a file's content, not the run that measured it (the writer keeps them).
+BOOKKEEPING = ("points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes")
+#: Sidecar keys every run of a file must share (a resume with another value is refused).
+IDENTITY = ("model", "protocol", "test_data", "gpu", "engine_settings")
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -218,7 +224,7 @@ class ResultsFile:
             self._remove_orphans()
             old = self._own_sidecar()
             if old:
-                for key in ("model", "protocol", "test_data", "gpu", "engine_settings"):
+                for key in IDENTITY:
                     if key in old and key in provenance and old[key] != provenance[key]:
                         raise DataError(f"{self.path} holds a run with another {key} ({old[key]!r} vs "
                                         f"{provenance[key]!r}): give another --output or move the file aside")
@@ -361,8 +367,7 @@ class ResultsFile:
         state = self._state
         if not self._lock.held or state is None:
             raise RuntimeError(f"annotate {self.path} without its lock: call start() first")
-        owned = {"points", "runs", "sha256", "size", "rows", "schema", "measuring_minutes", "model", "gpu",
-                 "gpu_uuid", "protocol", "engine_settings", "test_data"}
+        owned = {*BOOKKEEPING, *IDENTITY, "gpu_uuid"}
         if owned & set(facts):
             raise ValueError(f"annotate cannot change {sorted(owned & set(facts))}: the sidecar's own keys")
         state.prov = dict(state.prov, **facts)
