@@ -99,6 +99,7 @@ def test_classical_errors_match_lmfit():
         for name, p in result.params.items():
             assert se.loc[name, "value"] == pytest.approx(p.value, rel=1e-6, abs=1e-12)
             assert se.loc[name, "classical"] == pytest.approx(p.stderr, rel=1e-4)
+            assert se.loc[name, "p_classical"] == pytest.approx(p.p_value, rel=1e-3, abs=1e-300)
 
 
 def _grouped_table(seed, groups=24):
@@ -143,7 +144,10 @@ def test_sign_stability_tells_a_real_coefficient_from_a_null_one():
         shares.append(coefs["theta5"].sign_share)
     assert np.mean(shares) < 0.9
     frame = S.statistics_frame(coefs)
-    assert {"se_classical", "se_hc3", "boot_low", "boot_high", "sign_share", "sign_stable"} <= set(frame.columns)
+    assert {"se_classical", "se_hc3", "boot_low", "boot_high", "sign_share", "sign_stable", "p_classical",
+            "excludes_zero"} <= set(frame.columns)
+    assert (frame["excludes_zero"] == ((frame["boot_low"] > 0) | (frame["boot_high"] < 0))).all()
+    assert frame["p_classical"].between(0, 1).all()
 
 
 # --- lack of fit -------------------------------------------------------------------------------------

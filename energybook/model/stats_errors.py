@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats as _scipy_stats
 
 from energybook.model import fit as FIT
 from energybook.model import formulas as F
@@ -81,8 +82,9 @@ def standard_errors(table: pd.DataFrame, formula: str = "memory_flops_model", we
         y: Energy column (joules per output token).
 
     Returns:
-        One row per coefficient with ``value``, ``classical`` and ``hc3`` (same unit as the coefficient)
-        and ``hc3_over_classical``.
+        One row per coefficient with ``value``, ``classical`` and ``hc3`` (same unit as the coefficient),
+        ``hc3_over_classical`` and ``p_classical``: the classical two-sided t-test of the estimate against zero,
+        which assumes independent points (shown only to say why it misleads on prefix-grouped grids).
     """
     f, x, values = _prepare(table, formula, y)
     w = _weights(values, weighting)
@@ -97,6 +99,7 @@ def standard_errors(table: pd.DataFrame, formula: str = "memory_flops_model", we
     hc3 = np.sqrt(np.diag(bread @ (xw.T * scale) @ xw @ bread))
     out = pd.DataFrame({"value": beta, "classical": classical, "hc3": hc3}, index=pd.Index(f.param_names, name="name"))
     out["hc3_over_classical"] = out["hc3"] / out["classical"]
+    out["p_classical"] = 2 * _scipy_stats.t.sf(np.abs(out["value"] / out["classical"]), n - k)
     return out
 
 
@@ -200,6 +203,7 @@ class CoefficientStats:
         boot_low: Lower end of the bootstrap percentile interval.
         boot_high: Upper end of the bootstrap percentile interval.
         sign_share: Share of bootstrap draws with the estimate's sign.
+        p_classical: Classical two-sided p-value against zero (independent points assumed; NaN when not computed).
     """
 
     name: str
@@ -210,6 +214,7 @@ class CoefficientStats:
     boot_low: float
     boot_high: float
     sign_share: float
+    p_classical: float = float("nan")
 
     @property
     def hc3_over_classical(self) -> float:
@@ -220,6 +225,11 @@ class CoefficientStats:
     def sign_stable(self) -> bool:
         """Whether at least 95% of the draws keep the estimate's sign."""
         return self.sign_share >= 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        """Whether the bootstrap interval lies on one side of zero (the data fix the coefficient's sign)."""
+        return self.boot_low > 0 or self.boot_high < 0
 
 
 def coefficient_statistics(table: pd.DataFrame, formula: str = "memory_flops_model", weighting: str = "none",
@@ -246,13 +256,14 @@ def coefficient_statistics(table: pd.DataFrame, formula: str = "memory_flops_mod
         low, high = boot.interval(name)
         out[name] = CoefficientStats(name, float(se.loc[name, "value"]), float(se.loc[name, "classical"]),
                                      float(se.loc[name, "hc3"]), float(boot.draws[name].std(ddof=1)), low, high,
-                                     boot.sign_share(name))
+                                     boot.sign_share(name), float(se.loc[name, "p_classical"]))
     return out
 
 
 def statistics_frame(coefficients: dict[str, CoefficientStats]) -> pd.DataFrame:
     """:func:`coefficient_statistics` as a table, one row per coefficient, with the derived columns."""
-    rows = [dict(c.__dict__, hc3_over_classical=c.hc3_over_classical, sign_stable=c.sign_stable)
+    rows = [dict(c.__dict__, hc3_over_classical=c.hc3_over_classical, sign_stable=c.sign_stable,
+                 excludes_zero=c.excludes_zero)
             for c in coefficients.values()]
     return pd.DataFrame(rows).set_index("name")
 
