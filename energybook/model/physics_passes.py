@@ -30,15 +30,46 @@ def attended_keys(arch: Architecture, keys) -> np.ndarray:
     return full * keys + arch.sliding_layers * capped
 
 
-def causal_pairs(arch: Architecture, n: int) -> float:
+#: How an engine's prefill runs a sliding window shorter than the prompt, by profile name: ``"square"`` (the ``hf``
+#: engine: SDPA under a banded additive mask, which takes the memory-efficient kernel; it computes every (query, key)
+#: pair of the n x n square and masks what lies outside the band) or ``"band"`` (the ``lean`` engine: FlexAttention
+#: with a causal, windowed block mask, which skips the blocks outside the band). Decode reads the window's keys only
+#: in both (the ``hf`` engine's flash varlen kernel with ``window_size_left``, the ``lean`` engine's windowed ways).
+#: :mod:`energybook.model.attention_paths` names the paths and refuses those no calibration grid ran.
+PREFILL_WINDOW = {"hf": "square", "torch": "square", "lean": "band"}
+
+
+def prefill_window(profile: EngineProfile) -> str:
+    """The engine's rule for a sliding window shorter than the prompt (:data:`PREFILL_WINDOW`; ``"band"`` for an
+    engine without one)."""
+    return PREFILL_WINDOW.get(profile.name, "band")
+
+
+def causal_pairs(arch: Architecture, n: int, window: str = "band") -> float:
     """(query, key) pairs of one causal prompt of ``n`` tokens, per query head, summed over layers:
-    ``n (n + 1) / 2`` per full layer and ``sum_i min(i, window)`` per sliding-window layer."""
+    ``n (n + 1) / 2`` per full layer and, per sliding-window layer, ``sum_i min(i, window)`` (``window="band"``) or,
+    when the window is shorter than the prompt, the whole ``n * n`` square that a masked kernel computes
+    (``window="square"``, :data:`PREFILL_WINDOW`)."""
+    if window not in ("band", "square"):
+        raise ValueError(f"window must be 'band' or 'square', got {window!r}")
     full = arch.num_layers - arch.sliding_layers
     pairs = full * n * (n + 1) / 2
     if arch.sliding_layers:
         w = min(n, arch.sliding_window)
-        pairs += arch.sliding_layers * (w * (w + 1) / 2 + (n - w) * w)
+        if window == "square" and n > w:
+            pairs += arch.sliding_layers * n * n
+        else:
+            pairs += arch.sliding_layers * (w * (w + 1) / 2 + (n - w) * w)
     return float(pairs)
+
+
+def prefill_keys(arch: Architecture, n: int, window: str = "band") -> float:
+    """Sum over layers of the keys each query of an ``n``-token prompt is charged attention FLOPs for: ``n`` per
+    full layer, and per sliding-window layer ``min(n, window)`` (``"band"``) or ``n`` (``"square"``: the masked
+    kernel multiplies every key)."""
+    if window == "square":
+        return float(arch.num_layers * n)
+    return float(attended_keys(arch, n))
 
 
 def activation_bytes_per_token(arch: Architecture) -> float:
@@ -113,7 +144,8 @@ class PassCounts:
         attention_blocks: Decode attention thread blocks, batch x key/value heads x layers (0 for a prefill
             chunk, whose blocks carry 128 query rows each).
         attention_pairs: (query, key) pairs x query heads, summed over layers: causal in a prefill chunk
-            (:func:`causal_pairs` per request), the live keys in a decode step.
+            (:func:`causal_pairs` per request, by the engine's :data:`PREFILL_WINDOW` rule), the live keys in a
+            decode step.
         graph_captures: 1 for a decode step that opens a context bucket (eager step and CUDA-graph capture),
             else 0.
         layers: Decoder layers L of the architecture.
@@ -149,7 +181,9 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
                 profile: EngineProfile = HF_PROFILE) -> PassCounts:
     """Exact counts of every forward pass of ``n_req`` requests of (n_in, n_out) in waves of up to ``batch``.
 
-    The totals equal :func:`energybook.model.complexity.request` summed over the requests.
+    The totals equal :func:`energybook.model.complexity.request` summed over the requests, except for a sliding
+    window shorter than the prompt in an engine whose prefill computes the whole square (:data:`PREFILL_WINDOW`:
+    the ``hf`` engine), where the prefill's attention FLOPs and pairs are those of the square.
 
     Args:
         arch: The architecture.
@@ -175,6 +209,7 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
     act = activation_bytes_per_token(arch)
     elem = {0: elementwise_bytes_per_token(arch, True), 1: elementwise_bytes_per_token(arch, False)}
     blocks = {0: 0.0, 1: float(arch.num_kv_heads * arch.num_layers)}
+    window = prefill_window(profile)
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("phase", "repeat", "batch", "mm", "att", "w", "kv", "o",
                                                          "act", "el", "blk", "pair", "cap")}
 
@@ -198,9 +233,9 @@ def pass_counts(arch: Architecture, n_in: int, n_out: int, n_req: int, batch: in
     for size, repeat in counts.items():
         chunks = np.asarray(chunk_sizes(size, n_in, profile.prefill_tokens), dtype=float)
         add(0, repeat, chunks, chunks * (n_in * lin + head),
-            chunks * att_per_key * n_in * attended_keys(arch, n_in),
+            chunks * att_per_key * n_in * prefill_keys(arch, n_in, window),
             chunks * n_in * arch.kv_bytes_per_token, chunks * (logits + _gather_bytes(arch, n_in)), chunks * n_in,
-            chunks * arch.num_heads * causal_pairs(arch, n_in), np.zeros(len(chunks)))
+            chunks * arch.num_heads * causal_pairs(arch, n_in, window), np.zeros(len(chunks)))
         if len(contexts):
             keys = attended_keys(arch, contexts + 1)
             b = np.full(len(contexts), float(size))
