@@ -78,3 +78,10 @@ def test_a_foreign_file_is_not_read_as_a_report(tmp_path):
     path.write_text(json.dumps({"schema": "something else"}))
     with pytest.raises(ValueError, match="prediction_tests --out"):
         T.read_report(path)
+
+
+def test_a_path_no_grid_ran_is_refused_not_scored(cal):
+    falcon = [s for s in T.unseen_files(cal, DATA, BENCH) if s.model == "Falcon-RW-7B"]
+    assert falcon, "the committed Falcon-RW 7B check of the hf engine is test data"
+    points = T.evaluate(falcon, cal, samples=0)
+    assert points["refused"].str.contains("ALiBi").all() and points["error_pct"].isna().all()

@@ -41,6 +41,7 @@ import pandas as pd
 from energybook.model import form as F
 from energybook.model import physics as P
 from energybook.model.architecture import load as load_architecture
+from energybook.model.attention_paths import check_attention
 from energybook.store import catalog
 from energybook.store.loader import load_measured
 from energybook.store.peaks import find_peaks, load_peaks
@@ -199,9 +200,11 @@ def evaluate(sets: list[UnseenFile], calibration: P.Calibration, samples: int = 
                        tokens_per_j=float(r.tokens_per_j), power_w=float(r.energy_j) / float(r.duration_s),
                        refused="")
             try:
+                check_attention(arch, cal.engine_key, int(r.n_in), int(r.n_out), calibration=cal)
                 p = P.predict(arch, int(r.n_in), int(r.n_out), batch=int(r.batch), n_req=int(r.n_req),
                               calibration=cal, samples=samples)
             except P.Refused as exc:  # an attention path or a workload the calibration never saw: no number
+                # (check_attention's AttentionRefused is a Refused)
                 rows.append(dict(row, predicted_tokens_per_j=np.nan, error_pct=np.nan, inside=False,
                                  predicted_power_w=np.nan, refused=str(exc)))
                 continue
