@@ -1,5 +1,9 @@
 # energybook: build the book and run the tests.
-#   make book         build the Jupyter Book into _build/html (the book's packages only: no torch, no test tools)
+#   make book         build the Jupyter Book into _build/html, and the course's slides into _build/html/slides
+#                     (the book's packages only: no torch, no test tools)
+#   make slides       one HTML slide deck per week of the course from the built book, into _build/html/slides
+#   make book-teacher the teacher's build: the book with every solution, and its slides, into
+#                     _build/teacher/_build/html (hand out `make book-students`'s build instead)
 #   make test         ruff, pytest (and again under the oldest tested transformers), the wheel job, the book build,
 #                     and a headless-Chromium check of every page
 #   make lock         re-resolve requirements/*.txt from pyproject.toml (the only command that changes the lock)
@@ -74,6 +78,7 @@ chromium:
 # error can never be hidden by Sphinx's incremental build.
 book: $(BOOK_STAMP)
 	$(BOOK_BIN)/jupyter-book build . --all -W -n --keep-going
+	$(MAKE) slides
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -158,6 +163,21 @@ book-students: $(BOOK_STAMP)
 	@if grep -rlE 'class="solution\b|>Solution to |\{solution(-start|-end)?\}' $(STUDENTS_HTML); then \
 		echo "book-students: the files above still hold solutions"; exit 1; \
 	else echo "book-students: no solution in $(STUDENTS_HTML)"; fi
+
+# The course's slides (book/course/syllabus.md): one self-contained HTML deck per week, from the figures of the
+# built book (make book first), into $(SLIDES_HTML)/slides; energybook/report/course.py builds them.
+# The teacher's build: the book with every solution (EB_HIDE_SOLUTIONS=0, as `make book`), and the slides,
+# into $(TEACHER_HTML).
+SLIDES_HTML ?= _build/html
+TEACHER_HTML := _build/teacher/_build/html
+.PHONY: slides book-teacher
+slides: $(BOOK_STAMP)
+	$(BOOK_BIN)/python -m energybook.report.course slides --html $(SLIDES_HTML) --out $(SLIDES_HTML)/slides
+
+book-teacher: $(BOOK_STAMP)
+	rm -rf $(TEACHER_HTML)
+	EB_HIDE_SOLUTIONS=0 $(BOOK_BIN)/jupyter-book build . --all -W -n --keep-going --path-output _build/teacher
+	$(MAKE) slides SLIDES_HTML=$(TEACHER_HTML)
 
 # The .ipynb copies of the book's pages that the Colab buttons open (each with an install cell),
 # into _build/notebooks; CI publishes them to the branch named by eb_notebooks_branch in _config.yml.
