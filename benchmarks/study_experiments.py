@@ -4,8 +4,8 @@
   model for it), and at (64, 256), (512, 512) and (4096, 64) for Llama 3.2 1B;
 * ``batch_size``: the study's Fig. 4. Llama 3.2 1B at n_in 64, max_batch 64, 128, 256, 512 and 1024, with N_req 128
   and 1000;
-* ``batch_axis``: max_batch 1, 8, 64, 256 and 1024 at (64, 256), (64, 2048), (1024, 256) and (2048, 1024) for a
-  small, a mid-size and a large model (Llama 3.2 1B, Llama 3.2 3B, Llama 3.1 8B);
+* ``batch_axis``: max_batch 1, 8, 64, 256 and 1024 at (64, 256), (64, 2048), (1024, 256) and (2048, 1024) for
+  Llama 3.2 1B, Qwen2 7B and Gemma 2 9B (a small GQA model, a large GQA model, and the windowed, soft-capped family);
 * ``weights``: Llama 3.2 1B at (64, 256), (64, 2048) and (2048, 64) with zero, N(0, 0.02) (the default), N(0, 0.006)
   and Student-t (3 degrees of freedom, std 0.02) weights, and with one repeated prompt token. Issue 13 also asks for
   "a scale matched to published per-layer statistics of real checkpoints": no such statistics are in this
@@ -14,7 +14,7 @@
   Llama 3.2 1B and Qwen2 1.5B, into ``<data>/measured/<gpu>/<engine>/<model>/offgrid.csv``, which
   ``scripts/calibrate.py`` evaluates every model on.
 
-Each command is an ordinary ``energybook sweep`` into ``<data>/experiments/<gpu>/<experiment>/<name>.csv``
+Each command is an ordinary ``energybook sweep`` into ``<data>/experiments/<gpu>/<engine>/<experiment>/<name>.csv``
 (``<data>``: ``--data``, default the checkout's ``data/``)
 (resumable, locked, with its sidecar and the command that made it). Prints the commands; ``--run NAME...`` runs
 those experiments one after the other on this machine's GPU.
@@ -22,7 +22,7 @@ those experiments one after the other on this machine's GPU.
 Usage::
 
     python benchmarks/study_experiments.py                     # list every command
-    python benchmarks/study_experiments.py --run weights --engine lean --gpu-folder nvidia-h100-80gb-hbm3
+    python benchmarks/study_experiments.py --run weights        # on the GPU at hand (its folder from nvidia-smi)
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = ("request_count", "batch_size", "batch_axis", "weights", "offgrid")
+#: The batch axis's models: a small and a large grouped-query model, and Gemma 2's windows and soft-capping.
+BATCH_AXIS_MODELS = ("Llama-3.2-1B", "Qwen2-7B", "Gemma-2-9B")
+
+
+def gpu_folder() -> str | None:
+    """The data folder name of the first GPU that nvidia-smi lists (``nvidia-h200``), or None without one."""
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+    from energybook.store.workspace import gpu_slug
+
+    return gpu_slug(name)
 GRID = ("64", "128", "256", "512", "1024", "2048", "4096")
 
 
@@ -43,7 +57,9 @@ def commands(engine: str, folder: str, data: str | None) -> dict[str, list[tuple
     """Experiment -> [(name, argv of ``energybook sweep``)]."""
     def sweep(name: str, exp: str, model: str, n_in, n_out, *extra: str) -> tuple[str, list[str]]:
         root = Path(data) if data else ROOT / "data"
-        out = root / "experiments" / folder / exp / f"{name}.csv"
+        from energybook.store.workspace import engine_slug
+
+        out = root / "experiments" / folder / engine_slug(engine) / exp / f"{name}.csv"
         argv = ["energybook", "sweep", "--model", model, "--engine", engine, "--n-in", *map(str, n_in),
                 "--n-out", *map(str, n_out), "--data", str(root), "--output", str(out), "--note", f"issue 13: {exp}",
                 *extra]
@@ -60,7 +76,7 @@ def commands(engine: str, folder: str, data: str | None) -> dict[str, list[tuple
         for mb in (64, 128, 256, 512, 1024):
             out["batch_size"].append(sweep(f"llama-3.2-1b-maxbatch{mb}-nreq{n_req}", "batch_size", "Llama-3.2-1B",
                                            [64], GRID, "--n-req", str(n_req), "--max-batch", str(mb)))
-    for model in ("Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B"):
+    for model in BATCH_AXIS_MODELS:
         for mb in (1, 8, 64, 256, 1024):
             n_req = min(1000, 4 * max(mb, 8))  # a few waves at every batch: N_req 1000 at batch 1 would take hours
             for a, b in ((64, 256), (64, 2048), (1024, 256), (2048, 1024)):
@@ -88,11 +104,19 @@ def commands(engine: str, folder: str, data: str | None) -> dict[str, list[tuple
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", nargs="*", choices=EXPERIMENTS, default=None, help="run these experiments")
-    ap.add_argument("--engine", default="torch", help="the engine (torch, as the book's grids; or lean)")
-    ap.add_argument("--gpu-folder", default="nvidia-h100-80gb-hbm3", help="folder under experiments/ (the GPU)")
+    ap.add_argument("--engine", default="lean", help="the engine (lean, the default for new measurements; or hf)")
+    ap.add_argument("--gpu-folder", default=None,
+                    help="folder under experiments/ and measured/ (default: the GPU nvidia-smi lists first)")
     ap.add_argument("--data", default=None, help="the data folder (default: the checkout's data/)")
     args = ap.parse_args(argv)
-    cmds = commands(args.engine, args.gpu_folder, args.data)
+    folder = args.gpu_folder or gpu_folder()
+    if folder is None:
+        if args.run:
+            print("study_experiments: no GPU found (nvidia-smi failed); run on a GPU machine, or name the folder "
+                  "with --gpu-folder", file=sys.stderr)
+            return 2
+        folder = "<gpu>"
+    cmds = commands(args.engine, folder, args.data)
     chosen = args.run if args.run else list(EXPERIMENTS)
     for exp in chosen:
         print(f"# {exp}: {len(cmds[exp])} sweeps")

@@ -53,7 +53,7 @@ def test_study_experiments_are_ordinary_sweeps_inside_the_data_folder(tmp_path, 
     for exp, entries in cmds.items():
         for _name, argv in entries:
             args = parser.parse_args(argv[1:])  # every command is one the CLI accepts
-            folder = "measured" if exp == "offgrid" else f"experiments/gpu-x/{exp}"
+            folder = "measured" if exp == "offgrid" else f"experiments/gpu-x/lean/{exp}"
             assert args.output.startswith(str(tmp_path / folder)) and args.engine == "lean"
     weights = {a.weight_init for a in (parser.parse_args(v[1:]) for _, v in cmds["weights"])}
     assert weights == {"zeros", "normal:0.02", "normal:0.006", "student_t:3:0.02"}

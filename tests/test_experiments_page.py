@@ -78,14 +78,13 @@ def test_the_plans_are_the_runners(tmp_path):
         runner = {}
         for name, argv in cmds[key]:
             a = parser.parse_args(argv[1:])
-            assert Path(a.output) == tmp_path / "experiments" / FOLDER / key / f"{name}.csv"
+            assert Path(a.output) == tmp_path / "experiments" / FOLDER / "lean" / key / f"{name}.csv"
             runner[name] = (a.model[0], tuple(sorted((i, o) for i in a.n_in for o in a.n_out)), a.n_req, a.max_batch,
                             a.weight_init, a.prompts, a.mode)
         ours = {r.name: (r.model, tuple(sorted(r.points)), r.n_req, r.max_batch, r.weight_init, r.prompts, r.mode)
                 for r in E.EXPERIMENTS[key].runs}
         assert ours == runner, key
-        assert E.EXPERIMENTS[key].commands == (f"python benchmarks/study_experiments.py --run {key} --engine lean "
-                                               f"--gpu-folder {FOLDER}",)
+        assert E.EXPERIMENTS[key].commands == (f"python benchmarks/study_experiments.py --run {key} --engine lean",)
         assert key in bench.EXPERIMENTS
 
 
@@ -155,7 +154,7 @@ def _batch_files(root: Path) -> dict[int, float]:
     """Two batch-size files (max_batch 64 and 1024, N_req 1000): tokens/J 10 max_batch^0.25 / (n_out / 256)^0.1."""
     base = {}
     for mb in (64, 1024):
-        path = root / "experiments" / FOLDER / "batch_size" / f"llama-3.2-1b-maxbatch{mb}-nreq1000.csv"
+        path = root / "experiments" / FOLDER / "lean" / "batch_size" / f"llama-3.2-1b-maxbatch{mb}-nreq1000.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write(path, "Llama-3.2-1B", [(64, b) for b in GRID], lambda a, b, mb=mb: 10 * mb ** 0.25 / (b / 256) ** 0.1,
                max_batch=mb)
@@ -192,7 +191,7 @@ def test_the_batch_size_figure_draws_a_committed_file_beside_the_study_and_names
 
 def test_the_request_count_figure_draws_the_grids_range_and_the_cells(tmp_path):
     exp = E.EXPERIMENTS["request_count"]
-    root = tmp_path / "experiments" / FOLDER / "request_count"
+    root = tmp_path / "experiments" / FOLDER / "lean" / "request_count"
     root.mkdir(parents=True)
     grid = [(a, b) for a in GRID for b in GRID]
     for n_req in (10, 1000):
@@ -213,7 +212,7 @@ def test_the_request_count_figure_draws_the_grids_range_and_the_cells(tmp_path):
 
 
 def test_the_weights_bars_are_the_change_from_the_default(tmp_path):
-    root = tmp_path / "experiments" / FOLDER / "weights"
+    root = tmp_path / "experiments" / FOLDER / "lean" / "weights"
     root.mkdir(parents=True)
     cells = list(E.WEIGHT_CELLS)
     _write(root / "llama-3.2-1b-normal-0.02.csv", "Llama-3.2-1B", cells, lambda a, b: 100.0)

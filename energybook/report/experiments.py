@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 RUNNER = "benchmarks/study_experiments.py"
 #: The engine the experiments are measured with.
 ENGINE = "lean"
-#: The GPU folder the commands name (the runner's default; another GPU's folder is the slug of its name,
-#: :func:`energybook.store.workspace.gpu_slug`).
-GPU_FOLDER = "nvidia-h100-80gb-hbm3"
 #: The largest difference (%) allowed between a full-protocol point and the sampled protocol's value.
 RECHECK_BOUND_PCT = 2.0
 #: The default dummy weights, the reference of the weight-sensitivity experiment.
@@ -135,13 +132,13 @@ class Experiment:
         """Where its files land, relative to the data folder."""
         if self.key == "recheck":
             return f"measured/<gpu>/{engine_slug(ENGINE)}/<model>/full.csv"
-        return f"experiments/<gpu>/{self.key}/<name>.csv"
+        return f"experiments/<gpu>/{engine_slug(ENGINE)}/{self.key}/<name>.csv"
 
     def pattern(self, run: PlannedRun) -> str:
         """The glob (relative to the data folder) of ``run``'s file on any GPU."""
         if self.key == "recheck":
             return f"measured/*/{engine_slug(ENGINE)}/{slug(run.model)}/{run.name}.csv"
-        return f"experiments/*/{self.key}/{run.name}.csv"
+        return f"experiments/*/{engine_slug(ENGINE)}/{self.key}/{run.name}.csv"
 
     def plan_table(self) -> pd.DataFrame:
         """The planned files, grouped where only the points or the file differ: model, points, N_req, max_batch,
@@ -242,7 +239,7 @@ class NotMeasured:
 # ----- the plans (those of benchmarks/study_experiments.py, and the recheck) ----------------------------------
 
 def _runner_command(key: str) -> str:
-    return f"python {RUNNER} --run {key} --engine {ENGINE} --gpu-folder {GPU_FOLDER}"
+    return f"python {RUNNER} --run {key} --engine {ENGINE}"
 
 
 def _grid_row(n_in: int) -> tuple[tuple[int, int], ...]:
@@ -272,8 +269,8 @@ def _batch_size() -> Experiment:
                       (_runner_command("batch_size"),))
 
 
-#: The models and cells of the batch axis (the runner's: a small, a mid-size and a large model).
-BATCH_AXIS_MODELS = ("Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B")
+#: The models and cells of the batch axis (the runner's: a small and a large grouped-query model, and Gemma 2).
+BATCH_AXIS_MODELS = ("Llama-3.2-1B", "Qwen2-7B", "Gemma-2-9B")
 BATCH_AXIS_CELLS = ((64, 256), (64, 2048), (1024, 256), (2048, 1024))
 BATCH_AXIS_MAX_BATCH = (1, 8, 64, 256, 1024)
 
