@@ -70,12 +70,23 @@ def test_flags_are_generated_from_the_fields_and_build_the_chosen_engines_settin
                                                                                   executable="/opt/vllm")
 
 
+@pytest.mark.parametrize("word, value", [("auto", None), ("none", None), ("bf16", "bfloat16"), ("fp16", "float16"),
+                                         ("FP32", "float32"), ("bfloat16", "bfloat16")])
+def test_dtype_takes_the_short_words_and_auto(word, value):
+    classes = EN.settings_classes()
+    for engine in ("hf", "lean"):
+        s = S.from_flags(_args("--engine", engine, "--dtype", word), engine, classes[engine], classes)
+        assert s.dtype == value, (engine, word)
+    assert S.DTYPE_WORDS["auto"] is None and set(S.DTYPE_WORDS.values()) - {None} == set(S.DTYPES)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--engine", "hf", "--bucket-min", "16"], r"--bucket-min is a setting of lean, not of --engine hf"),
     (["--engine", "lean", "--graphs", "maybe"], r"--graphs \(LeanSettings\) takes on\|off\|auto"),
     (["--engine", "lean", "--bucket-max", "0"], r"--bucket-max must be at least 1"),
     (["--engine", "lean", "--memory-fraction", "nan"], r"--memory-fraction must be a finite number"),
-    (["--engine", "hf", "--dtype", "int8"], r"--dtype \(HfSettings\) takes float32\|float16\|bfloat16 or none"),
+    (["--engine", "hf", "--dtype", "int8"],
+     r"--dtype \(HfSettings\) takes auto\|bf16\|fp16\|fp32\|float32\|float16\|bfloat16 or none"),
     (["--engine", "lean", "--model-path", "x"], r"--model-path is a setting of trtllm"),
 ])
 def test_a_wrong_setting_is_one_usage_error_naming_the_flag(argv, match, capsys, tmp_path):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from energybook.measure import engines as EN
-from energybook.measure import estimate
+from energybook.measure import estimate, gpu_support
 from energybook.measure.meter import MeterError
 from energybook.measure.plan import merge_parts, model_name, part_files, results_stem
 from energybook.measure.protocol import Group, Point, SweepConfig, plan
@@ -165,13 +165,16 @@ def build_engine(model: str | Path, config: SweepConfig, *, device: str = "cuda"
     Raises:
         ValueError: an unknown engine, or settings of another engine.
         energybook.measure.engines.EngineUnavailable: the engine cannot run here.
+        energybook.measure.gpu_support.GpuUnsupported: the GPU cannot run the engine or the dtype asked for
+            (:func:`energybook.measure.gpu_support.settings_for_device`).
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     run: dict[str, Any] = dict(device=device, max_batch=config.max_batch, seed=config.seed)
     if (config.weight_init, config.prompts) != (SweepConfig.weight_init, SweepConfig.prompts):  # not default
         run.update(weight_init=config.weight_init, prompts=config.prompts)
-    return EN.make_engine(config.engine, model, ws.engine_dir(config.engine), settings=config.engine_settings,
-                          wave=run)
+    # what this GPU's generation runs: an engine it cannot run refused, bf16 fallen back to fp16 where it is missing
+    settings = gpu_support.settings_for_device(config.engine, config.engine_settings, model, device)
+    return EN.make_engine(config.engine, model, ws.engine_dir(config.engine), settings=settings, wave=run)
 
 
 def engine_settings(engine: str, **fields: Any) -> Any:
@@ -309,7 +312,8 @@ def _sweep_waves(engine, meter, rf: R.ResultsFile, todo: list[Point], config: Sw
     measured, log = 0, []
     arch = getattr(engine, "arch", None)
     if arch is not None and groups:
-        line = f"{name}: {estimate.eta(arch, groups, config).text()}"
+        sheet = estimate.datasheet(env.get("gpu"))  # this GPU's datasheet limits, where the table has them
+        line = f"{name}: {estimate.eta(arch, groups, config, sheet.spec if sheet else None).text()}"
         if progress:  # before the bar starts, on the terminal the bar uses
             print(line, file=sys.stderr, flush=True)
         else:

@@ -30,6 +30,16 @@ from typing import Any
 
 #: Torch dtype names an engine's ``dtype`` setting takes.
 DTYPES = ("float32", "float16", "bfloat16")
+#: The command line's words for a dtype (``--dtype auto|bf16|fp16|fp32``) -> the setting's value; ``auto`` is None,
+#: the model configuration's dtype, which a GPU without bf16 runs in fp16
+#: (:func:`energybook.measure.gpu_support.choose_dtype`).
+DTYPE_WORDS = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+#: Words a text field takes on the command line besides its choices, by its choices (every field whose choices are
+#: :data:`DTYPES` takes :data:`DTYPE_WORDS`), with a note for ``--help``.
+ALIASES: dict[tuple, tuple[dict[str, Any], str]] = {
+    DTYPES: (DTYPE_WORDS, "auto (as none): the configuration's, fp16 on a GPU without bf16; bf16, fp16, fp32: "
+                          "short names"),
+}
 #: Words the command line takes for a switch that is on, off, or left to the engine.
 SWITCH = {"on": True, "off": False, "auto": "auto"}
 
@@ -124,10 +134,18 @@ def _dest(flag: str) -> str:
     return "setting_" + flag.lstrip("-").replace("-", "_")
 
 
+def _aliases(f: dataclasses.Field) -> dict[str, Any]:
+    """The words a field takes on the command line besides its choices (:data:`ALIASES`)."""
+    return ALIASES.get(f.metadata.get("choices") or (), ({}, ""))[0]
+
+
 def parse_text(owner: str, f: dataclasses.Field, tp: Any, text: str) -> Any:
-    """A flag's text as the field's value: numbers, ``on``/``off``/``auto`` switches, ``none``, text."""
+    """A flag's text as the field's value: numbers, ``on``/``off``/``auto`` switches, ``none``, a field's
+    :data:`ALIASES` (``--dtype bf16``), text."""
     allowed = _allowed(tp)
     word = text.strip().lower()
+    if word in _aliases(f):
+        return _aliases(f)[word]
     if word == "none" and type(None) in allowed:
         return None
     if bool in allowed and word in SWITCH and (word != "auto" or str in allowed):
@@ -150,7 +168,8 @@ def _takes(f: dataclasses.Field, tp: Any) -> str:
         words.append("on|off" + ("|auto" if str in allowed else ""))
     words += [a.__name__.upper() for a in allowed if a in (int, float)]
     if str in allowed and bool not in allowed:
-        words.append("|".join(map(str, f.metadata["choices"])) if f.metadata.get("choices") else "TEXT")
+        choices = [*_aliases(f), *f.metadata["choices"]] if f.metadata.get("choices") else []
+        words.append("|".join(map(str, choices)) if choices else "TEXT")
     if type(None) in allowed:
         words.append("none")
     return " or ".join(words)
@@ -170,8 +189,9 @@ def add_flags(parser: argparse._ActionsContainer, classes: dict[str, type]) -> N
             said = f"{', '.join(defaults)}; default {next(iter(defaults.values()))}"
         else:
             said = "default " + ", ".join(f"{e} {d}" for e, d in defaults.items())
+        note = ALIASES.get(f.metadata.get("choices") or (), ({}, ""))[1]
         parser.add_argument(flag, dest=_dest(flag), default=None, metavar=_takes(f, tp).replace(" or ", "|"),
-                            help=f"{f.metadata.get('help', '')} ({said})")
+                            help=f"{f.metadata.get('help', '')}{'; ' + note if note else ''} ({said})")
 
 
 def _word(value: Any) -> str:

@@ -133,16 +133,15 @@ WEEKS: list[Week] = [
 
 
 def _bench_results() -> Path:
-    """The committed benchmark results: ``$ENERGYBOOK_BENCH_RESULTS``, else the checkout's ``benchmarks/results``."""
-    from energybook.report import bench
-    from energybook.store.workspace import checkout_root
+    """The committed benchmark results, from ``$ENERGYBOOK_BENCH_RESULTS`` (the labs page sets it to the checkout's
+    results folder; the package never builds that path itself).
 
-    if os.environ.get(bench.ENV_VAR):
-        return bench.results_dir()
-    root = checkout_root() or checkout_root(Path(__file__))
-    if root is None:
-        raise FileNotFoundError("no benchmark results: run from a checkout or set " + bench.ENV_VAR)
-    return root / "benchmarks" / "results"
+    Raises:
+        ValueError: when the variable is not set, naming it.
+    """
+    from energybook.report import bench
+
+    return bench.results_dir()
 
 
 def _measured_model(model: str):
