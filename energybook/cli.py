@@ -162,8 +162,11 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     cal = _calibration(args.gpu, args.engine)
     if args.gpu_peaks:
         cal = _transferred(cal, args.gpu_peaks)
+    # An attention path no calibration grid ran is refused by name (exit 2), or let through by --allow-path.
+    path_warnings = _attention_check(arch, cal, args.n_in, args.n_out, args.allow_path)
     pred = P.predict(arch, args.n_in, args.n_out, batch=args.batch, max_batch=args.max_batch, n_req=args.n_req,
                      calibration=cal, strict=True)  # refuses what cannot run: memory, positions (exit 2)
+    pred = dataclasses.replace(pred, warnings=tuple(path_warnings) + pred.warnings)
     for warning in pred.warnings:  # outside the calibrated range: on stderr, and in the JSON under "warnings"
         print(f"energybook: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -185,6 +188,21 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     print(f"  energy                    {pred.energy_j:10.4g} J   (prefill {pred.prefill_energy_j:.4g} J, "
           f"decode {pred.decode_energy_j:.4g} J)")
     return 0
+
+
+def _allow_path_flag(p: argparse.ArgumentParser) -> None:
+    from energybook.model.attention_paths import PATH_NAMES
+
+    p.add_argument("--allow-path", action="append", default=[], choices=PATH_NAMES, metavar="PATH",
+                   help="let an attention path that no calibration grid ran through, as an uncalibrated estimate "
+                   "labelled in the warnings (repeatable): " + ", ".join(PATH_NAMES))
+
+
+def _attention_check(arch, cal, n_in: int, n_out: int, allow) -> list[str]:
+    """:func:`energybook.model.attention_paths.check_attention` for a command: the warnings of the paths let through."""
+    from energybook.model.attention_paths import check_attention
+
+    return check_attention(arch, cal.engine_key, int(n_in), int(n_out), allow=allow or (), calibration=cal)
 
 
 def _max_batch() -> int:
@@ -260,11 +278,13 @@ def _advise_cmd(args: argparse.Namespace) -> int:
     n_in, n_out = max(zip(workload.n_in, workload.n_out), key=lambda pair: int(pair[0]) + int(pair[1]))
     if why := P.positions_beyond(arch, int(n_in), int(n_out)):  # what cannot run is refused (exit 2)
         raise P.Refused(f"--workload {args.workload}: {why}")
+    path_warnings = _attention_check(arch, cal, int(n_in), int(n_out), args.allow_path)
     advice = ADV.advise(arch, workload, cal, max_batch=args.max_batch, min_n_out=args.min_n_out,
                         max_truncation=args.max_truncation, quality_floor=args.quality_floor)
     base, best = advice.baseline, advice.best
     plot = ADV.plot_advice(advice, args.plot) if args.plot else None
-    for w in advice.warnings:  # requests outside the calibrated range: on stderr, and in the JSON under "warnings"
+    warnings = path_warnings + list(advice.warnings)
+    for w in warnings:  # paths let through, requests outside the calibrated range: stderr, and the JSON's "warnings"
         print(f"energybook: warning: {w}", file=sys.stderr)
     if args.json:
         limits = dataclasses.asdict(advice.limits)
@@ -272,7 +292,7 @@ def _advise_cmd(args: argparse.Namespace) -> int:
                          n_req=workload.n_req,
                          limits=limits, ranked_by="energy_j_per_request", baseline=base.to_dict(),
                          options=[o.to_dict() for o in advice.options], best=best.label, excluded=advice.excluded,
-                         warnings=advice.warnings, warning=advice.warning, plot=None if plot is None else str(plot)))
+                         warnings=warnings, warning=advice.warning, plot=None if plot is None else str(plot)))
         return 0
     print(f"{arch.name} on {cal.gpu_name}: workload {workload.source} ({workload.n_req} requests)")
     print(f"  calibration: {_calibration_line(cal)}")
@@ -544,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "engine (an error naming the choices when there are several)")
     p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
                    "GPU and engine; default hf, the only engine calibrated so far)")
+    _allow_path_flag(p)
     p.add_argument("--gpu-peaks", "--peaks", dest="gpu_peaks", default=None, metavar="PATH",
                    help="predict for another GPU from its measured peaks (a file of `energybook peaks`): "
                    "the calibration's bandwidths, matmul rates and power cap scaled by the ratio of the peaks; "
@@ -572,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "engine (an error naming the choices when there are several)")
     p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
                    "GPU and engine; default hf, the only engine calibrated so far)")
+    _allow_path_flag(p)
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_advise_cmd)
