@@ -15,12 +15,17 @@ from energybook.model import physics as P
 from energybook.store.peaks import Peaks, load_peaks, save_peaks
 
 SHIPPED = "nvidia-h100-80gb-hbm3--hf.json"
+#: The form-v2 record of the same (GPU, engine), picked by default (the newest form).
+SHIPPED_V2 = "nvidia-h100-80gb-hbm3--hf--v2.json"
 
 
 def test_the_shipped_record_is_named_by_gpu_and_engine():
-    assert [(c.gpu, c.engine, c.path.name, c.legacy) for c in P.stored_calibrations()] == [
-        ("nvidia-h100-80gb-hbm3", "hf", SHIPPED, False)]
+    assert [(c.gpu, c.engine, c.path.name, c.legacy, c.form) for c in P.stored_calibrations()] == [
+        ("nvidia-h100-80gb-hbm3", "hf", SHIPPED, False, "v1"), ("nvidia-h100-80gb-hbm3", "hf", SHIPPED_V2, False, "v2")]
     assert P.calibration_file_name("NVIDIA H100 80GB HBM3", "torch") == SHIPPED
+    assert P.calibration_file_name("NVIDIA H100 80GB HBM3", "torch", "v2") == SHIPPED_V2
+    assert P.find_calibration("h100").path.name == SHIPPED_V2  # the newest form by default
+    assert P.find_calibration("h100", form="v1").path.name == SHIPPED
     record = json.loads(resources.path("calibration", SHIPPED).read_text())
     assert (record["gpu_name"], record["engine"]) == ("NVIDIA H100 80GB HBM3", "hf")
     peaks = record["peaks"]
@@ -35,8 +40,10 @@ def test_the_shipped_record_is_named_by_gpu_and_engine():
 def test_picking_by_gpu_and_engine(gpu, engine):
     cal = P.load_calibration(gpu, engine=engine)
     assert (cal.gpu_slug, cal.engine_key) == ("nvidia-h100-80gb-hbm3", "hf")
-    assert cal.file.endswith(SHIPPED)
+    assert cal.file.endswith(SHIPPED_V2) and cal.form_version == "v2"
     assert cal.params == P.load_calibration("h100").params  # the book's call keeps working
+    v1 = P.load_calibration(gpu, engine=engine, form="v1")
+    assert v1.file.endswith(SHIPPED) and v1.form_version == "v1"
 
 
 @pytest.mark.parametrize("gpu, engine, why", [
@@ -49,7 +56,7 @@ def test_a_missing_calibration_lists_the_choices_and_the_command(gpu, engine, wh
         P.load_calibration(gpu, engine=engine)
     message = str(info.value)
     assert message.startswith(why)
-    assert "calibrations: --gpu nvidia-h100-80gb-hbm3 --engine hf (or --gpu h100)" in message
+    assert "calibrations: --gpu nvidia-h100-80gb-hbm3 --engine hf (or --gpu h100) --form v1 or v2" in message
     assert "python scripts/calibrate.py --gpu" in message and f"--engine {engine or 'hf'}" in message
     assert isinstance(info.value, ValueError) and "\n" not in message
 
@@ -105,9 +112,11 @@ def test_json_names_the_calibration(command, capsys):
     c = out["calibration"]
     assert {"gpu", "engine", "file", "data_files", "commit", "form_hash", "peaks"} <= set(c)
     assert (c["gpu"], c["engine"], c["file"]) == ("nvidia-h100-80gb-hbm3", "hf",
-                                                  f"energybook/resources/calibration/{SHIPPED}")
+                                                  f"energybook/resources/calibration/{SHIPPED_V2}")
     assert len(c["data_files"]) == 3 and all(len(v) == 64 for v in c["data_files"].values())
-    assert c["commit"].startswith("4e69d65") and len(c["form_hash"]) == 64
+    record = json.loads(resources.path("calibration", SHIPPED_V2).read_text())
+    assert c["commit"] == record["provenance"]["energybook_commit"] and len(c["form_hash"]) == 64
+    assert c["form_version"] == "v2" and c["form_hash"] == record["form_hash"]
     assert c["peaks"]["kind"] == "datasheet" and c["transferred"] == ""
 
 
@@ -115,6 +124,15 @@ def test_the_cli_refuses_an_uncalibrated_engine(capsys):
     assert cli.main(["predict", "--model", "Llama-3.2-1B", "--n-in", "64", "--n-out", "64", "--engine", "lean"]) == 2
     err = capsys.readouterr().err
     assert "no calibration for engine 'lean'" in err and "scripts/calibrate.py --gpu <gpu> --engine lean" in err
+    assert "--form v2" in err
+
+
+def test_a_form_is_picked_by_name_and_a_missing_one_named(monkeypatch, tmp_path):
+    _folder_with(monkeypatch, tmp_path, [SHIPPED])  # a (GPU, engine) with its v1 record only
+    assert P.load_calibration("h100").form_version == "v1"  # the newest it has
+    with pytest.raises(P.CalibrationNotFound, match="no calibration of model form 'v2' for GPU "
+                                                    "'nvidia-h100-80gb-hbm3' with engine 'hf' \\(forms: v1\\)"):
+        P.load_calibration("h100", form="v2")
 
 
 # ----- transfer by peaks ---------------------------------------------------------------------------------------

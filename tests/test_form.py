@@ -1,5 +1,6 @@
-"""The frozen form of the physical model (issue 24, item 1): the code's form is the committed form-v1.json, the
-calibration records carry its hash, and a calibration of another form is refused."""
+"""The frozen forms of the physical model (issue 24, item 1): the code's form of each version is its committed
+form-<version>.json (v1 unchanged since its freeze, v2 the power that follows the work), the calibration records carry
+their hash, and a calibration of another form is refused."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from energybook import resources
@@ -30,8 +32,9 @@ def fresh_form():
 
 
 @checkout
-def test_the_code_form_is_the_frozen_file():
-    code = FORM.current_form()
+@pytest.mark.parametrize("version", FORM.FORM_VERSIONS)
+def test_the_code_form_is_the_frozen_file(version):
+    code = FORM.current_form(version=version)
     path = FORM.form_file(code.version, ROOT)
     assert path.is_file(), f"form {code.version} is not frozen: write it with energybook.model.form.write_form()"
     frozen = FORM.read_form(code.version, ROOT)
@@ -56,9 +59,27 @@ def test_every_frozen_file_states_its_own_hash():
         assert path.name == f"form-{record['version']}.json"
 
 
+#: v1's hash when it was frozen (commit 4e69d65's record): it must never change.
+V1_HASH = "aa4a6a81aa0b01f2f1840c3a2360aa0919996f82f8f2eb89684b67e23e998bd5"
+
+
+def test_v1_is_unchanged_and_v2_is_the_newest():
+    assert FORM.FORM_VERSIONS == ("v1", "v2") and FORM.FORM_VERSION == "v2" == FORM.current_form().version
+    assert FORM.current_form(version="v1").form_hash() == V1_HASH
+    assert FORM.current_form().form_hash() != V1_HASH
+    v2 = FORM.current_form()
+    assert [k for k, _ in v2.parameters] == list(P.PARAM_NAMES_V2)
+    assert {p for t in v2.terms for p in t.params} == set(P.PARAM_NAMES_V2)
+    assert v2.fit.residuals == PF.RESIDUALS_V2 and "s_fold" in v2.fit.model_error
+    assert dict(v2.parameters)["byte_energy_j"] == "J/byte"
+    assert v2.fingerprint != FORM.current_form(version="v1").fingerprint  # the power terms compute other energies
+    assert [r[:5] for r in v2.fingerprint] == [r[:5] for r in FORM.current_form(version="v1").fingerprint]
+    assert [r[7:] for r in v2.fingerprint] == [r[7:] for r in FORM.current_form(version="v1").fingerprint]  # times
+
+
 def test_the_form_is_derived_from_the_fitting_code():
-    form = FORM.current_form()
-    assert form.version == FORM.FORM_VERSION == "v1"
+    form = FORM.current_form(version="v1")
+    assert form.version == "v1"
     assert (form.combine, form.overhead) == ("smooth", "add")
     assert dataclasses.is_dataclass(form) and form.__dataclass_params__.frozen
     assert [k for k, _ in form.parameters] == list(P.PARAM_NAMES)
@@ -73,20 +94,26 @@ def test_the_form_is_derived_from_the_fitting_code():
     assert bounds["busy_power_w"] == (690.0, 0.0, 700.0)
     assert bounds["matmul_flops_s"] == (400e12, 400e9, 400e15)
     assert len(form.fingerprint) == len(FORM.DEVELOPMENT_MODELS) * len(FORM.FINGERPRINT_WORKLOADS)
-    assert form.form_hash() == FORM.current_form().form_hash() and len(form.form_hash()) == 64
+    assert form.form_hash() == FORM.current_form(version="v1").form_hash() and len(form.form_hash()) == 64
 
 
-@pytest.mark.parametrize("change", ["start", "smooth_p", "weighting", "variant"])
-def test_a_change_of_the_form_changes_its_hash(change, monkeypatch, fresh_form):
-    frozen = FORM.current_form().form_hash()
+@pytest.mark.parametrize("version", FORM.FORM_VERSIONS)
+@pytest.mark.parametrize("change", ["start", "smooth_p", "weighting", "variant", "power_p"])
+def test_a_change_of_the_form_changes_its_hash(change, version, monkeypatch, fresh_form):
+    if change == "power_p" and version == "v1":
+        pytest.skip("v1 has no power smooth minimum")
+    frozen = FORM.current_form(version=version).form_hash()
     FORM._current_form.cache_clear()
     if change == "start":
         monkeypatch.setattr(PF, "START", dataclasses.replace(PF.START, pass_overhead_s=2e-3))
+        monkeypatch.setattr(PF, "START_V2", dataclasses.replace(PF.START_V2, pass_overhead_s=2e-3))
     elif change == "smooth_p":
         monkeypatch.setattr(PF, "SMOOTH_P", 3.0)
+    elif change == "power_p":
+        monkeypatch.setattr(PF, "smooth_min", lambda a, b, q=4.0: np.minimum(a, b))
     elif change == "weighting":
         monkeypatch.setattr(PF, "residual_weights", lambda measured, weights="share": measured * 0 + 1)
-    form = FORM.current_form("max", "add") if change == "variant" else FORM.current_form()
+    form = FORM.current_form("max", "add", version) if change == "variant" else FORM.current_form(version=version)
     assert form.form_hash() != frozen
     if change == "variant":
         assert "not frozen" in form.version
@@ -101,12 +128,14 @@ def test_the_development_grids_are_the_committed_ones():
         assert data.decode().count("\n") - 1 == rows, path
 
 
-def test_the_shipped_calibration_records_the_frozen_form():
-    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
-    form = FORM.current_form(record["combine"], record["overhead"])
-    assert (record["form_version"], record["form_hash"]) == ("v1", form.form_hash())
-    cal = P.load_calibration("h100")
-    assert (cal.form_version, cal.form_hash) == ("v1", form.form_hash())
+@pytest.mark.parametrize("version, name", [("v1", "nvidia-h100-80gb-hbm3--hf.json"),
+                                           ("v2", "nvidia-h100-80gb-hbm3--hf--v2.json")])
+def test_the_shipped_calibration_records_the_frozen_form(version, name):
+    record = json.loads(resources.path("calibration", name).read_text())
+    form = FORM.current_form(record["combine"], record["overhead"], version)
+    assert (record["form_version"], record["form_hash"]) == (version, form.form_hash())
+    cal = P.load_calibration("h100", form=version)
+    assert (cal.form_version, cal.form_hash) == (version, form.form_hash())
     rng = cal.calibrated_range
     assert rng["batch"] == [44, 1000] and rng["n_in"] == [64, 4096] and rng["n_out"] == [64, 4096]
     assert rng["models"] == list(FORM.DEVELOPMENT_MODELS)
@@ -121,7 +150,7 @@ def test_a_calibration_of_another_form_is_refused(tmp_path):
     with pytest.raises(P.FormMismatch) as info:
         P.load_calibration(path=path)
     message = str(info.value)
-    assert "0" * 64 in message and FORM.current_form().form_hash() in message
+    assert "0" * 64 in message and FORM.current_form(version="v1").form_hash() in message
     assert "recalibrate with scripts/calibrate.py" in message and "\n" not in message
 
 
@@ -132,7 +161,7 @@ def test_a_calibration_without_a_form_is_loaded_with_a_warning(tmp_path, caplog)
     path.write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING, logger="energybook.model.form"):
         cal = P.load_calibration(path=path)
-    assert cal.form_hash == "" and cal.params == P.load_calibration().params
+    assert cal.form_hash == "" and cal.params == P.load_calibration(form="v1").params
     assert "records no model form (form_hash)" in caplog.text and "v1" in caplog.text
 
 
@@ -155,12 +184,18 @@ def test_the_readme_command_regenerates_the_stored_variant():
     readme = (ROOT / "data" / "calibration" / "README.md").read_text()
     commands = re.findall(r"scripts/calibrate\.py[^\n`]*", readme)
     assert commands
-    record = json.loads(resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json").read_text())
+    records = {v: json.loads(resources.path("calibration", n).read_text()) for v, n in (
+        ("v1", "nvidia-h100-80gb-hbm3--hf.json"), ("v2", "nvidia-h100-80gb-hbm3--hf--v2.json"))}
+    forms = set()
     for command in commands:
-        flags = dict(re.findall(r"--(combine|overhead) (\S+)", command))
+        flags = dict(re.findall(r"--(combine|overhead|form) (\S+)", command))
+        record = records[flags.get("form", FORM.FORM_VERSION)]
+        forms.add(flags.get("form", FORM.FORM_VERSION))
         assert flags.get("combine", FORM.SHIPPED_COMBINE) == record["combine"], command
         assert flags.get("overhead", FORM.SHIPPED_OVERHEAD) == record["overhead"], command
-    assert (FORM.SHIPPED_COMBINE, FORM.SHIPPED_OVERHEAD) == (record["combine"], record["overhead"])
+    assert forms == {"v1", "v2"}  # the README regenerates both records
+    for record in records.values():
+        assert (FORM.SHIPPED_COMBINE, FORM.SHIPPED_OVERHEAD) == (record["combine"], record["overhead"])
     script = (ROOT / "scripts" / "calibrate.py").read_text()
     assert "default=FORM.SHIPPED_COMBINE" in script and "default=FORM.SHIPPED_OVERHEAD" in script
 
@@ -173,4 +208,11 @@ def test_the_quoted_errors_are_labelled_development_errors():
     assert "development errors" in readme.lower()
     assert "## Development errors of the total energy" in evaluation and "development error" in evaluation
     assert report["errors_are"].startswith("development errors")
-    assert report["form"] == dict(form_version="v1", form_hash=FORM.current_form().form_hash())
+    assert report["form"] == dict(form_version="v1", form_hash=FORM.current_form(version="v1").form_hash())
+    v2 = json.loads((ROOT / "data" / "calibration" / "evaluation-v2.json").read_text())
+    assert v2["errors_are"].startswith("development errors") and v2["form"]["form_version"] == "v2"
+    assert v2["form"]["form_hash"] == FORM.current_form().form_hash()
+    assert v2["compared_with"]["form_hash"] == FORM.current_form(version="v1").form_hash()
+    text = (ROOT / "data" / "calibration" / "evaluation-v2.md").read_text()
+    assert "**Every error below is a development error**" in text and "## What cannot be tested yet" in text
+    assert len(v2["not_tested"]) >= 3

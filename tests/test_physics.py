@@ -126,17 +126,38 @@ def test_bad_inputs():
         P.Calibration.from_dict({"gpu": "x"})
 
 
-def test_committed_calibration_ships_and_matches_its_copy():
-    cal = P.load_calibration("H100")
-    shipped = resources.path("calibration", "nvidia-h100-80gb-hbm3--hf.json")
-    copy = ROOT / "data" / "calibration" / "nvidia-h100-80gb-hbm3--hf.json"
+@pytest.mark.parametrize("form, name", [("v1", "nvidia-h100-80gb-hbm3--hf.json"),
+                                        ("v2", "nvidia-h100-80gb-hbm3--hf--v2.json")])
+def test_committed_calibration_ships_and_matches_its_copy(form, name):
+    cal = P.load_calibration("H100", form=form)
+    shipped = resources.path("calibration", name)
+    copy = ROOT / "data" / "calibration" / name
     if copy.is_file():
         assert copy.read_text() == shipped.read_text()
     prov = cal.provenance
     assert {"grids", "gpu_name", "energybook_commit", "date", "command"} <= set(prov)
     assert all(len(g["sha256"]) == 64 for g in prov["grids"].values())
     assert cal.params.busy_power_w <= cal.power_cap_w
-    assert set(cal.stderr) == set(P.PARAM_NAMES)
+    assert set(cal.stderr) == set(cal.param_names) == set(P.param_names(form))
+
+
+def test_committed_v2_calibration_predicts_the_llama_grid_within_its_recorded_error():
+    evaluation = ROOT / "data" / "calibration" / "evaluation-v2.json"
+    if not evaluation.is_file():
+        pytest.skip("not in a checkout")
+    from energybook.report.analysis import measured_table
+
+    report = json.loads(evaluation.read_text())
+    cal = P.load_calibration("h100", form="v2")
+    grid = measured_table(ROOT / "data" / "measured")
+    grid = grid[grid["model"] == "Llama-3.2-1B"]
+    obs = P.observations(A.load("Llama-3.2-1B"), grid)
+    energy = [P.phase_energy(o.counts, cal.params, cal.combine, cal.overhead) for o in obs]
+    err = np.array([e.energy_j / o.energy_j - 1 for e, o in zip(energy, obs)])
+    power = np.array([(e.energy_j / e.duration_s) / o.power_w - 1 for e, o in zip(energy, obs)])
+    recorded = report["forms"]["v2"]["in_sample"]["Llama-3.2-1B"]
+    assert 100 * np.mean(np.abs(err)) == pytest.approx(recorded["energy_mape_pct"], abs=0.01)
+    assert 100 * np.mean(np.abs(power)) == pytest.approx(recorded["power_mape_pct"], abs=0.01)
 
 
 def test_committed_calibration_predicts_the_llama_grid_within_its_recorded_mape():
@@ -148,7 +169,7 @@ def test_committed_calibration_predicts_the_llama_grid_within_its_recorded_mape(
     report = json.loads(evaluation.read_text())
     chosen = next(v for v in report["variants"] if v["combine"] == report["chosen"]["combine"]
                   and v["overhead"] == report["chosen"]["overhead"])
-    cal = P.load_calibration("h100")
+    cal = P.load_calibration("h100", form="v1")
     arch = A.load("Llama-3.2-1B")
     table = measured_table(ROOT / "data" / "measured")
     grid = table[table["model"] == "Llama-3.2-1B"]
@@ -178,13 +199,15 @@ def test_parameter_draws_keep_each_stderr_and_the_interval_is_tight():
     """The draws follow every parameter's stderr, from FLOP/s (1e14) to seconds (1e-8): drawn without standardising,
     the smallest parameters took errors of the largest, and the committed calibration's interval at (64, 256) spanned
     a factor of 60."""
-    cal = P.load_calibration()
+    cal = P.load_calibration(form="v1")
     draws = np.array([p.vector() for p in cal.sample_params(400)])
     sd = np.sqrt(np.diag(np.asarray(cal.covariance, dtype=float)))
     spread = draws.std(axis=0) / sd
     assert np.all((spread > 0.7) & (spread < 1.3)), dict(zip(P.PARAM_NAMES, np.round(spread, 2)))
     pred = P.predict(A.load("Llama-3.2-1B"), 64, 256, calibration=cal)
     assert pred.energy_high_j / pred.energy_low_j < 1.5
+    pred = P.predict(A.load("Llama-3.2-1B"), 64, 256, calibration=P.load_calibration(form="v2"))
+    assert pred.energy_high_j / pred.energy_low_j < 1.5  # inside the grids, v2's folds agree
 
 
 def test_fixed_parameters_are_held():

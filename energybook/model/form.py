@@ -12,8 +12,19 @@ terms' formula text to what :func:`~energybook.model.physics_fit.phase_energy` a
 the overhead rule, the weighting, the bounds or the start values changes :meth:`ModelForm.form_hash`.
 
 The frozen version is committed as data (``data/calibration/form-<version>.json``, :func:`write_form`);
-``tests/test_form.py`` fails when the code's form differs from it without a new :data:`FORM_VERSION`. A changed
-form is a new version: bump :data:`FORM_VERSION`, write its file, recalibrate, and test it on data it never saw.
+``tests/test_form.py`` fails when the code's form of a version differs from its file. A changed form is a new
+version: add it to :data:`FORM_VERSIONS`, write its file, recalibrate, and test it on data it never saw.
+
+Versions (:data:`FORM_VERSIONS`):
+
+* ``v1``, frozen first: the kernels draw a constant power ``P_busy`` (fitted at the 700 W cap) and the per-pass
+  overhead ``P_oh``. Its file, its hash and the calibration record fitted with it stay as they were; the code
+  still evaluates it, bit for bit.
+* ``v2`` (:data:`FORM_VERSION`, the newest): the same time model, with a power that follows the work, held under
+  the cap by a smooth minimum (:func:`energybook.model.physics_fit.busy_power`); its fit adds each workload's
+  measured mean power as a residual, and its interval adds the disagreement of the leave-one-model-out
+  calibrations (:func:`energybook.model.physics.energy_interval`). It was developed on the same three grids as v1,
+  so its errors on them are development errors too.
 
 Errors measured on the grids the form was chosen on (:data:`DEVELOPED_ON`: in-sample and leave-one-model-out
 errors of ``data/calibration/evaluation.*``) are development errors, not tests of the form. Only data the frozen
@@ -35,10 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from energybook.model.physics_fit import FormMismatch  # noqa: F401  (one home: the records' reader raises it too)
+
 logger = logging.getLogger(__name__)
 
-#: The version of the frozen form. A change to the form (a term, a count, the fitting rule) is a new version.
-FORM_VERSION = "v1"
+#: The frozen forms this code evaluates, oldest first. A change to a form (a term, a count, the fitting rule) is a
+#: new version.
+FORM_VERSIONS = ("v1", "v2")
+#: The newest frozen form: what ``scripts/calibrate.py`` fits and :func:`energybook.model.physics.load_calibration`
+#: picks unless told otherwise.
+FORM_VERSION = FORM_VERSIONS[-1]
 #: The variant the shipped calibration stores (``scripts/calibrate.py``'s defaults): the combination of compute and
 #: memory time and the overhead rule (:func:`energybook.model.physics_fit.phase_energy`).
 SHIPPED_COMBINE = "smooth"
@@ -98,6 +115,14 @@ TERMS = (
     Term("graph_capture", "N_cap * t_cap", ("graph_captures",), ("graph_capture_s",)),
     Term("energy", "E = sum over passes of P_busy * busy + P_oh * (t - busy)", ("repeat",),
          ("busy_power_w", "overhead_power_w")),
+)
+#: Form v2's terms: v1's time terms, and a power that follows the work.
+TERMS_V2 = TERMS[:-1] + (
+    Term("power", "P_k = smin(P_s + (e_F (F_mm + F_att) + e_B (W + O + K + A)) / busy_k, P_max), "
+         "smin(a, b) = (a^-q + b^-q)^(-1/q), q = 8, P_max = the power cap (not fitted)",
+         ("matmul_flops", "attention_flops", "weight_bytes", "other_bytes", "kv_bytes", "elementwise_bytes"),
+         ("static_power_w", "flop_energy_j", "byte_energy_j")),
+    Term("energy", "E = sum over passes of P_k * busy + P_oh * (t - busy)", ("repeat",), ("overhead_power_w",)),
 )
 
 
@@ -187,9 +212,10 @@ def _round(x: float) -> float:
     return float(f"{float(x):.{_DIGITS}g}")
 
 
-def fingerprint(combine: str = SHIPPED_COMBINE, overhead: str = SHIPPED_OVERHEAD) -> tuple[tuple[Any, ...], ...]:
+def fingerprint(combine: str = SHIPPED_COMBINE, overhead: str = SHIPPED_OVERHEAD,
+                version: str = "v1") -> tuple[tuple[Any, ...], ...]:
     """The modelled (prefill J, decode J, prefill s, decode s) of :data:`FINGERPRINT_WORKLOADS` for each
-    development model, under the fit's start values: what the terms compute, as numbers."""
+    development model, under the fit's start values of the form ``version``: what the terms compute, as numbers."""
     from energybook.model import architecture as A
     from energybook.model import physics_fit as F
     from energybook.model.batch import HF_PROFILE
@@ -200,14 +226,22 @@ def fingerprint(combine: str = SHIPPED_COMBINE, overhead: str = SHIPPED_OVERHEAD
         arch = A.load(model)
         for n_in, n_out, n_req, batch in FINGERPRINT_WORKLOADS:
             b, waves = F.balanced_batch(n_req, batch)
-            e = F.phase_energy(pass_counts(arch, n_in, n_out, n_req, b, waves, HF_PROFILE), F.START, combine,
-                               overhead)
+            e = F.phase_energy(pass_counts(arch, n_in, n_out, n_req, b, waves, HF_PROFILE),
+                               F.START if version == "v1" else F.start_values(version), combine, overhead)
             rows.append((model, n_in, n_out, n_req, batch, *(_round(v) for v in (
                 e.prefill_energy_j, e.decode_energy_j, e.prefill_s, e.decode_s))))
     return tuple(rows)
 
 
-def _fit_rule() -> FitRule:
+#: Form v2's interval, in words (its fitting rule's ``model_error``).
+_INTERVAL_V2 = ("rms of log(predicted / measured) total energy over the leave-one-model-out fits of the stored "
+                "variant (s_model); the interval is exp(+-1.96 sqrt(s_param^2 + s_model^2 + s_fold^2)): s_param the "
+                "sd of log energy over parameter draws (log-normal, half-normal at a bound of 0, none dropped), "
+                "s_fold the jackknife sd of log energy over the leave-one-model-out calibrations stored in the "
+                "record ((n-1)/n x their sum of squared deviations from their mean)")
+
+
+def _fit_rule(version: str = "v1") -> FitRule:
     import numpy as np
 
     from energybook.model import physics_fit as F
@@ -216,34 +250,49 @@ def _fit_rule() -> FitRule:
     weighting = defaults["weights"].default
     probe = F.residual_weights(np.array(_WEIGHT_PROBE), weighting)
     memory = inspect.signature(F.memory_for_batches).parameters
+    v1 = version == "v1"
+    names = F.PARAM_NAMES if v1 else F.param_names(version)
+    start = F.START if v1 else F.start_values(version)
+    if not v1:
+        probe = np.column_stack([probe, np.full(len(probe), F.POWER_WEIGHT)])
     return FitRule(
         loss="least squares on log(model / measured) of each workload's residuals, times their weights",
         method=F.FIT_METHOD,
-        residuals=tuple(F.RESIDUALS),
+        residuals=tuple(F.RESIDUALS if v1 else F.RESIDUALS_V2),
         weighting=weighting,
         weights_probe=tuple(tuple(_round(v) for v in row) for row in probe),
-        start=tuple((k, _round(getattr(F.START, k))) for k in F.PARAM_NAMES),
-        scales=tuple((k, float(F._SCALE[k])) for k in F.PARAM_NAMES),
-        bounds=tuple((k, *(_round(v) for v in b)) for k, b in F.fit_bounds(F.START, 700.0).items()),
+        start=tuple((k, _round(getattr(start, k))) for k in names),
+        scales=tuple((k, float(F._SCALE[k])) for k in names),
+        bounds=tuple((k, *(_round(v) for v in b)) for k, b in F.fit_bounds(start, 700.0, names).items()),
         fixed=tuple(sorted(defaults["fixed"].default or {})),
         model_error="rms of log(predicted / measured) total energy over the leave-one-model-out fits of the "
-                    "stored variant",
+                    "stored variant" if v1 else _INTERVAL_V2,
         memory_rule=f"memory_bytes: the midpoint of the range (scanned {memory['lo'].default:.4g} to "
                     f"{memory['hi'].default:.4g} B in steps of {memory['step'].default:.4g} B) for which the "
                     "engine's batch rule reproduces every measured batch")
 
 
-def current_form(combine: str = SHIPPED_COMBINE, overhead: str = SHIPPED_OVERHEAD) -> ModelForm:
-    """The form the code fits and evaluates for a variant (default: the shipped one), derived from the code.
+def current_form(combine: str = SHIPPED_COMBINE, overhead: str = SHIPPED_OVERHEAD,
+                 version: str = FORM_VERSION) -> ModelForm:
+    """The form the code fits and evaluates for a variant (default: the shipped one) of a version (default: the
+    newest, :data:`FORM_VERSION`), derived from the code.
 
     A variant other than the shipped one (:data:`SHIPPED_COMBINE`, :data:`SHIPPED_OVERHEAD`) is not the frozen
     form: its version says so.
+
+    Raises:
+        FormMismatch: (a ValueError) for a version this code does not know (:data:`FORM_VERSIONS`).
+        ValueError: for an unknown combination or overhead mode.
     """
-    return _current_form(combine, overhead)
+    if version not in FORM_VERSIONS:
+        raise FormMismatch(f"unknown model form {version!r}: this code evaluates forms {', '.join(FORM_VERSIONS)}; "
+                           "use the energybook version that wrote the calibration, or recalibrate with "
+                           "scripts/calibrate.py")
+    return _current_form(combine, overhead, version)
 
 
 @functools.cache
-def _current_form(combine: str, overhead: str) -> ModelForm:
+def _current_form(combine: str, overhead: str, version: str = FORM_VERSION) -> ModelForm:
     from energybook.model import physics_fit as F
     from energybook.model.batch import HF_PROFILE
 
@@ -252,13 +301,15 @@ def _current_form(combine: str, overhead: str) -> ModelForm:
     if overhead not in F.OVERHEADS:
         raise ValueError(f"unknown overhead mode {overhead!r}; use one of {F.OVERHEADS}")
     shipped = (combine, overhead) == (SHIPPED_COMBINE, SHIPPED_OVERHEAD)
-    version = FORM_VERSION if shipped else f"{FORM_VERSION}-variant-{combine}-{overhead} (not frozen)"
+    label = version if shipped else f"{version}-variant-{combine}-{overhead} (not frozen)"
+    v1 = version == "v1"
+    names = F.PARAM_NAMES if v1 else F.param_names(version)
     return ModelForm(
-        version=version, terms=TERMS, combine=combine, combine_formula=_COMBINE_TEXT[combine],
+        version=label, terms=TERMS if v1 else TERMS_V2, combine=combine, combine_formula=_COMBINE_TEXT[combine],
         smooth_p=float(F.SMOOTH_P), overhead=overhead,
         time_formula=_TIME_TEXT[overhead] + "; busy = the sum of the kernel terms",
-        engine_profile=HF_PROFILE.name, parameters=tuple((k, F.PARAM_UNITS[k]) for k in F.PARAM_NAMES),
-        fit=_fit_rule(), developed_on=DEVELOPED_ON, fingerprint=fingerprint(combine, overhead))
+        engine_profile=HF_PROFILE.name, parameters=tuple((k, F.ALL_UNITS[k]) for k in names),
+        fit=_fit_rule(version), developed_on=DEVELOPED_ON, fingerprint=fingerprint(combine, overhead, version))
 
 
 def form_file(version: str = FORM_VERSION, root: str | Path | None = None) -> Path:
@@ -299,19 +350,18 @@ def read_form(version: str = FORM_VERSION, root: str | Path | None = None) -> di
     return dict(record, form_hash=stated)
 
 
-class FormMismatch(ValueError):
-    """A calibration fitted with another form of the model than the one this code evaluates."""
 
 
 def check_form(cal: Any, source: str | Path = "") -> None:
     """Refuse a calibration (:class:`energybook.model.physics_fit.Calibration`) whose model form (``form_hash``) is
-    not the one this code evaluates for its variant (:func:`current_form`); warn (log) when it records none.
+    not the one this code evaluates for its variant and version (:func:`current_form` of its ``form_version``; a
+    record without one is taken as v1); warn (log) when it records none.
 
     Raises:
-        FormMismatch: naming both hashes and what to do.
+        FormMismatch: naming both hashes and what to do; or for a version this code does not know.
     """
     where = f"{source}: " if source else ""
-    code = current_form(cal.combine, cal.overhead)
+    code = current_form(cal.combine, cal.overhead, cal.form_version or "v1")
     if not cal.form_hash:
         logger.warning("%sthe calibration of %s records no model form (form_hash): it predates the frozen form %s "
                        "(%s); recalibrate with scripts/calibrate.py to record it", where, cal.gpu, code.version,

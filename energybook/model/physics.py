@@ -60,7 +60,28 @@ The energy (joules) charges the busy part of each pass at ``P_busy`` and the res
 
 so the mean power is ``P_oh + (P_busy - P_oh) u`` with ``u`` the busy fraction of the time; both powers are bounded
 by the GPU's power cap. Most of our H100 grid runs at the 700 W cap (NVML reads ~690 W), and ``P_busy`` comes out
-at it.
+at it. That is form ``v1`` of the model (:mod:`energybook.model.form`), frozen first: it charges every kernel the
+cap, a memory-bound batch-1 decode as much as a compute-bound prefill.
+
+Form ``v2`` keeps the time and makes the power follow the work. While the kernels of pass ``k`` run, the GPU draws
+
+    P_k = smin(P_s + (e_F (F_mm + F_att) + e_B (W + O + K + A)) / busy_k, P_max),   smin(a, b) = (a^-q + b^-q)^(-1/q)
+    E   = sum_k  P_k * busy_k + P_oh * (t_k - busy_k)
+
+with ``P_s`` a static power (watts: leakage, clocks and the board's floor, drawn whatever the kernels do),
+``e_F`` the energy of one tensor FLOP (joules per FLOP: the datapath's switching), ``e_B`` the energy of one byte
+moved to or from the device memory (joules per byte: the HBM access and the on-chip path to the SMs), ``P_max`` the
+power cap (``busy_power_w`` of a v2 record, the calibration's ``power_cap_w``, not fitted) and q =
+:data:`~energybook.model.physics_fit.POWER_SMOOTH_P`. The demand ``P_s + e_F x FLOP rate + e_B x byte rate`` is the
+first-order power model of a CMOS chip (static plus activity-proportional dynamic power). Above the cap the GPU's
+power controller lowers the clocks until it holds the cap, so the drawn power is the smaller of the two; the smooth
+minimum rounds the corner, as passes mix kernels above and below it, and keeps every parameter's gradient. A
+compute-bound prefill demands more than the cap and sits at it; a memory-bound small-batch decode, whose FLOP rate
+is tiny, and the per-pass overhead (``P_oh``) fall below it. The fit (:func:`calibrate` with ``form="v2"``) adds
+each grid row's measured mean power, energy / duration, to the four residuals. The committed H100 grids span
+batches 44 to 1000 and mean powers of about 600 to 700 W: they barely constrain the low branch, so a prediction
+there is an extrapolation, and the interval (:class:`Prediction`) widens there through the parameter draws and the
+disagreement of the leave-one-model-out calibrations that a v2 record stores.
 
 :attr:`PassCounts.activation_bytes` (the activation tensors written between a layer's products, once each) is counted
 but not in the time: as a term ``A / B_act`` it raised the leave-one-model-out error. The elementwise bytes ``A``
@@ -96,8 +117,9 @@ few prefill times made 75% of the sum of squares and held ``P_busy`` 2% below th
 GPU); :func:`predict` gives the energy of any
 (architecture, n_in, n_out, batch or max_batch, n_req) with an interval (see :class:`Prediction`).
 :func:`load_calibration` reads a stored calibration from the package data (``energybook/resources/calibration/``,
-written by ``scripts/calibrate.py``) and refuses one fitted with another form of the model than the frozen one
-this code evaluates (:mod:`energybook.model.form`: the record's ``form_hash``).
+written by ``scripts/calibrate.py``): the newest form's record of the (GPU, engine) unless ``form`` names another,
+and refuses one fitted with another form of the model than the frozen one of its version that this code evaluates
+(:mod:`energybook.model.form`: the record's ``form_hash``), or of a version it does not know.
 
 :func:`predict` refuses what cannot run (:class:`Refused`): waves whose weights, KV cache and buffers do not fit
 the GPU's memory, an explicit batch included (:func:`check_memory` names the bytes needed and available and the
@@ -111,6 +133,7 @@ Used in :doc:`/book/physics`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,14 +147,21 @@ from energybook.model.architecture import Architecture
 from energybook.model.batch import HF_PROFILE, EngineProfile
 from energybook.model.form import FormMismatch, check_form  # noqa: F401
 from energybook.model.physics_fit import (  # noqa: F401  (the model's names, importable from here)
+    ALL_UNITS,
     COMBINES,
     DEFAULT_ENGINE,
+    FORMS,
     GPU_ALIASES,
     OVERHEADS,
     PARAM_NAMES,
+    PARAM_NAMES_V2,
     PARAM_UNITS,
+    PARAM_UNITS_V2,
+    POWER_SMOOTH_P,
+    POWER_UNITS,
     SMOOTH_P,
     START,
+    START_V2,
     WEIGHTS,
     Calibration,
     CalibrationFit,
@@ -142,6 +172,7 @@ from energybook.model.physics_fit import (  # noqa: F401  (the model's names, im
     StoredCalibration,
     balanced_batch,
     batch_limit,
+    busy_power,
     calibrate,
     calibrated_gpus,
     calibrated_range,
@@ -151,9 +182,13 @@ from energybook.model.physics_fit import (  # noqa: F401  (the model's names, im
     gpu_key,
     memory_for_batches,
     observations,
+    param_names,
+    pass_times,
     peaks_reference,
     phase_energy,
     read_calibration,
+    smooth_min,
+    start_values,
     stored_calibrations,
 )
 from energybook.model.physics_passes import (  # noqa: F401
@@ -176,8 +211,14 @@ ENGINE_GRAPH_BUCKET = HF_PROFILE.bucket_max
 
 
 def load_calibration(gpu: str | None = None, path: str | Path | None = None,
-                     engine: str | None = None) -> Calibration:
+                     engine: str | None = None, form: str | None = None) -> Calibration:
     """The stored calibration of a (GPU, engine), checked against the model form this code evaluates.
+
+    A (GPU, engine) may have one record per model form (:data:`energybook.model.form.FORM_VERSIONS`):
+    ``<gpu-slug>--<engine>.json`` for form v1, ``<gpu-slug>--<engine>--v2.json`` for v2. The newest form is picked
+    unless ``form`` names one: ``load_calibration("h100")`` gives the v2 record (power that follows the work, the
+    interval with the folds' disagreement), ``load_calibration("h100", form="v1")`` the frozen v1 record, which
+    predicts as it always did.
 
     One calibration per (GPU, engine): ``energybook/resources/calibration/<gpu-slug>--<engine>.json``
     (:func:`energybook.model.physics_fit.stored_calibrations`). The GPU enters the record through its peaks (the
@@ -190,16 +231,18 @@ def load_calibration(gpu: str | None = None, path: str | Path | None = None,
         path: A calibration JSON to read instead of the shipped one.
         engine: ``"hf"`` (``"torch"`` names it too) or another engine with a calibration; None: ``"hf"``
             (:data:`energybook.model.physics_fit.DEFAULT_ENGINE`, the only engine calibrated so far).
+        form: ``"v1"`` or ``"v2"``; None: the newest form calibrated for that (GPU, engine). Ignored with ``path``
+            (the record names its form).
 
     Raises:
-        CalibrationNotFound: (a ValueError) for an uncalibrated (GPU, engine), or no GPU named while several are
-            calibrated for the engine: the message lists the calibrations and the command that makes one.
+        CalibrationNotFound: (a ValueError) for an uncalibrated (GPU, engine) or form, or no GPU named while several
+            are calibrated for the engine: the message lists the calibrations and the command that makes one.
         ValueError: for a malformed file.
         FormMismatch: for a calibration fitted with another form of the model (its ``form_hash`` differs from
-            :func:`energybook.model.form.current_form`'s; the message names both). A record without a form is
-            loaded with a logged warning.
+            :func:`energybook.model.form.current_form`'s; the message names both), or of a form this code does
+            not know. A record without a form is loaded as v1 with a logged warning.
     """
-    cal = read_calibration(gpu, path, engine)
+    cal = read_calibration(gpu, path, engine, form)
     check_form(cal, path if path is not None else f"the shipped calibration {Path(cal.file).name}")
     return cal
 
@@ -210,7 +253,7 @@ def load_calibration(gpu: str | None = None, path: str | Path | None = None,
 TRANSFER_BANDWIDTH = ("weight_bytes_s", "kv_bytes_s", "elementwise_bytes_s")
 TRANSFER_COMPUTE = ("matmul_flops_s", "attention_flops_s", "attention_pairs_s")
 TRANSFER_COMPUTE_TIMES = ("attention_block_s",)
-TRANSFER_POWERS = ("busy_power_w", "overhead_power_w")
+TRANSFER_POWERS = ("busy_power_w", "overhead_power_w", "static_power_w")
 
 
 def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None = None) -> Calibration:
@@ -219,10 +262,12 @@ def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None
     The shared efficiency parameters keep their meaning; the GPU's rates are scaled by the ratio of the target's
     peaks to the calibration's (its record's ``peaks``): the bandwidths ``B_w``, ``B_kv``, ``B_el`` by the copy
     bandwidth, ``R_mm``, ``R_att``, ``R_pair`` (and ``t_blk`` inversely) by the bf16 matmul rate, ``P_busy`` and
-    ``P_oh`` by the power cap (and held under the new cap), the memory of the batch rule by the device memory;
-    the per-pass and capture costs, host work, are kept. The result keeps the calibration's GPU and engine (what it
-    was fitted on); the target GPU is in its ``provenance["transfer"]``. The covariance is scaled with the
-    parameters. The interval still holds only the calibration's own model error, not the transfer's: the result says
+    ``P_oh`` (and form v2's static power ``P_s``) by the power cap (and held under the new cap), the memory of the
+    batch rule by the device memory; the per-pass and capture costs, host work, are kept, and so are form v2's
+    energies per FLOP and per byte (no peak measures them). A form-v2 record's fold calibrations move alike. The
+    result keeps the calibration's GPU and engine (what it was fitted on); the target GPU is in its
+    ``provenance["transfer"]``. The covariance is scaled with the parameters. The interval still holds only the
+    calibration's own errors, not the transfer's: the result says
     so in its ``transferred`` label (``"transferred from <calibration GPU> by peaks of <gpu uuid>"``), which
     ``energybook predict`` prints and puts in its JSON.
 
@@ -234,8 +279,6 @@ def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None
     Raises:
         ValueError: for a calibration without peaks.
     """
-    import dataclasses
-
     ref = calibration.peaks or {}
     need = ("bandwidth_bytes_s", "matmul_flops", "power_cap_w")
     if not all(isinstance(ref.get(k), (int, float)) and ref[k] > 0 for k in need):
@@ -245,17 +288,26 @@ def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None
     r_mm = float(peaks.matmul_flops) / float(ref["matmul_flops"])
     r_pw = float(peaks.power_limit_w) / float(ref["power_cap_w"])
     r_mem = float(peaks.memory_bytes) / float(ref["memory_bytes"]) if ref.get("memory_bytes") else 1.0
-    factor = {k: 1.0 for k in PARAM_NAMES}
+    factor = {k: 1.0 for k in ALL_UNITS}
     factor.update({k: r_bw for k in TRANSFER_BANDWIDTH})
     factor.update({k: r_mm for k in TRANSFER_COMPUTE})
     factor.update({k: 1.0 / r_mm for k in TRANSFER_COMPUTE_TIMES})
     factor.update({k: r_pw for k in TRANSFER_POWERS})
-    values = {k: getattr(calibration.params, k) * factor[k] for k in PARAM_NAMES}
     cap = float(peaks.power_limit_w)
-    for k in TRANSFER_POWERS:
-        values[k] = min(values[k], cap)
-    scale = np.array([factor[k] for k in PARAM_NAMES])
+
+    def moved(params: PhysicsParams) -> PhysicsParams:
+        values = {k: getattr(params, k) for k in ALL_UNITS}
+        values = {k: (v * factor[k] if v is not None else None) for k, v in values.items()}
+        for k in TRANSFER_POWERS:
+            if values[k] is not None:
+                values[k] = min(values[k], cap)
+        return PhysicsParams(**values)
+
+    names = calibration.param_names
+    scale = np.array([factor[k] for k in names])
     cov = np.asarray(calibration.covariance, dtype=float) * np.outer(scale, scale)
+    folds = [dict(f, params={k: getattr(q, k) for k in names})
+             for f, q in zip(calibration.folds, (moved(q) for q in calibration.fold_params()))]
     rng = dict(calibration.calibrated_range)
     if "power_w" in rng:
         rng["power_w"] = [v * r_pw for v in rng["power_w"]]
@@ -266,7 +318,7 @@ def transfer(calibration: Calibration, peaks: Any, peaks_file: str | Path | None
         target_gpu_uuid=peaks.gpu_uuid, reference_peaks_kind=ref.get("kind", "unknown"),
         ratios=dict(bandwidth=r_bw, matmul=r_mm, power_cap=r_pw, memory=r_mem)))
     return dataclasses.replace(
-        calibration, params=PhysicsParams(**values),
+        calibration, params=moved(calibration.params), folds=folds,
         stderr={k: v * factor.get(k, 1.0) for k, v in calibration.stderr.items()}, covariance=cov,
         memory_bytes=calibration.memory_bytes * r_mem, power_cap_w=cap, calibrated_range=rng, provenance=prov,
         file=calibration.file, transferred=label)
@@ -291,14 +343,86 @@ Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
+class EnergyInterval:
+    """The energy of one workload's passes with its 95% interval and the interval's parts (see :class:`Prediction`).
+
+    Attributes:
+        energy_j: Modelled energy under the fitted parameters (joules).
+        energy_low_j: Lower end of the 95% interval (joules).
+        energy_high_j: Upper end (joules).
+        s_param: Standard deviation of log energy over the parameter draws (0 without draws).
+        s_model: The calibration's model error (rms log leave-one-model-out error).
+        s_fold: Jackknife standard deviation of log energy over the calibration's fold calibrations (0 without).
+        draws: Parameter sets drawn (every one used).
+        fold_energy_j: The energy under each fold calibration (joules), in the record's order.
+    """
+
+    energy_j: float
+    energy_low_j: float
+    energy_high_j: float
+    s_param: float
+    s_model: float
+    s_fold: float
+    draws: int
+    fold_energy_j: tuple[float, ...] = ()
+
+    @property
+    def half_width_log(self) -> float:
+        """1.96 sqrt(s_param^2 + s_model^2 + s_fold^2): the interval's half width in log energy."""
+        return Z95 * math.sqrt(self.s_param ** 2 + self.s_model ** 2 + self.s_fold ** 2)
+
+
+def energy_interval(counts: PassCounts, calibration: Calibration, samples: int = 200,
+                    energy_j: float | None = None) -> EnergyInterval:
+    """The energy of ``counts`` under a calibration, with the 95% interval of :class:`Prediction`.
+
+    Args:
+        counts: The workload's passes (:func:`pass_counts`).
+        calibration: The calibration (its draws, model error and, for form v2, its folds).
+        samples: Parameter sets drawn (0: no parameter term).
+        energy_j: The modelled energy when already computed (joules).
+    """
+    cal = calibration
+    if energy_j is None:
+        energy_j = phase_energy(counts, cal.params, cal.combine, cal.overhead).energy_j
+    s_par = 0.0
+    draws = cal.sample_params(samples) if samples else []
+    if draws:
+        s_par = float(np.std(np.log([phase_energy(counts, p, cal.combine, cal.overhead).energy_j for p in draws])))
+    folds = tuple(phase_energy(counts, p, cal.combine, cal.overhead).energy_j for p in cal.fold_params())
+    s_fold = 0.0
+    if len(folds) > 1:
+        logs = np.log(folds)
+        s_fold = float(np.sqrt((len(logs) - 1) / len(logs) * np.sum((logs - logs.mean()) ** 2)))
+    out = EnergyInterval(float(energy_j), 0.0, 0.0, s_par, float(cal.model_error_log), s_fold, len(draws), folds)
+    half = out.half_width_log
+    return dataclasses.replace(out, energy_low_j=float(energy_j) * math.exp(-half),
+                               energy_high_j=float(energy_j) * math.exp(half))
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The predicted energy of a workload of ``n_req`` requests of (n_in, n_out).
 
-    The interval ``[*_low, *_high]`` is an approximate 95% prediction interval for a model outside the
-    calibration set: in log space, the prediction +- 1.96 sqrt(s_param^2 + s_model^2), where ``s_param`` is the
-    standard deviation of log energy over parameter sets drawn from lmfit's covariance and ``s_model`` the
-    calibration's ``model_error_log`` (rms leave-one-model-out error). It does not cover other engines, other
-    power limits, or other GPUs.
+    The interval ``[energy_low_j, energy_high_j]`` is an approximate 95% prediction interval for a model outside
+    the calibration set (:func:`energy_interval`): in log space, the prediction +- 1.96 sqrt(s_param^2 + s_model^2
+    + s_fold^2), where
+
+    * ``s_param`` is the standard deviation of log energy over ``samples`` parameter sets drawn around the fit
+      (:meth:`~energybook.model.physics_fit.Calibration.sample_params`: log-normal with lmfit's standard errors
+      and correlations, half-normal for a parameter at its bound 0; every draw is kept, none dropped or clipped);
+    * ``s_model`` is the calibration's ``model_error_log``, the rms log error of its leave-one-model-out
+      predictions on its own grids (a development error);
+    * ``s_fold`` is the disagreement of the leave-one-model-out calibrations stored in a form-v2 record
+      (:attr:`~energybook.model.physics_fit.Calibration.folds`): the jackknife standard deviation of their log
+      energies, ``sqrt((n - 1) / n x sum (log E_i - mean)^2)`` over the n folds. Inside the grids the folds agree
+      and it is small; off them (batch 1, an 8B model, a power far below the measured ones) they disagree and the
+      interval widens. A form-v1 record stores no folds: its ``s_fold`` is 0.
+
+    It does not cover other engines or other power limits, and for a calibration moved to another GPU
+    (:func:`transfer`) it holds the calibration's own errors, not the transfer's. On the committed H100 grids the
+    batches are 44 to 1000 and the measured mean powers 600 to 700 W: below that, the power (and so the energy)
+    is an extrapolation, and :attr:`warnings` says so.
 
     Attributes:
         model: Architecture name.
@@ -537,8 +661,10 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
         batch: Requests per wave; None: the engine's KV-memory rule under ``max_batch``.
         max_batch: The engine's batch cap (requests), used when ``batch`` is None.
         n_req: Requests.
-        calibration: The (GPU, engine) calibration (default :func:`load_calibration`: the one ``hf`` GPU).
-        samples: Parameter sets drawn for the interval (0: the interval holds the model error only).
+        calibration: The (GPU, engine) calibration (default :func:`load_calibration`: the one ``hf`` GPU, its
+            newest form).
+        samples: Parameter sets drawn for the interval (0: the interval holds the model error and the folds'
+            disagreement only).
         strict: Refuse n_in + n_out beyond the model's ``max_position_embeddings`` (``energybook predict`` does);
             False: predict it with a warning (the measuring engine extends a model's position table with dummy
             weights, so the grids hold such points, e.g. OPT-1.3B to 8192 positions, but a real checkpoint cannot
@@ -558,16 +684,11 @@ def predict(arch: Architecture, n_in: int, n_out: int, batch: int | None = None,
     b, waves = schedule(arch, n_in, n_out, cal, batch, max_batch, n_req)
     counts = pass_counts(arch, n_in, n_out, n_req, b, waves, _profile(cal))
     e = phase_energy(counts, cal.params, cal.combine, cal.overhead)
-    s_par = 0.0
-    draws = [phase_energy(counts, p, cal.combine, cal.overhead).energy_j for p in cal.sample_params(samples)] \
-        if samples else []
-    if draws:
-        s_par = float(np.std(np.log(draws)))
-    half = Z95 * math.hypot(s_par, cal.model_error_log)
+    interval = energy_interval(counts, cal, samples, e.energy_j)
     warnings = request_warnings(arch, n_in, n_out, counts.max_wave, e.energy_j / e.duration_s, cal) \
         + transfer_warnings(cal)
     return Prediction(model=arch.name, gpu=cal.gpu, n_in=n_in, n_out=n_out, n_req=n_req, batch=counts.max_wave,
                       waves=waves, energy_j=e.energy_j, duration_s=e.duration_s,
                       prefill_energy_j=e.prefill_energy_j, decode_energy_j=e.decode_energy_j,
-                      prefill_s=e.prefill_s, decode_s=e.decode_s, energy_low_j=e.energy_j * math.exp(-half),
-                      energy_high_j=e.energy_j * math.exp(half), warnings=tuple(warnings))
+                      prefill_s=e.prefill_s, decode_s=e.decode_s, energy_low_j=interval.energy_low_j,
+                      energy_high_j=interval.energy_high_j, warnings=tuple(warnings))
