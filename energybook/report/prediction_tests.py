@@ -19,7 +19,8 @@ describes one engine.
 
 Regenerate the committed report (after committing, so that it names a clean commit)::
 
-    python -m energybook.report.prediction_tests --out data/calibration/test-v1.json
+    python -m energybook.report.prediction_tests --form v1     # writes data/calibration/test-v1.json
+    python -m energybook.report.prediction_tests --form v2     # and test-v2.json
 
 Used in :doc:`/book/predict`.
 """
@@ -257,7 +258,8 @@ def report(calibration: P.Calibration, data_root: str | Path | None, bench_root:
             orient="records")),
         missing=[k for k in KINDS if k not in kinds_found],
         provenance=dict(commit=_commit(), date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        command="python -m energybook.report.prediction_tests --out <file>", samples=samples,
+                        command=f"python -m energybook.report.prediction_tests --form {calibration.form_version}",
+        samples=samples,
                         files=sorted({s.file for s in sets})))
 
 
@@ -277,16 +279,20 @@ def read_report(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m energybook.report.prediction_tests",
                                  description="Test the stored calibration on data its frozen form never saw.")
-    ap.add_argument("--out", required=True, help="the JSON report to write (e.g. data/calibration/test-v1.json)")
+    ap.add_argument("--form", default=None, help="the model form whose calibration is tested (v1, v2; default: the "
+                    "newest)")
+    ap.add_argument("--out", default=None, help="the JSON report to write (default: data/calibration/test-<form>.json "
+                    "of the checkout)")
     ap.add_argument("--data", default=None, help="data folder (default: the checkout's data/)")
     ap.add_argument("--bench", default="benchmarks/results", help="benchmark results folder")
     ap.add_argument("--gpu", default=None, help="calibration GPU (default: the one calibrated for the engine)")
     ap.add_argument("--engine", default=None, help="calibration engine (default: hf)")
     ap.add_argument("--samples", type=int, default=200, help="parameter draws per point for the interval")
     args = ap.parse_args(argv)
-    cal = P.load_calibration(args.gpu, engine=args.engine)
+    cal = P.load_calibration(args.gpu, engine=args.engine, form=args.form)
     rec = report(cal, args.data, args.bench, args.samples)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else catalog.measured_dir(args.data).parent / "calibration" / (
+        f"test-{cal.form_version}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
     s = pd.DataFrame(rec["summary"])
