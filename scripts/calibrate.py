@@ -236,10 +236,10 @@ NOT_TESTED = (
     "The power's low branch: the committed grids run batches of 44 to 1000 requests at measured mean powers of about "
     "600 to 700 W, so no grid point tests a memory-bound small-batch decode or an idle gap; the batch-axis "
     "grids are not measured yet (`python benchmarks/study_experiments.py --run batch_axis` on a lent GPU).",
-    "Models measured after the freeze of either form: none yet among the grids; every error here is on the three grids "
-    "both forms were developed on.",
-    "The test on data the frozen forms never saw (models measured after the freeze, the seeded off-grid points, another "
-    "GPU) is written apart, by `python -m energybook.report.prediction_tests --form vN`, into "
+    "Models measured after the freeze of either form: none yet among the grids; every error here is on the three "
+    "grids both forms were developed on.",
+    "The test on data the frozen forms never saw (models measured after the freeze, the seeded off-grid points, "
+    "another GPU) is written apart, by `python -m energybook.report.prediction_tests --form vN`, into "
     "data/calibration/test-vN.json.",
 )
 
