@@ -26,9 +26,16 @@ def test_shipped_configs_match_the_reference_table(row):
     assert a.vocab_size == row["vocab_size"]
     assert a.ffn_kind == row["ffn_kind"]
     assert a.tie_word_embeddings == bool(row["tie_word_embeddings"])
-    assert a.dtype == row["torch_dtype"]
+    assert a.dtype == A.SERVED_DTYPE.get(row["name"], row["torch_dtype"])
     # The parameter count from our fields matches the table's independent count.
     assert a.num_params / 1e9 == pytest.approx(row["params_billion_computed"], abs=0.0006)
+
+
+def test_gemma2_is_served_in_bfloat16_but_its_config_path_keeps_float32():
+    served = A.load("Gemma-2-2B")
+    stored = A.load(resources.path("architectures", "Gemma-2-2B.json"))
+    assert (served.dtype, stored.dtype) == ("bfloat16", "float32")
+    assert served.kv_bytes_per_token * 2 == stored.kv_bytes_per_token
 
 
 def test_gemma2_head_dim_is_not_hidden_over_heads():

@@ -44,7 +44,9 @@ ENGINE_VALUES = [
 
 @pytest.mark.parametrize("name,n_in,n_out,free,max_batch,hf,lean", ENGINE_VALUES)
 def test_the_profiles_give_what_the_engines_computed(name, n_in, n_out, free, max_batch, hf, lean):
-    arch = A.load(name)
+    from energybook import resources
+
+    arch = A.load(resources.path("architectures", f"{name}.json"))  # the configuration's dtype, as they ran it
     assert B.batch_limit(arch, n_in, n_out, free, B.HF_PROFILE, max_batch) == hf
     assert B.batch_limit(arch, n_in, n_out, free, B.LEAN_PROFILE, max_batch) == lean
 

@@ -380,7 +380,15 @@ def load(name_or_path: str | Path) -> Architecture:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_dir():
         return Architecture.from_hf_config(path)
-    return Architecture.from_hf_config(hf_config(str(name_or_path)), name=str(name_or_path))
+    arch = Architecture.from_hf_config(hf_config(str(name_or_path)), name=str(name_or_path))
+    served = SERVED_DTYPE.get(arch.name)
+    return dataclasses.replace(arch, dtype=served) if served else arch
+
+
+#: The dtype a shipped study model is served in where its configuration names another: Gemma 2's configurations
+#: say float32 (the checkpoints' storage), and a server runs it in bfloat16, as every other study model's
+#: configuration says. A config.json path keeps its own dtype.
+SERVED_DTYPE = {"Gemma-2-2B": "bfloat16", "Gemma-2-9B": "bfloat16"}
 
 
 def study_models() -> list[Architecture]:
