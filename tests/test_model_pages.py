@@ -79,7 +79,6 @@ def test_a_model_without_data_says_not_measured_yet_with_the_command(tmp_path):
     status = page.status().data
     assert "not measured yet" in status
     assert "energybook sweep --model Gemma-2-9B --engine lean --mode sampled" in status
-    assert "bash benchmarks/runbook.sh DATA SECONDS Gemma-2-9B" in status
     assert status.startswith("````{admonition}")  # the box holds code blocks: four backticks
     assert page.grid_figure() is None and page.power_figure() is None and page.theta_table() is None
     for box in (page.grid_text(), page.mape_table(), page.power_table()):

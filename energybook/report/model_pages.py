@@ -13,10 +13,10 @@ A model's page shows everything the book holds about one of the study's 13 model
 * the physical model's prediction of its grid, labelled as a prediction (:meth:`ModelPage.predicted_figure`);
 * links to its executed measurement notebooks under ``book/measurements/``.
 
-A model without files says so, with the command that measures it (:data:`MEASURE_COMMAND`,
-:data:`RUNBOOK_COMMAND`). The pages themselves are thin: :data:`PAGE_TEMPLATE` with the model's name, written by
-:func:`write_pages` (``python -m energybook.report.model_pages write book/models``); a test checks that the
-committed pages equal :func:`render_page`'s, so that they never drift apart.
+A model without files says so, with the command that measures it
+(:func:`energybook.report.tables.measure_command`). The pages themselves are thin: :data:`PAGE_TEMPLATE` with the
+model's name, written by :func:`write_pages` (``python -m energybook.report.model_pages write book/models``); a test
+checks that the committed pages equal :func:`render_page`'s, so that they never drift apart.
 
 :func:`coverage_table`, :func:`size_table` and :func:`attention_summary` are the chapter's: which model is
 measured on which GPU and engine, with its GPU-minutes, and the size and attention comparisons over the 13
@@ -43,6 +43,7 @@ from energybook.model import formulas as FM
 from energybook.model import paper
 from energybook.model.complexity import GRID
 from energybook.report.provenance import attach_sources, measuring_minutes
+from energybook.report.tables import measure_command
 from energybook.store import catalog
 from energybook.store.results import MeasuredRun
 from energybook.store.workspace import checkout_root
@@ -51,10 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: The study's 13 models in its order.
 STUDY_ORDER = tuple(A.STUDY_ORDER)
-#: The command that measures a model on a GPU (the lean engine, the sampled protocol).
-MEASURE_COMMAND = "energybook sweep --model {model} --engine lean --mode sampled"
-#: The same on a lent device, in parts that each fit one call (DATA: the data folder; SECONDS: the call's time).
-RUNBOOK_COMMAND = "bash benchmarks/runbook.sh DATA SECONDS {model}"
 #: Text of a value that the files do not hold.
 NOT_RECORDED = "not recorded"
 #: Text of a model (or a value of it) that no committed file measures.
@@ -217,12 +214,9 @@ def not_measured_text(model: str) -> str:
     """The body of a model's "not measured yet" box: the commands that measure it."""
     return (f"No committed results file measures {model}: every measured part of this page is empty until one "
             f"does. On a machine with an NVIDIA GPU, measure it with\n\n"
-            f"```bash\n{MEASURE_COMMAND.format(model=model)}\n```\n\n"
-            f"or, on a lent device, in parts that each fit one call (DATA: the data folder the call brings back, "
-            f"SECONDS: the time it may spend), with\n\n"
-            f"```bash\n{RUNBOOK_COMMAND.format(model=model)}\n```\n\n"
-            "then copy the results files under `data/measured/` and rebuild the book: this page regenerates "
-            "from them.")
+            f"```bash\n{measure_command(model)}\n```\n\n"
+            "(a run that stops resumes with the same command), then commit the results file with its sidecar "
+            "under `data/measured/` and rebuild the book: this page regenerates from them.")
 
 
 # ----- a model's page -----------------------------------------------------------------------------------------
@@ -258,7 +252,7 @@ class ModelPage:
 
     def _not_measured(self, what: str):
         return box(f"{what}: {NOT_MEASURED}", f"No committed results file measures {self.model}: the box at the top "
-                   f"of this page gives the commands that measure it (`{MEASURE_COMMAND.format(model=self.model)}`).",
+                   f"of this page gives the commands that measure it (`{measure_command(self.model)}`).",
                    "warning")
 
     # --- status ---------------------------------------------------------------------------------------------
@@ -280,7 +274,7 @@ class ModelPage:
                 f"shown apart, never averaged with another:\n\n{_bullets(lines)}")
         if not any(r.engine == "lean" for r in self.runs):
             text += (f"\n\nNo file of the lean engine with the sampled protocol measures {self.model} yet; on a GPU: "
-                     f"`{MEASURE_COMMAND.format(model=self.model)}`.")
+                     f"`{measure_command(self.model)}`.")
         return box(f"{self.model}: measured", text, "note")
 
     # --- architecture ---------------------------------------------------------------------------------------

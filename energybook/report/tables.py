@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("grid", "sampled", "full")
 #: The command that measures a model's grid on a GPU (the lean engine, the sampled protocol).
 MEASURE_COMMAND = "energybook sweep --model {model} --engine lean --mode sampled"
-#: The same on a lent machine, in calls of at most SECONDS each that resume one another.
-RUNBOOK_COMMAND = "bash benchmarks/runbook.sh DATA SECONDS {models}"
 #: What a model without a committed grid shows in place of its numbers.
 NOT_MEASURED = "not measured yet"
 #: The ``who`` of the study's rows.
@@ -50,13 +48,6 @@ OURS = "ours"
 def measure_command(model: str) -> str:
     """The command that measures ``model``'s grid: ``energybook sweep --model <model> --engine lean --mode sampled``."""
     return MEASURE_COMMAND.format(model=model)
-
-
-def runbook_command(models) -> str:
-    """The runbook call that measures ``models`` on a lent machine, resumed call after call (DATA: the folder the call
-    brings back; SECONDS: the time it may measure)."""
-    names = [models] if isinstance(models, str) else list(models)
-    return RUNBOOK_COMMAND.format(models=" ".join(names))
 
 
 def study_grids(root=None, protocols=PROTOCOLS, engine: str | None = None) -> pd.DataFrame:
