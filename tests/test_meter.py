@@ -469,10 +469,11 @@ def test_background_thread_measures_a_steady_load():
     m = make_meter(fake_nvml(), poll_s=0.001, power_period_s=0.02)
     with m:
         t0 = m.now()
-        # A loaded 2-core machine can starve the polling thread for a while: wait for ticks, not for a fixed time.
+        # A loaded 2-core machine can starve the polling thread for tens of milliseconds: a window of over a second
+        # keeps that edge error inside the tolerance, and the loop waits for ticks, not for a fixed time.
         deadline = time.monotonic() + 10.0
         while True:
-            time.sleep(0.4)
+            time.sleep(1.2)
             t1 = m.now()
             r = m.reading(t0, t1)
             if r.ticks >= 3 or time.monotonic() > deadline:
