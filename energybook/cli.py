@@ -190,9 +190,15 @@ def _predict_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _allow_path_flag(p: argparse.ArgumentParser) -> None:
+def _calibration_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that pick a calibration and the attention paths it may be stretched to (predict and advise)."""
     from energybook.model.attention_paths import PATH_NAMES
 
+    p.add_argument("--gpu", default=None, help="the calibrated GPU: a name, slug or short name (h100, "
+                   "nvidia-h100-80gb-hbm3, 'NVIDIA H100 80GB HBM3'); default: the one GPU calibrated for the "
+                   "engine (an error naming the choices when there are several)")
+    p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
+                   "GPU and engine; default hf, the only engine calibrated so far)")
     p.add_argument("--allow-path", action="append", default=[], choices=PATH_NAMES, metavar="PATH",
                    help="let an attention path that no calibration grid ran through, as an uncalibrated estimate "
                    "labelled in the warnings (repeatable): " + ", ".join(PATH_NAMES))
@@ -559,12 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=None, help="requests per wave (default: the engine's KV-memory rule)")
     g.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
     p.add_argument("--n-req", type=int, default=1000, help="requests (1..10**7)")
-    p.add_argument("--gpu", default=None, help="the calibrated GPU: a name, slug or short name (h100, "
-                   "nvidia-h100-80gb-hbm3, 'NVIDIA H100 80GB HBM3'); default: the one GPU calibrated for the "
-                   "engine (an error naming the choices when there are several)")
-    p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
-                   "GPU and engine; default hf, the only engine calibrated so far)")
-    _allow_path_flag(p)
+    _calibration_flags(p)
     p.add_argument("--gpu-peaks", "--peaks", dest="gpu_peaks", default=None, metavar="PATH",
                    help="predict for another GPU from its measured peaks (a file of `energybook peaks`): "
                    "the calibration's bandwidths, matmul rates and power cap scaled by the ratio of the peaks; "
@@ -588,12 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-floor", type=float, default=0.0, help="the least fraction of the requests, 0..1, "
                    "that an option must leave whole (output not cut, prompt not truncated)")
     p.add_argument("--max-batch", type=int, default=1024, help="the engine's batch cap (1..10**7)")
-    p.add_argument("--gpu", default=None, help="the calibrated GPU: a name, slug or short name (h100, "
-                   "nvidia-h100-80gb-hbm3, 'NVIDIA H100 80GB HBM3'); default: the one GPU calibrated for the "
-                   "engine (an error naming the choices when there are several)")
-    p.add_argument("--engine", default="hf", help="the engine the calibration measured (one calibration per "
-                   "GPU and engine; default hf, the only engine calibrated so far)")
-    _allow_path_flag(p)
+    _calibration_flags(p)
     p.add_argument("--plot", default=None, help="write a plot of the options to this PNG file")
     p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(func=_advise_cmd)

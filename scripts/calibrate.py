@@ -168,23 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     cal.model_error_log = chosen["lomo_rms_log"]
     cal.form_version, cal.form_hash = form.version, form.form_hash()
     cal.calibrated_range = P.calibrated_range([(archs[m], grids[m]) for m in models])
-    grid_files = {r.data["model"].iloc[0]: r.path for r in catalog.grid_runs(data, engine=engine)
-                  if r.gpu == gpu_name and len(r.data)}
-    sidecars = {}
-    for m in models:
-        path = Path(grid_files[m]).resolve()
-        side = json.loads(path.with_suffix(".json").read_text())
-        sidecars[str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)] = dict(
-            sha256=side.get("sha256"), rows=side.get("rows"), model=m, started_at=side.get("started_at"))
-        engine_settings = side.get("engine", {})
-        gpu_uuid = side.get("gpu_uuid")
+    sidecars, engine_settings, gpu_uuid = _sidecars(data, engine, gpu_name, models)
     cal.peaks = _peaks(args.peaks, data, gpu_name, gpu_uuid)
-    cal.provenance = dict(
-        grids=sidecars, gpu_name=gpu_name, power_limit_w=power_cap,
-        engine={k: engine_settings.get(k) for k in ("engine", "attention", "decode_graphs", "graph_max_batch", "dtype",
-                                           "max_batch", "memory_fraction", "prefill_tokens")},
-        energybook_commit=_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        command="python scripts/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    cal.provenance = _provenance(
+        sidecars, gpu_name, power_cap, engine_settings, argv,
         fit="lmfit least_squares on log(model/measured) of prefill and decode energy and time, weighted by "
             "sqrt(2 x phase share), "
             f"{sum(len(o) for o in obs.values())} points x 4 residuals",
@@ -258,6 +245,17 @@ def _sidecars(data: Path, engine: str, gpu_name: str, models: list[str]) -> tupl
         engine_settings = side.get("engine", {})
         gpu_uuid = side.get("gpu_uuid")
     return sidecars, engine_settings, gpu_uuid
+
+
+def _provenance(sidecars: dict, gpu_name: str, power_cap: float, engine_settings: dict, argv, **fit: object) -> dict:
+    """A calibration record's provenance: its grids, GPU, power limit, the engine's settings, commit, date and command,
+    then ``fit`` (how it was fitted, its residuals and model error), in this order."""
+    return dict(
+        grids=sidecars, gpu_name=gpu_name, power_limit_w=power_cap,
+        engine={k: engine_settings.get(k) for k in ("engine", "attention", "decode_graphs", "graph_max_batch", "dtype",
+                                                    "max_batch", "memory_fraction", "prefill_tokens")},
+        energybook_commit=_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        command="python scripts/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])), **fit)
 
 
 def _phase(cal: P.Calibration, o: P.Observation) -> P.PhaseEnergy:
@@ -342,12 +340,8 @@ def _main_v2(args, argv, form, data: Path, gpu_name: str, gpu_short: str, engine
     sidecars, engine_settings, gpu_uuid = _sidecars(data, engine, gpu_name, models)
     cal.peaks = _peaks(args.peaks, data, gpu_name, gpu_uuid)
     full_fit = ev["fit"]
-    cal.provenance = dict(
-        grids=sidecars, gpu_name=gpu_name, power_limit_w=power_cap,
-        engine={k: engine_settings.get(k) for k in ("engine", "attention", "decode_graphs", "graph_max_batch", "dtype",
-                                                    "max_batch", "memory_fraction", "prefill_tokens")},
-        energybook_commit=_commit(), date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        command="python scripts/calibrate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+    cal.provenance = _provenance(
+        sidecars, gpu_name, power_cap, engine_settings, argv,
         fit="lmfit least_squares on log(model/measured) of prefill and decode energy and time, weighted by "
             "sqrt(2 x phase share), and of the mean power (energy / duration of each row), weight "
             f"{PF.POWER_WEIGHT:g}; {sum(len(o) for o in obs.values())} points x 5 "
